@@ -1,0 +1,185 @@
+/* store.h: the busesnap chunk store, a content-addressed copy-on-write
+ * block store with O(1) snapshots and clones (the C API).
+ *
+ * The store knows nothing of NBD or sockets.  An image holds volumes
+ * (writable) and snapshots (read-only), each with a unique name and UUID,
+ * all of one logical size per object.  Every 4 KiB block is a chunk keyed by
+ * XXH3-128 of its bytes and stored once (a hash match is confirmed by
+ * comparing bytes); zero blocks take no chunk.  See doc/design.md for the
+ * on-disk layout and the invariants.
+ *
+ * Files: IMAGE (the LMDB index, MDB_NOSUBDIR) and IMAGE-chunks (chunk
+ * data, 4 KiB slots).  One process at a time opens an image (flock).
+ *
+ * Errors: functions return 0 (or a count) or -errno, and on failure leave a
+ * one-line message naming the image and object in a thread-local buffer
+ * read by store_errmsg().  LMDB codes become errno in one place.
+ *
+ * Threads: every function may be called from any thread, concurrently; the
+ * store serialises what must be (one internal mutex around the index,
+ * chunk reads outside it).  Durability: a write is durable once store_flush()
+ * (or a STORE_FUA write) that started after it returns; snapshot, clone,
+ * rollback, delete and rename are durable when they return.
+ */
+#ifndef STORE_H
+#define STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uuid/uuid.h>
+
+#define STORE_BLOCK 4096u
+#define STORE_NAME_MAX 64 /* bytes; [A-Za-z0-9._:+-], not starting with '-' */
+#define STORE_DEFAULT_VOLUME "default"
+
+struct store;     /* an open image */
+struct store_vol; /* an open volume or snapshot */
+
+/* Message of the last failure in this thread ("" if none).  Valid until
+ * the next store call in this thread. */
+const char *store_errmsg(void);
+
+struct store_create_opts {
+    uint64_t size;           /* logical size of the default volume, bytes,
+                                a multiple of STORE_BLOCK */
+    const char *volume_name; /* default volume name (STORE_DEFAULT_VOLUME) */
+};
+
+/* Create a new image at path (fails with -EEXIST if it exists) and open
+ * it.  *out owns the image until store_close(). */
+int store_create(const char *path, const struct store_create_opts *opts,
+                 struct store **out);
+
+#define STORE_OPEN_RDONLY 1u /* no writes, no GC (for offline check/info) */
+/* Open an existing image.  -ENOENT: no such image; -EBUSY: another process
+ * has it open; -EPROTO: not a busesnap image or an unsupported format
+ * version (message says which). */
+int store_open(const char *path, unsigned flags, struct store **out);
+
+/* Commit, stop the collector and close.  Open store_vols must be closed
+ * first. */
+void store_close(struct store *st);
+
+/* ---- objects ---- */
+
+enum store_kind { STORE_VOLUME = 1, STORE_SNAPSHOT = 2 };
+
+struct store_obj_info {
+    char name[STORE_NAME_MAX + 1];
+    uuid_t uuid;
+    enum store_kind kind;
+    uint64_t size; /* logical bytes */
+    int64_t ctime; /* creation, seconds since the epoch */
+    /* snapshot: the volume it was taken of ("" if that volume is gone).
+     * volume: the snapshot it was cloned from or last rolled back to ("" for
+     * an original volume). */
+    char parent[STORE_NAME_MAX + 1];
+    uuid_t parent_uuid; /* null if none */
+    uint64_t written;   /* bytes of blocks written in this object itself
+                           (not inherited from its parent) */
+    int is_default;     /* the image's default volume */
+};
+
+/* Resolve a name or a UUID string to an object. -ENOENT if none. */
+int store_lookup(struct store *st, const char *name_or_uuid,
+                 struct store_obj_info *out);
+
+/* Snapshot volume vol (name or UUID) as snap: O(1), atomic and durable on
+ * return, and contains every write that completed before the call. */
+int store_snapshot(struct store *st, const char *vol, const char *snap,
+                   struct store_obj_info *out);
+/* New writable volume newvol whose content is snapshot snap: O(1). */
+int store_clone(struct store *st, const char *snap, const char *newvol,
+                struct store_obj_info *out);
+/* Make volume vol read as snapshot snap: O(1); the old content is
+ * collected in the background.  Open handles of vol see the new content. */
+int store_rollback(struct store *st, const char *vol, const char *snap);
+/* Delete a snapshot or a volume.  -EBUSY if it has open store_vols.
+ * Deleting a snapshot that clones came from is allowed: the clones keep
+ * their content (the snapshot's blocks live on, hidden, while needed).
+ * The default volume can be deleted only if others exist; then the
+ * oldest remaining volume becomes the default. Space is reclaimed by the
+ * background collector (store_gc to wait for it). */
+int store_delete(struct store *st, const char *name);
+int store_rename(struct store *st, const char *name, const char *newname);
+
+/* Call cb for every object, volumes and snapshots, in creation order.
+ * A nonzero return from cb stops the walk and is returned. */
+int store_list(struct store *st,
+               int (*cb)(const struct store_obj_info *info, void *arg),
+               void *arg);
+
+struct store_info {
+    uuid_t uuid;
+    uint32_t format_version;
+    uint64_t size;             /* logical size of the default volume */
+    uint64_t chunks;           /* distinct chunks stored */
+    uint64_t chunk_bytes;      /* chunks * STORE_BLOCK */
+    uint64_t referenced_bytes; /* sum over map entries of non-zero blocks:
+                                  logical bytes those chunks serve */
+    uint64_t free_slots;       /* reusable slots in the chunk file */
+    uint64_t file_bytes;       /* bytes allocated on disk by both files */
+    uint64_t gc_pending; /* map entries waiting for the collector (est.) */
+    unsigned volumes, snapshots;
+};
+int store_info(struct store *st, struct store_info *out);
+
+/* Changed blocks between two objects (a snapshot and a later snapshot or
+ * volume): cb(offset, length) for each run that differs. */
+int store_diff(struct store *st, const char *from, const char *to,
+               int (*cb)(uint64_t offset, uint64_t length, void *arg),
+               void *arg);
+
+/* Run the collector to completion now (it also runs in the background). */
+int store_gc(struct store *st);
+
+/* Consistency check: every map entry names an existing chunk, every
+ * refcount equals its references, every chunk hashes to its key, the free
+ * list and the hash index agree.  progress(done, total) is called now and
+ * then; problem(msg) once per problem found.  Returns the number of
+ * problems (0: consistent) or -errno. */
+int store_check(struct store *st,
+                void (*progress)(uint64_t done, uint64_t total, void *arg),
+                void (*problem)(const char *msg, void *arg), void *arg);
+
+/* ---- I/O on a volume or snapshot ---- */
+
+/* Open name (or UUID) for I/O.  Snapshots open read-only. */
+int store_vol_open(struct store *st, const char *name_or_uuid,
+                   struct store_vol **out);
+void store_vol_close(struct store_vol *v);
+uint64_t store_vol_size(const struct store_vol *v);
+int store_vol_readonly(const struct store_vol *v);
+/* The object's current name (changes on rename).  Copied into buf. */
+void store_vol_name(const struct store_vol *v, char buf[STORE_NAME_MAX + 1]);
+
+#define STORE_FUA 1u     /* durable before return */
+#define STORE_NO_HOLE 2u /* zero: keep it allocated (reads zero, not a hole)   \
+                          */
+
+/* Any offset and length within the size (unaligned ones are handled by
+ * read-modify-write under the store lock).  -EROFS on a snapshot,
+ * -EINVAL out of range. */
+int store_read(struct store_vol *v, void *buf, uint64_t off, uint32_t len);
+int store_write(struct store_vol *v, const void *buf, uint64_t off,
+                uint32_t len, unsigned flags);
+/* Make the range read as zeros, releasing chunks (TRIM and WRITE_ZEROES). */
+int store_zero(struct store_vol *v, uint64_t off, uint64_t len, unsigned flags);
+/* Make every completed write durable. */
+int store_flush(struct store *st);
+
+#define STORE_EXT_HOLE 1u
+#define STORE_EXT_ZERO 2u
+/* Allocation of [off, off+len): cb(off, len, flags) for consecutive runs;
+ * a nonzero return from cb stops the walk (not an error). */
+int store_extents(struct store_vol *v, uint64_t off, uint64_t len,
+                  int (*cb)(uint64_t off, uint64_t len, unsigned flags,
+                            void *arg),
+                  void *arg);
+
+/* Test hook: replace the chunk hash (NULL restores XXH3-128).  Used by the
+ * unit tests to force collisions.  Not thread-safe; call before I/O. */
+void store_set_hash_for_testing(void (*hash)(const void *block,
+                                             uint8_t out[16]));
+
+#endif
