@@ -1,0 +1,20 @@
+#!/bin/bash
+# tests/deps.sh: install what the build and the tests need, on Debian 12.
+# Does nothing when everything is present; needs root (apt-get) otherwise.
+set -euo pipefail
+pkgs=(build-essential pkg-config liblmdb-dev lmdb-utils libxxhash-dev uuid-dev
+      libnl-genl-3-dev libnbd-bin python3-libnbd qemu-utils fio fuse3 e2fsprogs
+      nbdkit socat jq util-linux clang-format)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/deps.sh: missing packages: ${missing[*]} (run as root to install them)" >&2
+    exit 1
+fi
+echo "tests/deps.sh: apt-get install ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,37 @@
+#!/bin/bash
+# tests/run-tests.sh: run the unit tests (tests/unit/test-*) and the shell
+# tests (tests/test-*.sh), two at a time, each with a time limit.  Prints one
+# line per test and a closing "N passed, N failed, N skipped" line.
+# Usage: tests/run-tests.sh [PATTERN...]   (e.g. tests/run-tests.sh nbd-)
+set -u
+cd "$(dirname "$0")/.."
+export PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+logdir=tests/logs
+rm -rf "$logdir"; mkdir -p "$logdir"
+list=()
+for t in tests/unit/test-*; do
+    [ -x "$t" ] && [[ $t != *.c ]] && list+=("$t")
+done
+for t in tests/test-*.sh; do list+=("$t"); done
+if [ $# -gt 0 ]; then
+    sel=()
+    for t in "${list[@]}"; do for p in "$@"; do [[ $t == *$p* ]] && sel+=("$t") && break; done; done
+    list=("${sel[@]}")
+fi
+run_one() {
+    local t=$1 name rc start end
+    name=$(basename "$t" .sh)
+    start=$(date +%s)
+    timeout -k 10 "${TEST_TIMEOUT:-600}" "$t" >"tests/logs/$name.log" 2>&1; rc=$?
+    end=$(date +%s)
+    case $rc in
+        0) echo "PASS $name ($((end - start))s)" ;;
+        77) echo "SKIP $name: $(grep -m1 '^SKIP' "tests/logs/$name.log" || true)" ;;
+        *) echo "FAIL $name (rc=$rc, $((end - start))s)"; tail -n 25 "tests/logs/$name.log" | sed 's/^/    /' ;;
+    esac
+}
+export -f run_one
+printf '%s\n' "${list[@]}" | xargs -P "${TEST_JOBS:-2}" -I{} bash -c 'run_one {}' | tee "$logdir/summary"
+pass=$(grep -c '^PASS' "$logdir/summary"); failn=$(grep -c '^FAIL' "$logdir/summary"); skipn=$(grep -c '^SKIP' "$logdir/summary")
+echo "$pass passed, $failn failed, $skipn skipped"
+[ "$failn" -eq 0 ] && [ "$pass" -gt 0 ]
