@@ -43,7 +43,10 @@ SOVERSION  := 2
 LIBS_BUSE  := -lnl-genl-3 -lnl-3
 LIBS_STORE := -llmdb -lxxhash -luuid
 
-PROGRAMS := busexmp busesnap bsnap
+# Programs are built once their sources exist (the tree grows part by part).
+PROGRAMS := $(if $(wildcard tools/busexmp.c),busexmp) \
+            $(if $(SERVER_SRC),busesnap) $(if $(wildcard tools/bsnap.c),bsnap)
+UNIT_BIN := $(if $(STORE_SRC),$(UNIT_BIN))
 
 all: libbuse.a libbuse.so $(PROGRAMS) $(UNIT_BIN) buse.pc
 
