@@ -80,18 +80,34 @@ buse.pc: buse.pc.in Makefile
 HEADERS := $(wildcard include/*.h src/*/*.h)
 $(BUSE_OBJ) $(STORE_OBJ) $(SERVER_OBJ) tools/bsnap.o tools/busexmp.o: $(HEADERS)
 
+# Targets users run on a fresh machine install what they need first.
 deps:
 	tests/deps.sh
 
-check: all
+check:
 	tests/deps.sh
+	$(MAKE) all
 	tests/run-tests.sh
 
-check-kernel: all
+check-kernel:
+	tests/deps.sh
+	$(MAKE) all
 	tests/kernel/run.sh
 
-bench: all
+bench:
+	tests/deps.sh
+	$(MAKE) all
 	bench/run.sh
+
+# The main job on an embedded default: an 8 GiB disk in ./busesnap.db,
+# served on ./busesnap.sock (bsnap finds the server's control socket).
+SERVE_IMAGE ?= busesnap.db
+SERVE_SIZE  ?= 8G
+SERVE_SOCK  ?= busesnap.sock
+serve:
+	tests/deps.sh
+	$(MAKE) all
+	./busesnap serve $(SERVE_IMAGE) --size $(SERVE_SIZE) --socket $(SERVE_SOCK)
 
 install: all
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR) $(DESTDIR)$(BINDIR) \
@@ -117,4 +133,4 @@ format-check:
 clean:
 	rm -f src/*/*.o tools/*.o libbuse.a libbuse.so libstore.a $(PROGRAMS) $(UNIT_BIN) buse.pc
 
-.PHONY: all deps check check-kernel bench install format format-check clean
+.PHONY: all deps check check-kernel bench serve install format format-check clean
