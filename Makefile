@@ -63,9 +63,9 @@ libstore.a: $(STORE_OBJ)
 busexmp: tools/busexmp.o libbuse.a
 	$(CC) -o $@ $^ $(LDFLAGS) $(LIBS_BUSE)
 busesnap: $(SERVER_OBJ) libstore.a libbuse.a
-	$(CC) -o $@ $^ $(LDFLAGS) $(LIBS_STORE) $(LIBS_BUSE)
+	$(CC) -o $@ $^ $(LDFLAGS) $(LIBS_STORE) $(LIBS_BUSE) -ljansson
 bsnap: tools/bsnap.o
-	$(CC) -o $@ $^ $(LDFLAGS) -luuid
+	$(CC) -o $@ $^ $(LDFLAGS) -luuid -ljansson
 
 tests/unit/test-%: tests/unit/test-%.c libstore.a libbuse.a
 	$(CC) $(CFLAGS) -Isrc -o $@ $^ $(LDFLAGS) $(LIBS_STORE) $(LIBS_BUSE)

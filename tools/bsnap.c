@@ -1,0 +1,721 @@
+/* bsnap.c: the operator's tool for a running busesnap (snapshots, clones,
+ * rollback, delete, rename, info, check, diff, gc).
+ *
+ * bsnap never opens the image: it speaks the control protocol of
+ * doc/control.md over the server's Unix socket (one request per run, a
+ * hello first) and formats the answer.  Exit codes: 0 ok, 1 refused or
+ * failed (one line on stderr), 2 usage.  The --json forms print the
+ * protocol's objects unchanged, so they are as stable as the protocol.
+ * The default socket path must match ctl_default_path() in
+ * src/server/control.c.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define BSNAP_PROTOCOL_VERSION 1
+#define BSNAP_NAME_MAX 64
+
+static const char *control_path;
+static const char *cmd_name = NULL;
+
+static void usage_error(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2), noreturn));
+static void usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "bsnap: %s%s", cmd_name ? cmd_name : "",
+            cmd_name ? ": " : "");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (see bsnap %s%s--help)\n", cmd_name ? cmd_name : "",
+            cmd_name ? " " : "");
+    exit(2);
+}
+
+static void die(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("bsnap: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+static void default_path(char *buf, size_t len)
+{
+    const char *e = getenv("BSNAP_CONTROL");
+    if (e && *e) {
+        snprintf(buf, len, "%s", e);
+        return;
+    }
+    e = getenv("XDG_RUNTIME_DIR");
+    if (e && *e)
+        snprintf(buf, len, "%s/busesnap.ctl", e);
+    else if (geteuid() == 0)
+        snprintf(buf, len, "/run/busesnap.ctl");
+    else
+        snprintf(buf, len, "/tmp/busesnap-%u.ctl", (unsigned)geteuid());
+}
+
+/* A name or a UUID: 1-64 bytes of [A-Za-z0-9._:+-], not starting '-'. */
+static void check_name(const char *what, const char *s)
+{
+    size_t n = strlen(s);
+    int ok = n >= 1 && n <= BSNAP_NAME_MAX && s[0] != '-';
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+             (s[i] >= '0' && s[i] <= '9') || strchr("._:+-", s[i]);
+    if (!ok)
+        usage_error("invalid %s \"%s\": 1 to %d characters of A-Z a-z 0-9 "
+                    ". _ : + -, not starting with -",
+                    what, s, BSNAP_NAME_MAX);
+}
+
+/* ---- the connection ---- */
+
+static FILE *conn;
+static int conn_fd = -1;
+
+/* Read one response line; NULL at EOF.  The caller owns the result. */
+static json_t *read_line(void)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, conn);
+    if (n <= 0) {
+        free(line);
+        return NULL;
+    }
+    json_error_t err;
+    json_t *j = json_loadb(line, (size_t)n, 0, &err);
+    if (!j || !json_is_object(j))
+        die("%s: malformed answer from the server: %s", control_path,
+            j ? "not an object" : err.text);
+    free(line);
+    return j;
+}
+
+static void send_req(json_t *req)
+{
+    char *s = json_dumps(req, JSON_COMPACT);
+    if (!s)
+        die("out of memory");
+    size_t len = strlen(s);
+    if (send(conn_fd, s, len, MSG_NOSIGNAL) != (ssize_t)len ||
+        send(conn_fd, "\n", 1, MSG_NOSIGNAL) != 1)
+        die("%s: cannot send the request: %s", control_path, strerror(errno));
+    free(s);
+    json_decref(req);
+}
+
+static const char *jstr(json_t *o, const char *key)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    return s ? s : "";
+}
+
+static long long jint(json_t *o, const char *key)
+{
+    return (long long)json_integer_value(json_object_get(o, key));
+}
+
+/* Exit 1 with the server's message if res is an error. */
+static void check_ok(json_t *res)
+{
+    if (!json_is_true(json_object_get(res, "ok"))) {
+        const char *m = jstr(res, "message");
+        die("%s", *m ? m : jstr(res, "error"));
+    }
+}
+
+static void connect_server(void)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(control_path) >= sizeof sa.sun_path)
+        usage_error("control socket path too long: %s", control_path);
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", control_path);
+    conn_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (conn_fd < 0)
+        die("socket: %s", strerror(errno));
+    if (connect(conn_fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+        die("cannot reach busesnap at %s: %s (is the server running? "
+            "--control PATH or $BSNAP_CONTROL choose the socket)",
+            control_path, strerror(errno));
+    conn = fdopen(conn_fd, "r");
+    if (!conn)
+        die("fdopen: %s", strerror(errno));
+    json_t *g = read_line();
+    if (!g)
+        die("%s: the server closed the connection", control_path);
+    if (json_object_get(g, "ok"))
+        check_ok(g); /* a refusal (e.g. another user) */
+    if (strcmp(jstr(g, "busesnap"), "control") != 0)
+        die("%s: not a busesnap control socket", control_path);
+    json_decref(g);
+    send_req(json_pack("{s:s, s:i}", "op", "hello", "version",
+                       BSNAP_PROTOCOL_VERSION));
+    json_t *h = read_line();
+    if (!h)
+        die("%s: the server closed the connection", control_path);
+    check_ok(h);
+    json_decref(h);
+}
+
+static int show_progress;
+
+/* Send req (owned) and return the final response (progress lines are
+ * printed to stderr when show_progress).  Exits on error responses. */
+static json_t *request(json_t *req)
+{
+    send_req(req);
+    for (;;) {
+        json_t *res = read_line();
+        if (!res)
+            die("%s: the server closed the connection", control_path);
+        json_t *p = json_object_get(res, "progress");
+        if (p) {
+            if (show_progress) {
+                long long done = jint(p, "done"), total = jint(p, "total");
+                fprintf(stderr, "\rchecking: %lld / %lld (%.0f%%)  ", done,
+                        total, total ? 100.0 * done / total : 100.0);
+                if (done == total)
+                    fputc('\n', stderr);
+            }
+            json_decref(res);
+            continue;
+        }
+        check_ok(res);
+        return res;
+    }
+}
+
+static void print_json(json_t *j)
+{
+    json_dumpf(j, stdout, JSON_INDENT(2));
+    putchar('\n');
+}
+
+static const char *human(unsigned long long b, char *buf, size_t len)
+{
+    static const char units[] = "BKMGTP";
+    double v = (double)b;
+    int u = 0;
+    while (v >= 1024 && u < 5) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, len, "%lluB", b);
+    else
+        snprintf(buf, len, "%.*f%c", v < 10 ? 1 : 0, v, units[u]);
+    return buf;
+}
+
+/* ---- commands ---- */
+
+struct cmd {
+    const char *name;
+    const char *usage; /* after "bsnap [--control PATH] NAME " */
+    const char *help;
+    int (*run)(int argc, char **argv);
+};
+
+static int json_out, force;
+static const char *volume;
+
+/* getopt over the command's options: --json, --force, --volume,
+ * --progress, --control, --help.  Returns the index of the first
+ * positional argument. */
+static const struct cmd *current;
+static void print_cmd_help(const struct cmd *c);
+
+static int parse_opts(int argc, char **argv, const char *allowed)
+{
+    static const struct option opts[] = {{"json", no_argument, 0, 'j'},
+                                         {"force", no_argument, 0, 'f'},
+                                         {"volume", required_argument, 0, 'V'},
+                                         {"progress", no_argument, 0, 'p'},
+                                         {"control", required_argument, 0, 'c'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (c == 'h') {
+            print_cmd_help(current);
+            exit(0);
+        }
+        if (c == 'c') {
+            control_path = optarg;
+            continue;
+        }
+        if (c == '?' || !strchr(allowed, c))
+            usage_error("bad option \"%s\"", argv[optind - 1]);
+        if (c == 'j')
+            json_out = 1;
+        else if (c == 'f')
+            force = 1;
+        else if (c == 'V')
+            volume = optarg;
+        else if (c == 'p')
+            show_progress = 1;
+    }
+    return optind;
+}
+
+static void nargs(int argc, char **argv, int first, int n)
+{
+    if (argc - first < n)
+        usage_error("missing argument%s", n - (argc - first) > 1 ? "s" : "");
+    if (argc - first > n)
+        usage_error("unexpected argument \"%s\"", argv[first + n]);
+}
+
+static void print_created(json_t *res)
+{
+    json_t *o = json_object_get(res, "object");
+    if (json_out)
+        print_json(o);
+    else
+        printf("%s %s\n", jstr(o, "name"), jstr(o, "uuid"));
+}
+
+static int cmd_create(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "jV");
+    nargs(argc, argv, i, 1);
+    check_name("snapshot name", argv[i]);
+    if (volume)
+        check_name("volume", volume);
+    connect_server();
+    json_t *req = json_pack("{s:s, s:s}", "op", "create", "name", argv[i]);
+    if (volume)
+        json_object_set_new(req, "volume", json_string(volume));
+    json_t *res = request(req);
+    print_created(res);
+    json_decref(res);
+    return 0;
+}
+
+static int cmd_clone(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "j");
+    nargs(argc, argv, i, 2);
+    check_name("snapshot", argv[i]);
+    check_name("volume name", argv[i + 1]);
+    connect_server();
+    json_t *res = request(json_pack("{s:s, s:s, s:s}", "op", "clone",
+                                    "snapshot", argv[i], "name", argv[i + 1]));
+    print_created(res);
+    json_decref(res);
+    return 0;
+}
+
+static int cmd_rollback(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "fVj");
+    nargs(argc, argv, i, 1);
+    check_name("snapshot", argv[i]);
+    if (volume)
+        check_name("volume", volume);
+    connect_server();
+    json_t *req = json_pack("{s:s, s:s, s:b}", "op", "rollback", "snapshot",
+                            argv[i], "force", force);
+    if (volume)
+        json_object_set_new(req, "volume", json_string(volume));
+    json_t *res = request(req);
+    if (json_out) {
+        json_object_del(res, "ok");
+        print_json(res);
+    } else {
+        printf("rolled back %s to %s", jstr(res, "volume"),
+               jstr(res, "snapshot"));
+        if (jint(res, "disconnected"))
+            printf(" (disconnected %lld client%s)", jint(res, "disconnected"),
+                   jint(res, "disconnected") == 1 ? "" : "s");
+        putchar('\n');
+    }
+    json_decref(res);
+    return 0;
+}
+
+static int cmd_delete(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "fj");
+    nargs(argc, argv, i, 1);
+    check_name("name", argv[i]);
+    connect_server();
+    json_t *res = request(json_pack("{s:s, s:s, s:b}", "op", "delete", "name",
+                                    argv[i], "force", force));
+    json_t *o = json_object_get(res, "object");
+    if (json_out) {
+        json_object_del(res, "ok");
+        print_json(res);
+    } else {
+        printf("deleted %s %s", jstr(o, "kind"), jstr(o, "name"));
+        if (jint(res, "disconnected"))
+            printf(" (disconnected %lld client%s)", jint(res, "disconnected"),
+                   jint(res, "disconnected") == 1 ? "" : "s");
+        putchar('\n');
+    }
+    json_decref(res);
+    return 0;
+}
+
+static int cmd_rename(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "j");
+    nargs(argc, argv, i, 2);
+    check_name("name", argv[i]);
+    check_name("new name", argv[i + 1]);
+    connect_server();
+    json_t *res = request(json_pack("{s:s, s:s, s:s}", "op", "rename", "name",
+                                    argv[i], "new_name", argv[i + 1]));
+    if (json_out)
+        print_json(json_object_get(res, "object"));
+    else
+        printf("renamed %s to %s\n", argv[i],
+               jstr(json_object_get(res, "object"), "name"));
+    json_decref(res);
+    return 0;
+}
+
+/* list: a tree.  Roots are original volumes; a snapshot sits below the
+ * volume it was taken of, a clone below its origin snapshot.  A volume
+ * rolled back to its own snapshot would make a cycle: volumes on a cycle
+ * are roots. */
+struct node {
+    json_t *o;
+    const char *uuid, *parent;
+    int volume, root, shown;
+};
+
+static int find(struct node *v, size_t n, const char *uuid)
+{
+    for (size_t i = 0; uuid[0] && i < n; i++)
+        if (strcmp(v[i].uuid, uuid) == 0)
+            return (int)i;
+    return -1;
+}
+
+static int name_width;
+
+static void print_node(struct node *v, size_t n, size_t i, int depth)
+{
+    char size[16], written[16], label[256];
+    json_t *o = v[i].o;
+    v[i].shown = 1;
+    snprintf(label, sizeof label, "%*s%s%s", depth * 2, "", jstr(o, "name"),
+             json_is_true(json_object_get(o, "default")) ? "*" : "");
+    printf(
+        "%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %lld\n", name_width, label,
+        jstr(o, "kind"), jstr(o, "uuid"),
+        *jstr(o, "parent") ? jstr(o, "parent") : "-", jstr(o, "created_iso"),
+        human((unsigned long long)jint(o, "size"), size, sizeof size),
+        human((unsigned long long)jint(o, "written"), written, sizeof written),
+        jint(o, "clients"));
+    for (size_t k = 0; k < n; k++)
+        if (!v[k].shown && !v[k].root && strcmp(v[k].parent, v[i].uuid) == 0)
+            print_node(v, n, k, depth + 1);
+}
+
+static int depth_of(struct node *v, size_t n, size_t i)
+{
+    int d = 0;
+    for (int k = (int)i; k >= 0 && !v[k].root && d <= (int)n;
+         k = find(v, n, v[k].parent))
+        d++;
+    return d;
+}
+
+static int cmd_list(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "j");
+    nargs(argc, argv, i, 0);
+    connect_server();
+    json_t *res = request(json_pack("{s:s}", "op", "list"));
+    json_t *objs = json_object_get(res, "objects");
+    if (json_out) {
+        print_json(objs);
+        json_decref(res);
+        return 0;
+    }
+    size_t n = json_array_size(objs);
+    struct node *v = calloc(n ? n : 1, sizeof *v);
+    if (!v)
+        die("out of memory");
+    for (size_t k = 0; k < n; k++) {
+        json_t *o = json_array_get(objs, k);
+        v[k].o = o;
+        v[k].uuid = jstr(o, "uuid");
+        v[k].parent = jstr(o, "parent_uuid");
+        v[k].volume = strcmp(jstr(o, "kind"), "volume") == 0;
+    }
+    for (size_t k = 0; k < n; k++) {
+        int p = find(v, n, v[k].parent);
+        if (p < 0) {
+            v[k].root = 1;
+            continue;
+        }
+        /* Walk up: back to k means a cycle; volumes on it are roots. */
+        size_t steps = 0;
+        for (; p >= 0 && (size_t)p != k && steps <= n; steps++)
+            p = find(v, n, v[p].parent);
+        if (p >= 0 && (size_t)p == k && v[k].volume)
+            v[k].root = 1;
+    }
+    name_width = 4;
+    for (size_t k = 0; k < n; k++) {
+        int w = depth_of(v, n, k) * 2 + (int)strlen(jstr(v[k].o, "name")) + 1;
+        if (w > name_width)
+            name_width = w;
+    }
+    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %s\n", name_width,
+           "NAME", "KIND", "UUID", "PARENT", "CREATED", "SIZE", "WRITTEN",
+           "CLIENTS");
+    for (size_t k = 0; k < n; k++)
+        if (v[k].root && !v[k].shown)
+            print_node(v, n, k, 0);
+    for (size_t k = 0; k < n; k++) /* anything left: a cycle of snapshots */
+        if (!v[k].shown)
+            print_node(v, n, k, 0);
+    free(v);
+    json_decref(res);
+    return 0;
+}
+
+static void print_info(json_t *in)
+{
+    char b[16];
+#define BYTES(label, key)                                                      \
+    printf("%-18s %s (%lld bytes)\n", label,                                   \
+           human((unsigned long long)jint(in, key), b, sizeof b),              \
+           jint(in, key))
+    printf("%-18s %s\n", "image:", jstr(in, "image"));
+    printf("%-18s %s\n", "uuid:", jstr(in, "uuid"));
+    printf("%-18s %lld\n", "format version:", jint(in, "format_version"));
+    BYTES("logical size:", "size");
+    BYTES("physical bytes:", "physical_bytes");
+    printf("%-18s %lld\n", "chunks:", jint(in, "chunks"));
+    BYTES("referenced:", "referenced_bytes");
+    printf("%-18s %.2f\n", "dedup ratio:",
+           json_number_value(json_object_get(in, "dedup_ratio")));
+    BYTES("free:", "free_bytes");
+    BYTES("reclaimable:", "reclaimable_bytes");
+    printf("%-18s %lld volumes, %lld snapshots\n",
+           "objects:", jint(in, "volumes"), jint(in, "snapshots"));
+#undef BYTES
+}
+
+static int cmd_info(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "j");
+    nargs(argc, argv, i, 0);
+    connect_server();
+    json_t *res = request(json_pack("{s:s}", "op", "info"));
+    if (json_out)
+        print_json(json_object_get(res, "info"));
+    else
+        print_info(json_object_get(res, "info"));
+    json_decref(res);
+    return 0;
+}
+
+static int cmd_gc(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "j");
+    nargs(argc, argv, i, 0);
+    connect_server();
+    json_t *res = request(json_pack("{s:s}", "op", "gc"));
+    if (json_out) {
+        print_json(json_object_get(res, "info"));
+    } else {
+        char b[16];
+        json_t *in = json_object_get(res, "info");
+        printf("collected in %.1f ms; free %s, physical %s\n",
+               (double)jint(res, "elapsed_us") / 1000.0,
+               human((unsigned long long)jint(in, "free_bytes"), b, sizeof b),
+               human((unsigned long long)jint(in, "physical_bytes"),
+                     (char[16]){0}, 16));
+    }
+    json_decref(res);
+    return 0;
+}
+
+static int cmd_check(int argc, char **argv)
+{
+    show_progress = isatty(2);
+    int i = parse_opts(argc, argv, "pj");
+    nargs(argc, argv, i, 0);
+    connect_server();
+    json_t *res = request(json_pack("{s:s}", "op", "check"));
+    long long problems = jint(res, "problems");
+    if (json_out) {
+        json_object_del(res, "ok");
+        print_json(res);
+    } else {
+        size_t k;
+        json_t *m;
+        json_array_foreach(json_object_get(res, "messages"), k, m)
+            fprintf(stderr, "bsnap: problem: %s\n", json_string_value(m));
+        if (problems)
+            fprintf(stderr, "bsnap: %lld problem%s found\n", problems,
+                    problems == 1 ? "" : "s");
+        else
+            printf("no problems found\n");
+    }
+    json_decref(res);
+    return problems ? 1 : 0;
+}
+
+static int cmd_diff(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "j");
+    nargs(argc, argv, i, 2);
+    check_name("FROM", argv[i]);
+    check_name("TO", argv[i + 1]);
+    connect_server();
+    json_t *res = request(json_pack("{s:s, s:s, s:s}", "op", "diff", "from",
+                                    argv[i], "to", argv[i + 1]));
+    if (json_out) {
+        json_object_del(res, "ok");
+        print_json(res);
+    } else {
+        size_t k;
+        json_t *e;
+        char b[16];
+        json_array_foreach(json_object_get(res, "extents"), k, e)
+            printf("%lld %lld\n", jint(e, "offset"), jint(e, "length"));
+        fprintf(
+            stderr, "%s changed in %zu extent%s%s\n",
+            human((unsigned long long)jint(res, "changed_bytes"), b, sizeof b),
+            json_array_size(json_object_get(res, "extents")),
+            json_array_size(json_object_get(res, "extents")) == 1 ? "" : "s",
+            json_is_true(json_object_get(res, "truncated"))
+                ? " (list truncated)"
+                : "");
+    }
+    json_decref(res);
+    return 0;
+}
+
+static const struct cmd cmds[] = {
+    {"create", "SNAP [--volume VOL] [--json]",
+     "Snapshot VOL (default: the default volume) as SNAP; prints its name\n"
+     "and UUID.  O(1), atomic: it holds every write acknowledged before.\n",
+     cmd_create},
+    {"list", "[--json]",
+     "Every volume and snapshot as a tree (snapshots below their volume,\n"
+     "clones below their origin snapshot) with UUID, parent, creation time,\n"
+     "size, bytes written in it, and NBD clients.  * marks the default\n"
+     "volume (export \"\").\n",
+     cmd_list},
+    {"rollback", "SNAP [--volume VOL] [--force] [--json]",
+     "Make VOL (default: the volume SNAP was taken of) read as SNAP.\n"
+     "Refused while VOL has NBD clients (their caches would be stale)\n"
+     "unless --force, which disconnects them first.\n",
+     cmd_rollback},
+    {"clone", "SNAP NEWVOL [--json]",
+     "Create the writable volume NEWVOL starting from SNAP; it is served as\n"
+     "NBD export NEWVOL at once.  O(1).\n",
+     cmd_clone},
+    {"delete", "NAME [--force] [--json]",
+     "Delete a snapshot or volume.  A served one is refused unless --force\n"
+     "(disconnects its clients).  A snapshot with clones may be deleted:\n"
+     "the clones keep their content.  Space is reclaimed by the collector\n"
+     "(see gc).\n",
+     cmd_delete},
+    {"rename", "NAME NEWNAME [--json]",
+     "Rename a volume or snapshot (its UUID stays).\n", cmd_rename},
+    {"info", "[--json]",
+     "Image UUID, format version, logical size, physical bytes, chunks,\n"
+     "dedup ratio, free and reclaimable space.\n",
+     cmd_info},
+    {"check", "[--progress] [--json]",
+     "Consistency check of the live image (progress on stderr when it is a\n"
+     "terminal or with --progress).  Exit 1 if problems were found.\n",
+     cmd_check},
+    {"diff", "FROM TO [--json]",
+     "Byte ranges that differ between two snapshots or volumes: one\n"
+     "\"OFFSET LENGTH\" line each, a summary on stderr.\n",
+     cmd_diff},
+    {"gc", "[--json]",
+     "Run the space collector to completion now (it also runs in the\n"
+     "background).\n",
+     cmd_gc},
+};
+
+static void print_cmd_help(const struct cmd *c)
+{
+    printf("Usage: bsnap [--control PATH] %s %s\n%s", c->name, c->usage,
+           c->help);
+}
+
+static void main_help(void)
+{
+    printf("Usage: bsnap [--control PATH] COMMAND [ARGS]\n"
+           "Control a running busesnap server: snapshots, clones, rollback.\n"
+           "\n");
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        printf("  %-9s %s\n", cmds[i].name, cmds[i].usage);
+    printf("\n"
+           "--control PATH: the server's control socket (default: "
+           "$BSNAP_CONTROL,\n"
+           "$XDG_RUNTIME_DIR/busesnap.ctl, /run/busesnap.ctl for root,\n"
+           "/tmp/busesnap-UID.ctl otherwise).  Names and UUIDs are accepted\n"
+           "wherever a name is.  `bsnap COMMAND --help` for details.\n"
+           "Exit codes: 0 ok, 1 refused or failed, 2 usage.\n");
+}
+
+int main(int argc, char **argv)
+{
+    char path[256];
+    int i = 1;
+    opterr = 0;
+    while (i < argc && argv[i][0] == '-') {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            main_help();
+            return 0;
+        } else if (!strcmp(argv[i], "--control") && i + 1 < argc) {
+            control_path = argv[i + 1];
+            i += 2;
+        } else if (!strncmp(argv[i], "--control=", 10)) {
+            control_path = argv[i] + 10;
+            i++;
+        } else {
+            usage_error("bad option \"%s\"", argv[i]);
+        }
+    }
+    if (i >= argc)
+        usage_error("missing COMMAND");
+    if (!strcmp(argv[i], "help")) {
+        main_help();
+        return 0;
+    }
+    for (size_t k = 0; k < sizeof cmds / sizeof cmds[0]; k++) {
+        if (strcmp(argv[i], cmds[k].name) != 0)
+            continue;
+        current = &cmds[k];
+        cmd_name = cmds[k].name;
+        if (!control_path) {
+            /* --control may also come after the command: parse_opts. */
+            default_path(path, sizeof path);
+            control_path = path;
+        }
+        return cmds[k].run(argc - i, argv + i);
+    }
+    usage_error("unknown command \"%s\"", argv[i]);
+}
