@@ -1,0 +1,443 @@
+#!/usr/bin/python3
+"""bench/bench.py: the side-by-side benchmark of issue 6 (run by bench/run.sh).
+
+One run on one machine: every server of servers.py is started on a private
+Unix socket and driven by fio's nbd engine (one job = one connection, unique
+data from --refill_buffers, the region pre-filled where reads are measured);
+then the store-specific measures (first write after a snapshot, snapshot and
+clone creation time, deep history, space, memory) run on busesnap and, where
+the peer has the feature, on qcow2.  Raw results go to bench/results/latest.json;
+bench/report.py turns them into the table, the targets and the chart.  A phase
+that fails is recorded under "errors" and the run goes on: this is a
+benchmark, it never decides pass/fail.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import servers  # noqa: E402
+from servers import Server, TOP  # noqa: E402
+
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+ONLY = [s for s in os.environ.get("BENCH_SERVERS", "").split(",") if s]
+PHASES = [s for s in os.environ.get("BENCH_PHASES", "").split(",") if s]
+GIB = 1 << 30
+MIB = 1 << 20
+
+if QUICK:
+    CFG = dict(region="256M", dur=2, big="1G", many=100, history=20, chain=5, clones=10,
+               samples=3, multiconn=False)
+else:
+    CFG = dict(region="1G", dur=int(os.environ.get("BENCH_DURATION", "8")), big="8G",
+               many=1000, history=100, chain=20, clones=10, samples=7, multiconn=True)
+REGION = servers.parse_size(CFG["region"])
+DUR = CFG["dur"]
+BSNAP = os.path.join(TOP, "bsnap")
+
+results = {"mode": "quick" if QUICK else "full", "config": CFG, "servers": {},
+           "points": [], "snapwrite": [], "snaptime": [], "deep": [], "space": [],
+           "memory": [], "errors": [], "phase_seconds": {}}
+
+
+def log(msg):
+    print("bench: " + msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- fio
+
+
+def fio(uri, rw, bs, qd, runtime=None, size=REGION, offset=0, io_size=None, seed=None,
+        randommap=False, numjobs=1, extra=()):
+    """Run one fio job against URI and return its figures (IOPS, MB/s, p50/p99
+    completion latency in microseconds, ios, runtime in seconds)."""
+    argv = ["fio", "--name=bench", "--ioengine=nbd", "--uri=" + uri, "--rw=" + rw,
+            "--bs=" + str(bs), "--iodepth=%d" % qd, "--size=%d" % size,
+            "--offset=%d" % offset, "--refill_buffers", "--output-format=json",
+            "--numjobs=%d" % numjobs, "--group_reporting"]
+    if runtime:
+        argv += ["--runtime=%g" % runtime]
+        if io_size is None:
+            argv += ["--time_based"]
+    if io_size is not None:
+        argv += ["--io_size=%d" % io_size]
+    if seed is not None:
+        argv += ["--randseed=%d" % seed]
+    if not randommap and rw.startswith("rand"):
+        argv += ["--norandommap", "--randrepeat=0"]
+    argv += list(extra)
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError("fio %s bs=%s qd=%d on %s failed: %s"
+                           % (rw, bs, qd, uri, (p.stderr or p.stdout).strip()[-300:]))
+    out = p.stdout
+    job = json.loads(out[out.index("{"):])["jobs"][0]
+    d = "read" if "read" in rw else "write"
+    sec = job[d]
+    pct = sec.get("clat_ns", {}).get("percentile", {})
+    return {"iops": round(sec["iops"], 1), "mbps": round(sec["bw_bytes"] / 1e6, 1),
+            "p50_us": round(pct.get("50.000000", 0) / 1000, 1),
+            "p99_us": round(pct.get("99.000000", 0) / 1000, 1),
+            "ios": sec["total_ios"], "runtime_s": sec["runtime"] / 1000.0}
+
+
+def prefill(uri, size=REGION, offset=0):
+    """Write SIZE bytes of unique data sequentially and flush."""
+    t = time.monotonic()
+    r = fio(uri, "write", "1M", 8, size=size, offset=offset, extra=["--end_fsync=1"])
+    r["wall_s"] = round(time.monotonic() - t, 2)
+    return r
+
+
+STANDARD = [
+    # name, rw, bs, qd, extra
+    ("randread-4k-qd1", "randread", "4k", 1, []),
+    ("randread-4k-qd16", "randread", "4k", 16, []),
+    ("seqread-1m-qd8", "read", "1M", 8, []),
+    ("randwrite-4k-qd1", "randwrite", "4k", 1, []),
+    ("randwrite-4k-qd16", "randwrite", "4k", 16, []),
+    ("randwrite-4k-qd1-fsync32", "randwrite", "4k", 1, ["--fsync=32"]),
+    ("randwrite-4k-qd16-fsync32", "randwrite", "4k", 16, ["--fsync=32"]),
+    ("seqwrite-1m-qd8", "write", "1M", 8, []),
+]
+MULTICONN = [
+    ("randread-4k-qd16-2conn", "randread", "4k", 16, 2),
+    ("randwrite-4k-qd16-2conn", "randwrite", "4k", 16, 2),
+]
+
+
+def add_point(server, workload, r):
+    r = dict(r, server=server, workload=workload)
+    results["points"].append(r)
+    log("%-14s %-26s %10.0f IOPS %8.1f MB/s p50 %7.1f us p99 %8.1f us"
+        % (server, workload, r["iops"], r["mbps"], r["p50_us"], r["p99_us"]))
+
+
+# ---------------------------------------------------------------- phases
+
+
+def phase_standard(kind, work, logs):
+    """Pre-fill the region, measure the standard points, space and RSS."""
+    srv = Server(kind, work, logs, size="1G").start()
+    try:
+        base = srv.allocated_bytes()
+        r = prefill(srv.uri())
+        add_point(kind, "prefill-seqwrite-1m-qd8", r)
+        if kind not in ("nbdkit-memory", "busexmp", "nbdkit-file"):
+            results["space"].append({"server": kind, "case": "random-once",
+                                     "written": REGION,
+                                     "growth": srv.allocated_bytes() - base})
+        for name, rw, bs, qd, extra in STANDARD:
+            if kind == "nbdkit-file" and bs != "1M":
+                continue  # the plain file is the reference for sequential I/O only
+            add_point(kind, name, fio(srv.uri(), rw, bs, qd, runtime=DUR, extra=extra))
+        if CFG["multiconn"] and kind != "nbdkit-file":
+            for name, rw, bs, qd, jobs in MULTICONN:
+                add_point(kind, name, fio(srv.uri(), rw, bs, qd, runtime=DUR, numjobs=jobs))
+        results["memory"].append({"server": kind, "written": REGION,
+                                  "rss_anon_kib": srv.rss_anon_kib()})
+    finally:
+        srv.stop()
+
+
+def bsnap(srv, *args):
+    """Run bsnap against SRV; return the wall time of the round trip in ms."""
+    t = time.perf_counter()
+    p = subprocess.run([BSNAP, "--control", srv.control] + list(args),
+                       capture_output=True, text=True)
+    ms = (time.perf_counter() - t) * 1000
+    if p.returncode != 0:
+        raise RuntimeError("bsnap %s: %s" % (" ".join(args), p.stderr.strip()))
+    return ms
+
+
+def qemu_img(*args):
+    t = time.perf_counter()
+    subprocess.run(["qemu-img"] + list(args), check=True, capture_output=True)
+    return (time.perf_counter() - t) * 1000
+
+
+class Snapshotter:
+    """Takes snapshots of a server the way its tool allows: bsnap over the
+    control socket while busesnap serves; for qcow2 the image must not be in
+    use, so qemu-nbd is stopped, `qemu-img snapshot -c` run, and restarted."""
+
+    def __init__(self, srv):
+        self.srv = srv
+        self.n = 0
+
+    def snapshot(self, name=None):
+        self.n += 1
+        name = name or "s%d" % self.n
+        if self.srv.kind == "busesnap":
+            return bsnap(self.srv, "create", name)
+        self.srv.stop()
+        ms = qemu_img("snapshot", "-c", name, self.srv.image)
+        self.srv.start()
+        return ms
+
+
+def passes(srv, qd, first, n, seed0):
+    """N passes of 4K random writes, each covering distinct blocks of the
+    region (fio's random map), capped at DUR/2 s each; with FIRST a new
+    snapshot is taken before each pass, so every write is the first to its
+    block since a snapshot."""
+    snap = Snapshotter(srv)
+    rs = []
+    for i in range(n):
+        if first:
+            snap.snapshot("first%d-%d" % (qd, seed0 + i))
+        rs.append(fio(srv.uri(), "randwrite", "4k", qd, runtime=max(1, DUR / 2),
+                      io_size=REGION, seed=seed0 + i, randommap=True))
+    ios = sum(r["ios"] for r in rs)
+    secs = sum(r["runtime_s"] for r in rs)
+    return {"iops": round(ios / secs, 1), "mbps": round(ios * 4096 / secs / 1e6, 1),
+            "p50_us": round(statistics.mean(r["p50_us"] for r in rs), 1),
+            "p99_us": round(statistics.mean(r["p99_us"] for r in rs), 1),
+            "ios": ios, "runtime_s": secs}
+
+
+def phase_snapwrite(kind, work, logs):
+    """First write after a snapshot against an ordinary overwrite."""
+    srv = Server(kind, work, logs, size="1G", tag=kind + "-snapwrite").start()
+    try:
+        prefill(srv.uri())
+        for qd in (16, 1):
+            r = passes(srv, qd, False, 2, 100 + qd)
+            results["snapwrite"].append(dict(r, server=kind, qd=qd, phase="overwrite"))
+            log("%s QD%d overwrite: %.0f IOPS" % (kind, qd, r["iops"]))
+        for qd in (16, 1):
+            r = passes(srv, qd, True, 2, 200 + qd)
+            results["snapwrite"].append(dict(r, server=kind, qd=qd, phase="first-after-snapshot"))
+            log("%s QD%d first write after snapshot: %.0f IOPS" % (kind, qd, r["iops"]))
+    finally:
+        srv.stop()
+
+
+def time_ops(srv, written, label, tag):
+    """Time CFG['samples'] snapshot and clone creations."""
+    creates, clones = [], []
+    for i in range(CFG["samples"]):
+        name = "t%s-%d" % (tag, i)
+        if srv.kind == "busesnap":
+            creates.append(bsnap(srv, "create", name))
+            clones.append(bsnap(srv, "clone", name, "v" + name))
+        else:
+            creates.append(qemu_img("snapshot", "-c", name, srv.image))
+            ov = os.path.join(srv.dir, "ov-%s.qcow2" % name)
+            clones.append(qemu_img("create", "-q", "-f", "qcow2", "-b", srv.image,
+                                   "-F", "qcow2", ov))
+    for op, ms in (("create", creates), ("clone", clones)):
+        results["snaptime"].append({"server": srv.kind, "op": op, "written": written,
+                                    "existing": label, "ms": [round(x, 2) for x in ms],
+                                    "median_ms": round(statistics.median(ms), 2)})
+        log("%s %s at %.1f GiB written, %s snapshots: median %.2f ms"
+            % (srv.kind, op, written / GIB, label, statistics.median(ms)))
+
+
+def make_many(srv, n, tag):
+    """Bring the snapshot count to about N; returns the creation times."""
+    ms = []
+    for i in range(n):
+        name = "m%s-%d" % (tag, i)
+        if srv.kind == "busesnap":
+            ms.append(bsnap(srv, "create", name))
+        else:
+            ms.append(qemu_img("snapshot", "-c", name, srv.image))
+    return ms
+
+
+def phase_snaptime(kind, work, logs):
+    """Snapshot/clone creation at REGION and at CFG['big'] written, with 1 and
+    CFG['many'] existing snapshots; RSS and space at CFG['big'] written."""
+    for size in (CFG["region"], CFG["big"]):
+        nbytes = servers.parse_size(size)
+        srv = Server(kind, work, logs, size=size, tag="%s-snaptime-%s" % (kind, size)).start()
+        try:
+            base = srv.allocated_bytes()
+            r = prefill(srv.uri(), size=nbytes)
+            add_point(kind, "prefill-%s-seqwrite-1m-qd8" % size, r)
+            results["memory"].append({"server": kind, "written": nbytes,
+                                      "rss_anon_kib": srv.rss_anon_kib()})
+            results["space"].append({"server": kind, "case": "random-once-%s" % size,
+                                      "written": nbytes, "growth": srv.allocated_bytes() - base})
+            if kind == "qemu-qcow2":
+                srv.stop()  # qemu-img needs the image to itself
+            make_many(srv, 1, size)
+            time_ops(srv, nbytes, "1", size + "a")
+            ms = make_many(srv, CFG["many"], size)
+            results["snaptime"].append({"server": kind, "op": "create-series",
+                                        "written": nbytes, "existing": "0..%d" % CFG["many"],
+                                        "median_ms": round(statistics.median(ms), 2),
+                                        "first10_median_ms": round(statistics.median(ms[:10]), 2),
+                                        "last10_median_ms": round(statistics.median(ms[-10:]), 2),
+                                        "max_ms": round(max(ms), 2)})
+            time_ops(srv, nbytes, str(CFG["many"]), size + "b")
+            if kind == "busesnap":
+                results["memory"].append({"server": kind, "written": nbytes,
+                                          "after": "%d snapshots" % CFG["many"],
+                                          "rss_anon_kib": srv.rss_anon_kib()})
+        finally:
+            srv.stop()
+
+
+def phase_deep(kind, work, logs):
+    """Random reads with no history, after CFG['history'] snapshots each
+    followed by 1% of the blocks overwritten, and from a clone CFG['chain']
+    levels deep (each level overwriting another 1%)."""
+    srv = Server(kind, work, logs, size="1G", tag=kind + "-deep").start()
+    pct = REGION // 100 // 4096 * 4096
+
+    def reads(case, export=""):
+        for qd in (1, 16):
+            r = fio(srv.uri(export), "randread", "4k", qd, runtime=DUR)
+            results["deep"].append(dict(r, server=kind, case=case, qd=qd))
+            log("%s deep history %s QD%d: %.0f IOPS" % (kind, case, qd, r["iops"]))
+
+    def write_pct(export, seed):
+        fio(srv.uri(export), "randwrite", "4k", 16, io_size=pct, seed=seed, randommap=True,
+            extra=["--end_fsync=1"])
+
+    try:
+        prefill(srv.uri())
+        reads("none")
+        for i in range(CFG["history"]):
+            bsnap(srv, "create", "h%d" % i)
+            write_pct("", 1000 + i)
+        reads("%d-snapshots" % CFG["history"])
+        parent = "h%d" % (CFG["history"] - 1)
+        for level in range(1, CFG["chain"] + 1):
+            vol = "c%d" % level
+            bsnap(srv, "clone", parent, vol)
+            write_pct(vol, 5000 + level)
+            parent = vol + "-s"
+            bsnap(srv, "create", parent, "--volume", vol)
+        reads("clone-depth-%d" % CFG["chain"], "c%d" % CFG["chain"])
+    finally:
+        srv.stop()
+
+
+def phase_clonespace(kind, work, logs):
+    """Ten clones of a pre-filled image, each overwriting a different 1% with
+    unique data: how much the image grows.  qcow2 does it with overlays
+    (qemu-img create -b) each served by its own qemu-nbd."""
+    srv = Server(kind, work, logs, size="1G", tag=kind + "-clonespace").start()
+    pct = REGION // 100 // 4096 * 4096
+    try:
+        prefill(srv.uri())
+        if kind == "busesnap":
+            bsnap(srv, "create", "golden")
+            before = srv.allocated_bytes()
+            for i in range(CFG["clones"]):
+                bsnap(srv, "clone", "golden", "vm%d" % i)
+                fio(srv.uri("vm%d" % i), "randwrite", "4k", 16, offset=i * pct, size=pct,
+                    io_size=pct, seed=i, randommap=True, extra=["--end_fsync=1"])
+            growth = srv.allocated_bytes() - before
+        else:
+            srv.stop()
+            growth = 0
+            for i in range(CFG["clones"]):
+                ov = os.path.join(srv.dir, "vm%d.qcow2" % i)
+                qemu_img("create", "-q", "-f", "qcow2", "-b", srv.image, "-F", "qcow2", ov)
+                o = Server(kind, work, logs, size="1G", tag=kind + "-clonespace", image=ov)
+                o.start()
+                fio(o.uri(), "randwrite", "4k", 16, offset=i * pct, size=pct, io_size=pct,
+                    seed=i, randommap=True, extra=["--end_fsync=1"])
+                o.stop()
+                growth += os.stat(ov).st_blocks * 512
+        results["space"].append({"server": kind, "case": "ten-clones-1pct",
+                                 "written": CFG["clones"] * pct, "growth": growth})
+        log("%s ten clones 1%% each: grew %.1f MiB for %.1f MiB written"
+            % (kind, growth / MIB, CFG["clones"] * pct / MIB))
+    finally:
+        srv.stop()
+
+
+# ---------------------------------------------------------------- machine
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def machine(work):
+    mem = sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo")
+    src = sh("findmnt -no SOURCE,FSTYPE -T %s" % work)
+    dev = os.path.basename(src.split()[0]) if src else ""
+    rot = sh("cat /sys/block/%s/queue/rotational 2>/dev/null" % dev)
+    return {
+        "nproc": os.cpu_count(), "cpu": sh("awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo"),
+        "memory": mem, "kernel": platform.release(), "os": sh(". /etc/os-release; echo $PRETTY_NAME"),
+        "disk": "%s (%s, %s)" % (src, "rotational" if rot == "1" else "non-rotational",
+                                 sh("df -h --output=size %s | tail -1" % work).strip() + " total"),
+        "fio": sh("fio --version"), "nbdkit": sh("nbdkit --version"),
+        "qemu": sh("qemu-nbd --version | head -1"),
+        "git": sh("git -C %s describe --always --dirty" % TOP),
+        "load_before": sh("cut -d' ' -f1-3 /proc/loadavg"),
+    }
+
+
+def run_phase(name, fn, *args):
+    if PHASES and name not in PHASES:
+        return
+    t = time.monotonic()
+    try:
+        fn(*args)
+    except Exception as e:  # a benchmark records and goes on
+        msg = "%s %s: %s" % (name, args[0], e)
+        log("ERROR " + msg)
+        results["errors"].append(msg)
+    key = "%s/%s" % (name, args[0])
+    results["phase_seconds"][key] = round(time.monotonic() - t, 1)
+
+
+def main():
+    out = os.environ.get("BENCH_OUT", os.path.join(TOP, "bench", "results", "latest.json"))
+    work = tempfile.mkdtemp(prefix="busesnap-bench.", dir=os.environ.get("TMPDIR", "/var/tmp"))
+    logs = os.path.join(work, "logs")
+    os.makedirs(logs)
+    t0 = time.monotonic()
+    results["machine"] = machine(work)
+    results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    kinds = ONLY or list(servers.KINDS)
+    for k in kinds:
+        why = servers.available(k)
+        results["servers"][k] = {"description": servers.KINDS[k][0],
+                                 "available": why is None, "skipped": why}
+        if why:
+            log("skipping %s: %s" % (k, why))
+    ok = [k for k in kinds if results["servers"][k]["available"]]
+    have_bsnap = os.access(BSNAP, os.X_OK)
+    for k in ok:
+        run_phase("standard", phase_standard, k, work, logs)
+    for k in [k for k in ok if k in ("busesnap", "qemu-qcow2")]:
+        if k == "busesnap" and not have_bsnap:
+            results["errors"].append("busesnap store phases skipped: bsnap is not built")
+            continue
+        run_phase("snapwrite", phase_snapwrite, k, work, logs)
+        run_phase("snaptime", phase_snaptime, k, work, logs)
+        run_phase("clonespace", phase_clonespace, k, work, logs)
+        if k == "busesnap":
+            run_phase("deep", phase_deep, k, work, logs)
+    results["total_seconds"] = round(time.monotonic() - t0, 1)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+        f.write("\n")
+    log("results in %s (%.0f s); logs in %s" % (out, results["total_seconds"], logs))
+    if not os.environ.get("BENCH_KEEP"):
+        subprocess.run(["rm", "-rf", work])
+        log("(temp dir removed; BENCH_KEEP=1 keeps it)")
+
+
+if __name__ == "__main__":
+    main()
