@@ -1,0 +1,407 @@
+/* handshake.c: the fixed-newstyle NBD handshake, server side.
+ *
+ * One function per option, in the order doc/proto.md lists them.  A
+ * malformed or unknown option gets an error reply and the handshake goes
+ * on; only I/O failures, a bad magic or a failed NBD_OPT_EXPORT_NAME end
+ * the connection (the protocol leaves no other way for those).  Runs on the
+ * connection's own thread; calls list_exports, open and close there.
+ */
+#define BUSE_INTERNAL
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "protocol.h"
+
+uint16_t buse_transmission_flags(const struct buse_server *srv,
+                                 const struct buse_export *exp)
+{
+    const struct buse_operations *o = &srv->ops;
+    uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_CACHE;
+    if (exp->readonly || (!o->write && !o->write_flags)) {
+        f |= NBD_FLAG_READ_ONLY;
+    } else {
+        if (o->flush)
+            f |= NBD_FLAG_SEND_FLUSH;
+        if (o->write_flags || o->flush)
+            f |= NBD_FLAG_SEND_FUA;
+        if (o->trim || o->trim_flags)
+            f |= NBD_FLAG_SEND_TRIM;
+        f |= NBD_FLAG_SEND_WRITE_ZEROES;
+        if (o->write_zeroes)
+            f |= NBD_FLAG_SEND_FAST_ZERO;
+    }
+    if (o->flags & BUSE_CAN_MULTI_CONN)
+        f |= NBD_FLAG_CAN_MULTI_CONN;
+    return f;
+}
+
+int buse_open_export(struct buse_conn *conn, const char *name)
+{
+    struct buse_server *srv = conn->srv;
+    memset(&conn->exp, 0, sizeof conn->exp);
+    conn->exp.size = srv->size;
+    if (srv->ops.open) {
+        int r = srv->ops.open(name, &conn->exp, srv->userdata);
+        if (r < 0) {
+            buse_debug("export \"%s\": open failed: %s", name, strerror(-r));
+            return r;
+        }
+        if (r > 0)
+            return -EIO;
+    } else {
+        conn->exp.handle = srv->userdata;
+    }
+    if (srv->ops.flags & BUSE_READONLY)
+        conn->exp.readonly = 1;
+    conn->export_name = strdup(name);
+    if (!conn->export_name) {
+        conn->opened = 1;
+        buse_close_export(conn);
+        return -ENOMEM;
+    }
+    conn->opened = 1;
+    conn->tflags = buse_transmission_flags(srv, &conn->exp);
+    buse_debug("export \"%s\": opened, %llu bytes, flags 0x%x", name,
+               (unsigned long long)conn->exp.size, conn->tflags);
+    return 0;
+}
+
+void buse_close_export(struct buse_conn *conn)
+{
+    struct buse_server *srv = conn->srv;
+    if (!conn->opened)
+        return;
+    conn->opened = 0;
+    if (srv->ops.open && srv->ops.close && conn->exp.handle)
+        srv->ops.close(conn->exp.handle);
+    free(conn->export_name);
+    conn->export_name = NULL;
+}
+
+/* Send one option reply (header + payload). */
+static int send_rep(struct buse_conn *conn, uint32_t opt, uint32_t type,
+                    const void *data, size_t len)
+{
+    unsigned char h[20];
+    buse_put64(h, NBD_REP_MAGIC);
+    buse_put32(h + 8, opt);
+    buse_put32(h + 12, type);
+    buse_put32(h + 16, (uint32_t)len);
+    struct iovec iov[2] = {{h, sizeof h}, {(void *)data, len}};
+    return buse_writev_full(conn->fd, iov, len ? 2 : 1);
+}
+
+/* An error reply with a human-readable message (the spec allows one). */
+static int send_err(struct buse_conn *conn, uint32_t opt, uint32_t type,
+                    const char *msg)
+{
+    buse_debug("option %u: error 0x%x: %s", opt, type, msg);
+    return send_rep(conn, opt, type, msg, strlen(msg));
+}
+
+static uint32_t errno_to_rep(int err)
+{
+    switch (err) {
+    case ENOENT:
+        return NBD_REP_ERR_UNKNOWN;
+    case EPERM:
+    case EACCES:
+        return NBD_REP_ERR_POLICY;
+    case ESHUTDOWN:
+        return NBD_REP_ERR_SHUTDOWN;
+    case ENOTSUP:
+        return NBD_REP_ERR_UNSUP;
+    case E2BIG:
+    case EOVERFLOW:
+        return NBD_REP_ERR_TOO_BIG;
+    default:
+        return NBD_REP_ERR_INVALID;
+    }
+}
+
+static int opt_list(struct buse_conn *conn, uint32_t len)
+{
+    struct buse_server *srv = conn->srv;
+    struct buse_export_list list = {0};
+    int r;
+    if (len != 0)
+        return send_err(conn, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
+                        "NBD_OPT_LIST takes no data");
+    if (srv->ops.list_exports)
+        r = srv->ops.list_exports(&list, srv->userdata);
+    else
+        r = buse_add_export(&list, "", NULL);
+    if (r < 0) {
+        buse_export_list_free(&list);
+        return send_err(conn, NBD_OPT_LIST, errno_to_rep(-r),
+                        "cannot list exports");
+    }
+    for (size_t i = 0; i < list.n && r == 0; i++) {
+        const char *name = list.v[i].name;
+        const char *desc = list.v[i].description ? list.v[i].description : "";
+        size_t nl = strlen(name), dl = strlen(desc);
+        unsigned char *buf = malloc(4 + nl + dl);
+        if (!buf) {
+            r = -ENOMEM;
+            break;
+        }
+        buse_put32(buf, (uint32_t)nl);
+        memcpy(buf + 4, name, nl);
+        memcpy(buf + 4 + nl, desc, dl);
+        r = send_rep(conn, NBD_OPT_LIST, NBD_REP_SERVER, buf, 4 + nl + dl);
+        free(buf);
+    }
+    buse_export_list_free(&list);
+    if (r < 0)
+        return r;
+    return send_rep(conn, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
+}
+
+static int send_info(struct buse_conn *conn, uint32_t opt, uint16_t type,
+                     const void *data, size_t len)
+{
+    unsigned char buf[2 + NBD_MAX_STRING];
+    buse_put16(buf, type);
+    memcpy(buf + 2, data, len);
+    return send_rep(conn, opt, NBD_REP_INFO, buf, 2 + len);
+}
+
+/* NBD_OPT_INFO and NBD_OPT_GO.  Returns 1 when GO entered transmission. */
+static int opt_info_go(struct buse_conn *conn, uint32_t opt,
+                       const unsigned char *d, uint32_t len)
+{
+    struct buse_server *srv = conn->srv;
+    int want_name = 0, r;
+    if (len < 6)
+        return send_err(conn, opt, NBD_REP_ERR_INVALID, "option too short");
+    uint32_t nl = buse_get32(d);
+    if (nl > len - 6)
+        return send_err(conn, opt, NBD_REP_ERR_INVALID,
+                        "export name length exceeds option length");
+    if (nl > NBD_MAX_STRING)
+        return send_err(conn, opt, NBD_REP_ERR_TOO_BIG, "export name too long");
+    uint16_t nreq = buse_get16(d + 4 + nl);
+    if (4 + nl + 2 + 2u * nreq != len)
+        return send_err(conn, opt, NBD_REP_ERR_INVALID,
+                        "information request count does not match length");
+    for (unsigned i = 0; i < nreq; i++)
+        if (buse_get16(d + 6 + nl + 2 * i) == NBD_INFO_NAME)
+            want_name = 1;
+    char name[NBD_MAX_STRING + 1];
+    memcpy(name, d + 4, nl);
+    name[nl] = 0;
+    if (memchr(name, 0, nl))
+        return send_err(conn, opt, NBD_REP_ERR_INVALID,
+                        "export name contains NUL");
+
+    r = buse_open_export(conn, name);
+    if (r < 0) {
+        char msg[NBD_MAX_STRING + 64];
+        snprintf(msg, sizeof msg, "export \"%s\": %s", name,
+                 r == -ENOENT ? "no such export" : strerror(-r));
+        return send_err(conn, opt, errno_to_rep(-r), msg);
+    }
+    unsigned char b[12];
+    buse_put64(b, conn->exp.size);
+    buse_put16(b + 8, conn->tflags);
+    r = send_info(conn, opt, NBD_INFO_EXPORT, b, 10);
+    if (r == 0 && want_name)
+        r = send_info(conn, opt, NBD_INFO_NAME, name, nl);
+    if (r == 0 && conn->exp.description) {
+        size_t dl = strlen(conn->exp.description);
+        if (dl > NBD_MAX_STRING)
+            dl = NBD_MAX_STRING;
+        r = send_info(conn, opt, NBD_INFO_DESCRIPTION, conn->exp.description,
+                      dl);
+    }
+    if (r == 0) {
+        uint32_t pref = srv->ops.blksize >= 512 ? srv->ops.blksize : 4096;
+        uint32_t min = srv->ops.min_block ? srv->ops.min_block : 1;
+        if (pref < min)
+            pref = min;
+        buse_put32(b, min);
+        buse_put32(b + 4, pref);
+        buse_put32(b + 8, buse_max_payload(srv));
+        r = send_info(conn, opt, NBD_INFO_BLOCK_SIZE, b, 12);
+    }
+    if (r == 0)
+        r = send_rep(conn, opt, NBD_REP_ACK, NULL, 0);
+    if (r < 0 || opt == NBD_OPT_INFO) {
+        buse_close_export(conn);
+        return r;
+    }
+    return 1;
+}
+
+static int opt_meta(struct buse_conn *conn, uint32_t opt,
+                    const unsigned char *d, uint32_t len)
+{
+    int set = opt == NBD_OPT_SET_META_CONTEXT;
+    uint32_t pos, nq, i;
+    if (!conn->structured)
+        return send_err(conn, opt, NBD_REP_ERR_INVALID,
+                        "structured replies were not negotiated");
+    if (len < 8 || buse_get32(d) > len - 8)
+        return send_err(conn, opt, NBD_REP_ERR_INVALID, "option too short");
+    pos = 4 + buse_get32(d);
+    nq = buse_get32(d + pos);
+    pos += 4;
+    /* Validate the whole option before answering any of it. */
+    uint32_t p = pos;
+    for (i = 0; i < nq; i++) {
+        if (len - p < 4 || buse_get32(d + p) > len - p - 4)
+            return send_err(conn, opt, NBD_REP_ERR_INVALID,
+                            "query length exceeds option length");
+        p += 4 + buse_get32(d + p);
+    }
+    if (p != len)
+        return send_err(conn, opt, NBD_REP_ERR_INVALID,
+                        "trailing data after queries");
+    if (set)
+        conn->meta_base_allocation = 0;
+    const char ctx[] = NBD_CONTEXT_BASE_ALLOCATION;
+    unsigned char rep[4 + sizeof ctx];
+    buse_put32(rep, NBD_CONTEXT_ID_BASE_ALLOCATION);
+    memcpy(rep + 4, ctx, sizeof ctx - 1);
+    int match = nq == 0 && !set;
+    for (i = 0, p = pos; i < nq; i++) {
+        uint32_t ql = buse_get32(d + p);
+        const char *q = (const char *)d + p + 4;
+        p += 4 + ql;
+        if (ql == sizeof ctx - 1 && memcmp(q, ctx, ql) == 0)
+            match = 1;
+        else if (!set && ql == 5 && memcmp(q, "base:", 5) == 0)
+            match = 1;
+    }
+    if (match) {
+        int r = send_rep(conn, opt, NBD_REP_META_CONTEXT, rep, sizeof rep - 1);
+        if (r < 0)
+            return r;
+        if (set)
+            conn->meta_base_allocation = 1;
+    }
+    return send_rep(conn, opt, NBD_REP_ACK, NULL, 0);
+}
+
+/* NBD_OPT_EXPORT_NAME: success enters transmission; failure must close. */
+static int opt_export_name(struct buse_conn *conn, const unsigned char *d,
+                           uint32_t len)
+{
+    char name[NBD_MAX_STRING + 1];
+    if (len > NBD_MAX_STRING) {
+        buse_err("client: export name too long (%u bytes)", len);
+        return -EINVAL;
+    }
+    memcpy(name, d, len);
+    name[len] = 0;
+    int r = buse_open_export(conn, name);
+    if (r < 0) {
+        buse_err("export \"%s\": %s (closing the connection, as "
+                 "NBD_OPT_EXPORT_NAME requires)",
+                 name, r == -ENOENT ? "no such export" : strerror(-r));
+        return r;
+    }
+    unsigned char b[10 + 124] = {0};
+    buse_put64(b, conn->exp.size);
+    buse_put16(b + 8, conn->tflags);
+    r = buse_write_full(conn->fd, b, conn->no_zeroes ? 10 : sizeof b);
+    if (r < 0) {
+        buse_close_export(conn);
+        return r;
+    }
+    return 1;
+}
+
+int buse_handshake(struct buse_conn *conn)
+{
+    unsigned char b[18];
+    int r;
+    buse_put64(b, NBD_MAGIC);
+    buse_put64(b + 8, NBD_IHAVEOPT);
+    buse_put16(b + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    if ((r = buse_write_full(conn->fd, b, 18)) < 0)
+        return r;
+    if ((r = buse_read_full(conn->fd, b, 4)) < 0)
+        return r;
+    uint32_t cflags = buse_get32(b);
+    if (cflags &
+        ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
+        buse_err("client: unknown handshake flags 0x%x", cflags);
+        return -EPROTO;
+    }
+    conn->no_zeroes = !!(cflags & NBD_FLAG_C_NO_ZEROES);
+
+    for (;;) {
+        unsigned char h[16];
+        if ((r = buse_read_full(conn->fd, h, 16)) < 0)
+            return r;
+        if (buse_get64(h) != NBD_IHAVEOPT) {
+            buse_err("client: bad option magic");
+            return -EPROTO;
+        }
+        uint32_t opt = buse_get32(h + 8), len = buse_get32(h + 12);
+        buse_debug("option %u, %u bytes", opt, len);
+        if (len > NBD_MAX_OPTION) {
+            if (opt == NBD_OPT_EXPORT_NAME) {
+                buse_err("client: export name too long (%u bytes)", len);
+                return -EINVAL;
+            }
+            if ((r = buse_drain(conn->fd, len)) < 0)
+                return r;
+            if ((r = send_err(conn, opt, NBD_REP_ERR_TOO_BIG,
+                              "option data too long")) < 0)
+                return r;
+            continue;
+        }
+        unsigned char *d = malloc(len ? len : 1);
+        if (!d)
+            return -ENOMEM;
+        if ((r = buse_read_full(conn->fd, d, len)) < 0) {
+            free(d);
+            return r;
+        }
+        switch (opt) {
+        case NBD_OPT_EXPORT_NAME:
+            r = opt_export_name(conn, d, len);
+            break;
+        case NBD_OPT_ABORT:
+            send_rep(conn, opt, NBD_REP_ACK, NULL, 0);
+            r = -ECONNABORTED;
+            break;
+        case NBD_OPT_LIST:
+            r = opt_list(conn, len);
+            break;
+        case NBD_OPT_INFO:
+        case NBD_OPT_GO:
+            r = opt_info_go(conn, opt, d, len);
+            break;
+        case NBD_OPT_STRUCTURED_REPLY:
+            if (len != 0) {
+                r = send_err(conn, opt, NBD_REP_ERR_INVALID,
+                             "NBD_OPT_STRUCTURED_REPLY takes no data");
+            } else if (conn->structured) {
+                r = send_err(conn, opt, NBD_REP_ERR_INVALID,
+                             "structured replies already negotiated");
+            } else {
+                conn->structured = 1;
+                r = send_rep(conn, opt, NBD_REP_ACK, NULL, 0);
+            }
+            break;
+        case NBD_OPT_LIST_META_CONTEXT:
+        case NBD_OPT_SET_META_CONTEXT:
+            r = opt_meta(conn, opt, d, len);
+            break;
+        default:
+            r = send_err(conn, opt, NBD_REP_ERR_UNSUP, "option not supported");
+            break;
+        }
+        free(d);
+        if (r == -ECONNABORTED)
+            return 0;
+        if (r != 0)
+            return r;
+    }
+}

@@ -1,0 +1,129 @@
+/* internal.h: libbuse's server and connection objects (private).
+ *
+ * One struct buse_server owns listeners, a wake pipe (signals and
+ * buse_server_stop() write to it) and a list of connections.  Each
+ * connection has one thread that runs the handshake and then becomes
+ * worker 0 of its transmission phase, plus threads-1 more workers.
+ * Invariants: a connection is in srv->conns from accept until its close()
+ * callback ran and its fd is closed, both under srv->lock; nothing outside
+ * its own threads touches conn->fd except shutdown() under srv->lock.
+ * Include only from the .c files of src/buse (they define BUSE_INTERNAL).
+ */
+#ifndef BUSE_INTERNAL_H
+#define BUSE_INTERNAL_H
+
+#ifndef BUSE_INTERNAL
+#error "internal.h is private to libbuse: include <buse.h> instead"
+#endif
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "buse.h"
+
+#define BUSE_MAX_LISTENERS 16
+
+struct buse_kattach; /* an attached kernel device (server.c) */
+
+struct buse_server {
+    struct buse_operations ops; /* caller's, zero beyond its ops_size */
+    void *userdata;
+    uint64_t size; /* default export size */
+
+    int listen_fds[BUSE_MAX_LISTENERS];
+    char *listen_paths[BUSE_MAX_LISTENERS]; /* unix path to unlink, or NULL */
+    unsigned nlisten;
+
+    int wake[2];              /* pipe: signals, stop(), kernel conn ends */
+    atomic_int stop_requests; /* stop() calls and signals received */
+    atomic_int running;
+
+    pthread_mutex_t serial_lock; /* BUSE_SERIALIZE: one callback at a time */
+    pthread_mutex_t lock;        /* guards everything below */
+    pthread_cond_t cond;         /* a connection left the list */
+    struct buse_conn *conns;
+    unsigned nconns;
+    unsigned kernel_conns; /* live connections serving a kernel device */
+    int had_kernel;
+    struct buse_kattach *kdevs;
+};
+
+struct buse_conn {
+    struct buse_server *srv;
+    struct buse_conn *next, *prev; /* srv->conns, under srv->lock */
+    int fd;
+    int kernel;          /* serving a kernel device: no handshake */
+    int killed;          /* disconnect() shut it down (srv->lock) */
+    int in_transmission; /* (srv->lock) */
+    char *export_name;   /* the export opened, set before in_transmission */
+
+    /* Negotiated in the handshake. */
+    int no_zeroes;
+    int structured;
+    int meta_base_allocation;
+
+    /* The open export. */
+    struct buse_export exp;
+    int opened;
+    uint16_t tflags;
+
+    /* Transmission phase. */
+    pthread_mutex_t recv_lock; /* one reader of the socket at a time */
+    pthread_mutex_t send_lock; /* one reply at a time, never interleaved */
+    atomic_int dead;           /* stop reading requests */
+    pthread_t thread;
+};
+
+/* util.c */
+extern int buse_verbose;
+void buse_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void buse_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int buse_read_full(int fd, void *buf, size_t len); /* 0, -EIO at EOF */
+int buse_write_full(int fd, const void *buf, size_t len);
+int buse_writev_full(int fd, struct iovec *iov, int iovcnt);
+int buse_drain(int fd, uint64_t len);
+void buse_put16(unsigned char *p, uint16_t v);
+void buse_put32(unsigned char *p, uint32_t v);
+void buse_put64(unsigned char *p, uint64_t v);
+uint16_t buse_get16(const unsigned char *p);
+uint32_t buse_get32(const unsigned char *p);
+uint64_t buse_get64(const unsigned char *p);
+
+struct buse_export_entry {
+    char *name;
+    char *description;
+};
+struct buse_export_list {
+    struct buse_export_entry *v;
+    size_t n, cap;
+};
+void buse_export_list_free(struct buse_export_list *list);
+
+struct buse_extents {
+    uint64_t next;      /* where the next extent must start */
+    uint64_t end;       /* end of the request */
+    unsigned char *buf; /* big-endian (length, flags) pairs */
+    unsigned n, max;
+};
+
+/* handshake.c: run the fixed-newstyle handshake.  Returns 1 when the
+ * connection entered transmission (conn->exp open), 0 when the client
+ * ended it cleanly (ABORT), -errno on a protocol or I/O failure. */
+int buse_handshake(struct buse_conn *conn);
+/* Open export name for conn (fills conn->exp, conn->tflags). */
+int buse_open_export(struct buse_conn *conn, const char *name);
+void buse_close_export(struct buse_conn *conn);
+uint16_t buse_transmission_flags(const struct buse_server *srv,
+                                 const struct buse_export *exp);
+
+/* transmission.c: serve requests with the configured worker threads until
+ * disconnect, error or shutdown.  Returns when every worker is done. */
+void buse_transmission(struct buse_conn *conn);
+
+/* server.c */
+unsigned buse_threads(const struct buse_server *srv);
+uint32_t buse_max_payload(const struct buse_server *srv);
+
+#endif

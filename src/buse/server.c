@@ -1,0 +1,669 @@
+/* server.c: the libbuse server object, its listeners and its connections.
+ *
+ * buse_server_run() is a poll() loop over the listening sockets and a wake
+ * pipe; each accepted socket gets its own thread (handshake, then the
+ * workers of transmission.c).  Signals and buse_server_stop() only write a
+ * byte to the wake pipe, so they are async-signal-safe.  Shutdown: close
+ * the listeners (unlinking Unix socket files), release kernel devices,
+ * shut every connection's socket down and wait for the connection threads
+ * to finish; a second stop request while waiting gives up waiting (the
+ * server object is then leaked rather than freed under running threads).
+ * Kernel devices are served as connections that skip the handshake.
+ */
+#define BUSE_INTERNAL
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "kernel.h"
+#include "protocol.h"
+
+struct buse_kattach {
+    struct buse_kdev *kd;
+    struct buse_kattach *next;
+};
+
+unsigned buse_threads(const struct buse_server *srv)
+{
+    if (srv->ops.flags & BUSE_SERIALIZE)
+        return 1;
+    if (srv->ops.threads == 0)
+        return 8;
+    return srv->ops.threads > 64 ? 64 : srv->ops.threads;
+}
+
+uint32_t buse_max_payload(const struct buse_server *srv)
+{
+    uint32_t m = srv->ops.max_block;
+    return m == 0 || m > NBD_MAX_PAYLOAD ? NBD_MAX_PAYLOAD : m;
+}
+
+struct buse_server *buse_server_new_sized(const struct buse_operations *ops,
+                                          size_t ops_size, void *userdata)
+{
+    struct buse_server *srv;
+    if (!ops || ops_size < offsetof(struct buse_operations, size_blocks) +
+                               sizeof ops->size_blocks) {
+        buse_err("buse_server_new: buse_operations is missing or too small");
+        errno = EINVAL;
+        return NULL;
+    }
+    srv = calloc(1, sizeof *srv);
+    if (!srv) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    /* Read no member beyond what the caller was compiled with. */
+    memcpy(&srv->ops, ops,
+           ops_size < sizeof srv->ops ? ops_size : sizeof srv->ops);
+    srv->userdata = userdata;
+    const struct buse_operations *o = &srv->ops;
+    int err = 0;
+    if (!o->read) {
+        buse_err("buse_operations.read is required");
+        err = EINVAL;
+    }
+    srv->size = o->size;
+    if (!srv->size && o->size_blocks) {
+        if (!o->blksize || o->size_blocks > UINT64_MAX / o->blksize) {
+            buse_err("buse_operations: size_blocks needs a blksize, and "
+                     "blksize * size_blocks must fit 64 bits");
+            err = EINVAL;
+        } else {
+            srv->size = o->size_blocks * o->blksize;
+        }
+    }
+    if (!err && !srv->size && !o->open) {
+        buse_err("buse_operations: size is 0 (set size, or blksize and "
+                 "size_blocks, or an open callback that sets it)");
+        err = EINVAL;
+    }
+    if (!err && o->min_block && (o->min_block & (o->min_block - 1))) {
+        buse_err("buse_operations.min_block %u is not a power of two",
+                 o->min_block);
+        err = EINVAL;
+    }
+    if (!err && (o->blksize & (o->blksize - 1))) {
+        buse_err("buse_operations.blksize %u is not a power of two",
+                 o->blksize);
+        err = EINVAL;
+    }
+    if (!err && pipe2(srv->wake, O_CLOEXEC | O_NONBLOCK) < 0)
+        err = errno;
+    if (err) {
+        free(srv);
+        errno = err;
+        return NULL;
+    }
+    pthread_mutex_init(&srv->lock, NULL);
+    pthread_mutex_init(&srv->serial_lock, NULL);
+    pthread_cond_init(&srv->cond, NULL);
+    return srv;
+}
+
+static int add_listener(struct buse_server *srv, int fd, const char *path)
+{
+    if (srv->nlisten == BUSE_MAX_LISTENERS) {
+        buse_err("too many listening sockets (at most %d)", BUSE_MAX_LISTENERS);
+        close(fd);
+        return -EMFILE;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    srv->listen_paths[srv->nlisten] = path ? strdup(path) : NULL;
+    srv->listen_fds[srv->nlisten++] = fd;
+    return 0;
+}
+
+int buse_server_listen_unix(struct buse_server *srv, const char *path,
+                            unsigned mode)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct stat st;
+    int fd, r;
+    if (strlen(path) >= sizeof sa.sun_path) {
+        buse_err("%s: socket path too long", path);
+        return -ENAMETOOLONG;
+    }
+    strcpy(sa.sun_path, path);
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            buse_err("%s: exists and is not a socket", path);
+            return -EEXIST;
+        }
+        unlink(path); /* stale socket from an earlier run */
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        r = -errno;
+        buse_err("%s: socket: %s", path, strerror(-r));
+        return r;
+    }
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+        chmod(path, mode ? mode : 0600) < 0 || listen(fd, 128) < 0) {
+        r = -errno;
+        buse_err("%s: %s", path, strerror(-r));
+        close(fd);
+        unlink(path);
+        return r;
+    }
+    buse_debug("listening on %s", path);
+    return add_listener(srv, fd, path);
+}
+
+int buse_server_listen_tcp(struct buse_server *srv, const char *host_port)
+{
+    char host[256];
+    const char *port;
+    struct addrinfo hints = {.ai_flags = AI_PASSIVE,
+                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo *ai, *a;
+    int r, n = 0, err = 0;
+
+    if (host_port[0] == '[') {
+        const char *end = strchr(host_port, ']');
+        if (!end || end[1] != ':' || (size_t)(end - host_port) > sizeof host) {
+            buse_err("%s: expected [V6ADDR]:PORT", host_port);
+            return -EINVAL;
+        }
+        memcpy(host, host_port + 1, (size_t)(end - host_port - 1));
+        host[end - host_port - 1] = 0;
+        port = end + 2;
+    } else {
+        const char *colon = strrchr(host_port, ':');
+        if (!colon || (size_t)(colon - host_port) >= sizeof host) {
+            buse_err("%s: expected HOST:PORT or :PORT", host_port);
+            return -EINVAL;
+        }
+        memcpy(host, host_port, (size_t)(colon - host_port));
+        host[colon - host_port] = 0;
+        port = colon + 1;
+    }
+    if (!*port) {
+        buse_err("%s: missing port", host_port);
+        return -EINVAL;
+    }
+    r = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
+    if (r != 0) {
+        buse_err("%s: %s", host_port, gai_strerror(r));
+        return -EINVAL;
+    }
+    for (a = ai; a; a = a->ai_next) {
+        int one = 1;
+        int fd =
+            socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            err = errno;
+            continue;
+        }
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (a->ai_family == AF_INET6)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (bind(fd, a->ai_addr, a->ai_addrlen) < 0 || listen(fd, 128) < 0) {
+            err = errno;
+            close(fd);
+            continue;
+        }
+        if ((r = add_listener(srv, fd, NULL)) < 0) {
+            freeaddrinfo(ai);
+            return r;
+        }
+        n++;
+    }
+    freeaddrinfo(ai);
+    if (n == 0) {
+        buse_err("%s: cannot listen: %s", host_port,
+                 strerror(err ? err : EADDRNOTAVAIL));
+        return -(err ? err : EADDRNOTAVAIL);
+    }
+    buse_debug("listening on TCP %s (%d sockets)", host_port, n);
+    return 0;
+}
+
+int buse_server_listen_systemd(struct buse_server *srv)
+{
+    const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+    int n, r;
+    if (!pid || !fds || strtol(pid, NULL, 10) != (long)getpid())
+        return 0;
+    n = (int)strtol(fds, NULL, 10);
+    if (n <= 0 || n > BUSE_MAX_LISTENERS) {
+        buse_err("LISTEN_FDS=%s: expected 1 to %d sockets", fds,
+                 BUSE_MAX_LISTENERS);
+        return -EINVAL;
+    }
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    for (int i = 0; i < n; i++)
+        if ((r = add_listener(srv, 3 + i, NULL)) < 0)
+            return r;
+    buse_debug("took %d sockets from systemd", n);
+    return n;
+}
+
+static struct buse_conn *conn_new(struct buse_server *srv, int fd)
+{
+    struct buse_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->srv = srv;
+    c->fd = fd;
+    pthread_mutex_init(&c->recv_lock, NULL);
+    pthread_mutex_init(&c->send_lock, NULL);
+    return c;
+}
+
+static void conn_free(struct buse_conn *c)
+{
+    pthread_mutex_destroy(&c->recv_lock);
+    pthread_mutex_destroy(&c->send_lock);
+    free(c);
+}
+
+/* The wake pipe is non-blocking: a full pipe already wakes the loop. */
+static void wake(struct buse_server *srv)
+{
+    int e = errno;
+    if (write(srv->wake[1], "", 1) < 0) {
+        /* EAGAIN: a wake-up is already pending. */
+    }
+    errno = e;
+}
+
+static void *conn_main(void *arg)
+{
+    struct buse_conn *c = arg;
+    struct buse_server *srv = c->srv;
+    int r = 1;
+
+    if (!c->kernel) {
+        r = buse_handshake(c);
+        if (r < 0)
+            buse_debug("handshake ended: %s", strerror(-r));
+    }
+    if (r == 1) {
+        pthread_mutex_lock(&srv->lock);
+        c->in_transmission = 1;
+        pthread_mutex_unlock(&srv->lock);
+        buse_transmission(c);
+        pthread_mutex_lock(&srv->lock);
+        c->in_transmission = 0;
+        pthread_mutex_unlock(&srv->lock);
+    }
+    buse_close_export(c);
+
+    pthread_mutex_lock(&srv->lock);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    close(c->fd);
+    srv->nconns--;
+    if (c->kernel) {
+        srv->kernel_conns--;
+        wake(srv);
+    }
+    pthread_cond_broadcast(&srv->cond);
+    pthread_mutex_unlock(&srv->lock);
+    conn_free(c);
+    return NULL;
+}
+
+/* Put c on the list and start its thread.  On failure c is freed and its
+ * fd closed. */
+static int conn_start(struct buse_server *srv, struct buse_conn *c)
+{
+    pthread_attr_t attr;
+    int r;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_mutex_lock(&srv->lock);
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->nconns++;
+    if (c->kernel) {
+        srv->kernel_conns++;
+        c->in_transmission = 1;
+    }
+    r = pthread_create(&c->thread, &attr, conn_main, c);
+    if (r != 0) {
+        buse_err("connection: cannot start a thread: %s", strerror(r));
+        srv->conns = c->next;
+        if (c->next)
+            c->next->prev = NULL;
+        srv->nconns--;
+        if (c->kernel)
+            srv->kernel_conns--;
+    }
+    pthread_mutex_unlock(&srv->lock);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        buse_close_export(c);
+        close(c->fd);
+        conn_free(c);
+        return -r;
+    }
+    return 0;
+}
+
+static void accept_one(struct buse_server *srv, int lfd)
+{
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) {
+        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+            buse_err("accept: %s", strerror(errno));
+        if (errno == EMFILE || errno == ENFILE)
+            usleep(100000); /* do not spin while out of descriptors */
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct buse_conn *c = conn_new(srv, fd);
+    if (!c) {
+        close(fd);
+        return;
+    }
+    buse_debug("new connection");
+    conn_start(srv, c);
+}
+
+int buse_server_attach_kernel(struct buse_server *srv, const char *dev,
+                              const struct buse_kernel_options *opt)
+{
+    static const struct buse_kernel_options defaults;
+    struct buse_conn *conns[16] = {0};
+    int kfds[16];
+    unsigned n, i;
+    int r = 0;
+    if (!opt)
+        opt = &defaults;
+    n = opt->connections ? opt->connections : 1;
+    if (n > 16) {
+        buse_err("%s: at most 16 connections per device", dev);
+        return -EINVAL;
+    }
+    if (n > 1 && !(srv->ops.flags & BUSE_CAN_MULTI_CONN)) {
+        buse_err("%s: %u connections need BUSE_CAN_MULTI_CONN", dev, n);
+        return -EINVAL;
+    }
+    struct buse_kattach *ka = calloc(1, sizeof *ka);
+    if (!ka)
+        return -ENOMEM;
+    for (i = 0; i < n && r == 0; i++) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+            r = -errno;
+            buse_err("%s: socketpair: %s", dev, strerror(-r));
+            break;
+        }
+        kfds[i] = sv[1];
+        conns[i] = conn_new(srv, sv[0]);
+        if (!conns[i]) {
+            close(sv[0]);
+            close(sv[1]);
+            r = -ENOMEM;
+            break;
+        }
+        conns[i]->kernel = 1;
+        r = buse_open_export(conns[i],
+                             opt->export_name ? opt->export_name : "");
+        if (r < 0) {
+            buse_err("%s: export \"%s\": %s", dev,
+                     opt->export_name ? opt->export_name : "", strerror(-r));
+            close(kfds[i]);
+            close(conns[i]->fd);
+            conn_free(conns[i]);
+            conns[i] = NULL;
+        }
+    }
+    if (r == 0) {
+        struct buse_kdev_params p = {
+            .dev = dev,
+            .fds = kfds,
+            .nfds = n,
+            .size = conns[0]->exp.size,
+            .blksize = srv->ops.blksize ? srv->ops.blksize : 512,
+            .nbd_flags = conns[0]->tflags,
+            .timeout = opt->timeout,
+            .force_ioctl = opt->force_ioctl,
+        };
+        r = buse_kdev_attach(&p, &ka->kd);
+    }
+    for (i = 0; i < n && conns[i]; i++)
+        close(kfds[i]); /* the kernel holds its own reference */
+    if (r < 0) {
+        for (i = 0; i < n && conns[i]; i++) {
+            buse_close_export(conns[i]);
+            close(conns[i]->fd);
+            conn_free(conns[i]);
+        }
+        free(ka);
+        return r;
+    }
+    pthread_mutex_lock(&srv->lock);
+    ka->next = srv->kdevs;
+    srv->kdevs = ka;
+    srv->had_kernel = 1;
+    pthread_mutex_unlock(&srv->lock);
+    for (i = 0; i < n; i++)
+        conn_start(srv, conns[i]);
+    buse_debug("%s: attached with %u connection(s)", dev, n);
+    return 0;
+}
+
+static struct buse_server *volatile signal_srv;
+
+static void on_signal(int sig)
+{
+    struct buse_server *srv = signal_srv;
+    (void)sig;
+    if (srv)
+        buse_server_stop(srv);
+}
+
+void buse_server_stop(struct buse_server *srv)
+{
+    atomic_fetch_add(&srv->stop_requests, 1);
+    wake(srv);
+}
+
+static void drain_wake(struct buse_server *srv)
+{
+    char b[64];
+    while (read(srv->wake[0], b, sizeof b) > 0)
+        ;
+}
+
+int buse_server_run(struct buse_server *srv)
+{
+    struct pollfd pfd[BUSE_MAX_LISTENERS + 1];
+    struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term;
+    unsigned i;
+    int stops_at_exit, busy;
+
+    if (srv->nlisten == 0 && !srv->had_kernel) {
+        buse_err("buse_server_run: nothing to serve (no listener, no "
+                 "kernel device)");
+        return -EINVAL;
+    }
+    signal_srv = srv;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    atomic_store(&srv->running, 1);
+
+    for (;;) {
+        if (atomic_load(&srv->stop_requests) > 0)
+            break;
+        pthread_mutex_lock(&srv->lock);
+        int kernel_done =
+            srv->nlisten == 0 && srv->had_kernel && srv->kernel_conns == 0;
+        pthread_mutex_unlock(&srv->lock);
+        if (kernel_done)
+            break;
+        pfd[0] = (struct pollfd){.fd = srv->wake[0], .events = POLLIN};
+        for (i = 0; i < srv->nlisten; i++)
+            pfd[i + 1] =
+                (struct pollfd){.fd = srv->listen_fds[i], .events = POLLIN};
+        if (poll(pfd, srv->nlisten + 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            buse_err("poll: %s", strerror(errno));
+            break;
+        }
+        if (pfd[0].revents)
+            drain_wake(srv);
+        for (i = 0; i < srv->nlisten; i++)
+            if (pfd[i + 1].revents & POLLIN)
+                accept_one(srv, srv->listen_fds[i]);
+    }
+    stops_at_exit = atomic_load(&srv->stop_requests);
+    buse_debug("shutting down");
+
+    /* No new clients; socket files go away now. */
+    for (i = 0; i < srv->nlisten; i++) {
+        close(srv->listen_fds[i]);
+        if (srv->listen_paths[i])
+            unlink(srv->listen_paths[i]);
+        free(srv->listen_paths[i]);
+    }
+    srv->nlisten = 0;
+
+    /* Release kernel devices, then close every connection. */
+    pthread_mutex_lock(&srv->lock);
+    struct buse_kattach *kdevs = srv->kdevs;
+    srv->kdevs = NULL;
+    pthread_mutex_unlock(&srv->lock);
+    while (kdevs) {
+        struct buse_kattach *next = kdevs->next;
+        buse_kdev_detach(kdevs->kd);
+        free(kdevs);
+        kdevs = next;
+    }
+    pthread_mutex_lock(&srv->lock);
+    for (struct buse_conn *c = srv->conns; c; c = c->next) {
+        c->killed = 1;
+        shutdown(c->fd, SHUT_RDWR);
+    }
+    pthread_mutex_unlock(&srv->lock);
+
+    for (;;) {
+        pthread_mutex_lock(&srv->lock);
+        busy = (int)srv->nconns;
+        pthread_mutex_unlock(&srv->lock);
+        if (busy == 0)
+            break;
+        if (atomic_load(&srv->stop_requests) > stops_at_exit) {
+            buse_err("forced shutdown with %d connection(s) still busy", busy);
+            break;
+        }
+        struct pollfd w = {.fd = srv->wake[0], .events = POLLIN};
+        if (poll(&w, 1, 100) > 0)
+            drain_wake(srv);
+    }
+
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    signal_srv = NULL;
+    atomic_store(&srv->running, 0);
+    return 0;
+}
+
+int buse_server_disconnect(struct buse_server *srv, const char *name)
+{
+    int n = 0, waiting;
+    pthread_mutex_lock(&srv->lock);
+    for (struct buse_conn *c = srv->conns; c; c = c->next) {
+        if (c->killed)
+            continue;
+        if (name && !(c->in_transmission && c->export_name &&
+                      strcmp(c->export_name, name) == 0))
+            continue;
+        c->killed = 1;
+        shutdown(c->fd, SHUT_RDWR);
+        n++;
+    }
+    do {
+        waiting = 0;
+        for (struct buse_conn *c = srv->conns; c; c = c->next)
+            if (c->killed && (!name || (c->export_name &&
+                                        strcmp(c->export_name, name) == 0)))
+                waiting = 1;
+        if (waiting)
+            pthread_cond_wait(&srv->cond, &srv->lock);
+    } while (waiting);
+    pthread_mutex_unlock(&srv->lock);
+    return n;
+}
+
+int buse_server_connections(struct buse_server *srv, const char *name)
+{
+    int n = 0;
+    pthread_mutex_lock(&srv->lock);
+    for (struct buse_conn *c = srv->conns; c; c = c->next)
+        if (c->in_transmission &&
+            (!name || (c->export_name && strcmp(c->export_name, name) == 0)))
+            n++;
+    pthread_mutex_unlock(&srv->lock);
+    return n;
+}
+
+void buse_server_free(struct buse_server *srv)
+{
+    if (!srv)
+        return;
+    pthread_mutex_lock(&srv->lock);
+    unsigned busy = srv->nconns;
+    pthread_mutex_unlock(&srv->lock);
+    if (busy)
+        return; /* forced shutdown: threads still use it; leak it */
+    for (unsigned i = 0; i < srv->nlisten; i++) {
+        close(srv->listen_fds[i]);
+        if (srv->listen_paths[i])
+            unlink(srv->listen_paths[i]);
+        free(srv->listen_paths[i]);
+    }
+    while (srv->kdevs) {
+        struct buse_kattach *next = srv->kdevs->next;
+        buse_kdev_detach(srv->kdevs->kd);
+        free(srv->kdevs);
+        srv->kdevs = next;
+    }
+    close(srv->wake[0]);
+    close(srv->wake[1]);
+    pthread_mutex_destroy(&srv->lock);
+    pthread_mutex_destroy(&srv->serial_lock);
+    pthread_cond_destroy(&srv->cond);
+    free(srv);
+}
+
+int buse_main_sized(const char *dev_file, const struct buse_operations *ops,
+                    size_t ops_size, void *userdata)
+{
+    struct buse_server *srv = buse_server_new_sized(ops, ops_size, userdata);
+    int r;
+    if (!srv)
+        return -errno;
+    r = buse_server_attach_kernel(srv, dev_file, NULL);
+    if (r == 0)
+        r = buse_server_run(srv);
+    buse_server_free(srv);
+    return r;
+}

@@ -1,0 +1,417 @@
+/* transmission.c: the NBD transmission phase, server side.
+ *
+ * The nbdkit model: per connection, N worker threads each take the receive
+ * lock, read one request header (and a WRITE's payload), release the lock,
+ * call the callback, then take the send lock and write the whole reply in
+ * one sendmsg.  Requests are thus pipelined and replies may leave out of
+ * order, but one reply is never interleaved with another.  Each worker owns
+ * a buffer sized to the largest request it has seen (capped at max_block).
+ * Anything a client can send is checked here before a callback sees it:
+ * callbacks only get in-range, well-formed requests.  A bad magic, a
+ * short header or a failed send ends this connection only.
+ */
+#define BUSE_INTERNAL
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "internal.h"
+#include "protocol.h"
+
+#define ZERO_CHUNK (1u << 20) /* emulated WRITE_ZEROES / CACHE step */
+
+struct worker {
+    struct buse_conn *conn;
+    pthread_t thread;
+    unsigned char *buf;
+    size_t cap;
+    unsigned char *ext; /* block status pairs */
+};
+
+struct request {
+    uint16_t flags, type;
+    uint64_t cookie, offset;
+    uint32_t len;
+};
+
+static const char *cmd_name(uint16_t t)
+{
+    static const char *n[] = {"READ", "WRITE", "DISC",         "FLUSH",
+                              "TRIM", "CACHE", "WRITE_ZEROES", "BLOCK_STATUS"};
+    return t < sizeof n / sizeof *n ? n[t] : "UNKNOWN";
+}
+
+static uint32_t errno_to_nbd(int err)
+{
+    switch (err) {
+    case 0:
+        return 0;
+    case EPERM:
+    case EROFS:
+        return NBD_EPERM;
+    case ENOMEM:
+        return NBD_ENOMEM;
+    case EINVAL:
+        return NBD_EINVAL;
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG:
+        return NBD_ENOSPC;
+    case EOVERFLOW:
+        return NBD_EOVERFLOW;
+    case ENOTSUP:
+        return NBD_ENOTSUP;
+    case ESHUTDOWN:
+        return NBD_ESHUTDOWN;
+    default:
+        return NBD_EIO;
+    }
+}
+
+static int grow(struct worker *w, size_t len)
+{
+    if (len <= w->cap)
+        return 0;
+    void *p = realloc(w->buf, len);
+    if (!p)
+        return -ENOMEM;
+    w->buf = p;
+    w->cap = len;
+    return 0;
+}
+
+/* Which command flags each command accepts, given what was advertised. */
+static uint16_t allowed_flags(const struct buse_conn *c, uint16_t type)
+{
+    uint16_t fua = (c->tflags & NBD_FLAG_SEND_FUA) ? NBD_CMD_FLAG_FUA : 0;
+    switch (type) {
+    case NBD_CMD_WRITE:
+    case NBD_CMD_TRIM:
+        return fua;
+    case NBD_CMD_WRITE_ZEROES:
+        return fua | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
+    case NBD_CMD_BLOCK_STATUS:
+        return NBD_CMD_FLAG_REQ_ONE;
+    default:
+        return 0;
+    }
+}
+
+/* Check a request; 0 or the errno for the reply. */
+static int check(const struct buse_conn *c, const struct request *rq,
+                 uint32_t max)
+{
+    const struct buse_operations *o = &c->srv->ops;
+    int writes = rq->type == NBD_CMD_WRITE || rq->type == NBD_CMD_TRIM ||
+                 rq->type == NBD_CMD_WRITE_ZEROES;
+    if (rq->type > NBD_CMD_BLOCK_STATUS || rq->type == NBD_CMD_DISC)
+        return EINVAL;
+    if (rq->flags & ~allowed_flags(c, rq->type))
+        return EINVAL;
+    if (writes && (c->tflags & NBD_FLAG_READ_ONLY))
+        return EPERM;
+    if (rq->type == NBD_CMD_FLUSH)
+        return o->flush ? 0 : EINVAL;
+    if (rq->type == NBD_CMD_TRIM && !o->trim && !o->trim_flags)
+        return EINVAL;
+    if (rq->type == NBD_CMD_BLOCK_STATUS && !c->meta_base_allocation)
+        return EINVAL;
+    if ((rq->type == NBD_CMD_READ || rq->type == NBD_CMD_WRITE) &&
+        rq->len > max)
+        return EOVERFLOW;
+    if (rq->len == 0)
+        return EINVAL;
+    if (rq->offset > c->exp.size || rq->len > c->exp.size - rq->offset)
+        return rq->type == NBD_CMD_WRITE || rq->type == NBD_CMD_WRITE_ZEROES
+                   ? ENOSPC
+                   : EINVAL;
+    if ((rq->flags & NBD_CMD_FLAG_FAST_ZERO) && !o->write_zeroes)
+        return ENOTSUP;
+    return 0;
+}
+
+static int do_write(struct buse_conn *c, const void *buf, uint32_t len,
+                    uint64_t off, int fua)
+{
+    const struct buse_operations *o = &c->srv->ops;
+    void *h = c->exp.handle;
+    int r;
+    if (o->write_flags)
+        return o->write_flags(buf, len, off, fua ? BUSE_FLAG_FUA : 0, h);
+    r = o->write(buf, len, off, h);
+    if (r == 0 && fua)
+        r = o->flush(h);
+    return r;
+}
+
+/* Run the callback for a checked request.  Returns 0 or -errno. */
+static int run(struct worker *w, const struct request *rq)
+{
+    struct buse_conn *c = w->conn;
+    const struct buse_operations *o = &c->srv->ops;
+    void *h = c->exp.handle;
+    int fua = !!(rq->flags & NBD_CMD_FLAG_FUA);
+    int r = 0;
+
+    switch (rq->type) {
+    case NBD_CMD_READ:
+        return o->read(w->buf, rq->len, rq->offset, h);
+    case NBD_CMD_WRITE:
+        return do_write(c, w->buf, rq->len, rq->offset, fua);
+    case NBD_CMD_FLUSH:
+        return o->flush(h);
+    case NBD_CMD_TRIM:
+        if (o->trim_flags)
+            return o->trim_flags(rq->offset, rq->len, fua ? BUSE_FLAG_FUA : 0,
+                                 h);
+        r = o->trim(rq->offset, rq->len, h);
+        if (r == 0 && fua)
+            r = o->flush(h);
+        return r;
+    case NBD_CMD_WRITE_ZEROES: {
+        if (o->write_zeroes) {
+            uint32_t f =
+                (fua ? BUSE_FLAG_FUA : 0) |
+                ((rq->flags & NBD_CMD_FLAG_NO_HOLE) ? BUSE_FLAG_NO_HOLE : 0) |
+                ((rq->flags & NBD_CMD_FLAG_FAST_ZERO) ? BUSE_FLAG_FAST_ZERO
+                                                      : 0);
+            return o->write_zeroes(rq->offset, rq->len, f, h);
+        }
+        uint32_t step = rq->len < ZERO_CHUNK ? rq->len : ZERO_CHUNK;
+        int each_fua = fua && !o->flush; /* only write_flags can do FUA */
+        if ((r = grow(w, step)) < 0)
+            return r;
+        memset(w->buf, 0, step);
+        for (uint64_t done = 0; done < rq->len && r == 0; done += step) {
+            uint32_t n =
+                rq->len - done < step ? (uint32_t)(rq->len - done) : step;
+            r = do_write(c, w->buf, n, rq->offset + done, each_fua);
+        }
+        if (r == 0 && fua && o->flush)
+            r = o->flush(h);
+        return r;
+    }
+    case NBD_CMD_CACHE: {
+        if (o->cache)
+            return o->cache(rq->offset, rq->len, h);
+        uint32_t step = rq->len < ZERO_CHUNK ? rq->len : ZERO_CHUNK;
+        if ((r = grow(w, step)) < 0)
+            return r;
+        for (uint64_t done = 0; done < rq->len && r == 0; done += step) {
+            uint32_t n =
+                rq->len - done < step ? (uint32_t)(rq->len - done) : step;
+            r = o->read(w->buf, n, rq->offset + done, h);
+        }
+        return r;
+    }
+    case NBD_CMD_BLOCK_STATUS: {
+        struct buse_extents ex = {
+            .next = rq->offset,
+            .end = rq->offset + rq->len,
+            .max = (rq->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : NBD_MAX_EXTENTS,
+        };
+        if (!w->ext && !(w->ext = malloc(NBD_MAX_EXTENTS * 8)))
+            return -ENOMEM;
+        ex.buf = w->ext;
+        if (o->block_status) {
+            r = o->block_status(rq->offset, rq->len, &ex, h);
+            if (r == -E2BIG)
+                r = 0;
+        } else {
+            buse_add_extent(&ex, rq->offset, rq->len, 0);
+        }
+        if (r == 0 && ex.n == 0) {
+            buse_err("block_status: callback returned no extent at %llu",
+                     (unsigned long long)rq->offset);
+            r = -EIO;
+        }
+        return r < 0 ? r : (int)ex.n;
+    }
+    }
+    return -EINVAL;
+}
+
+static int send_reply(struct worker *w, const struct request *rq, int err,
+                      unsigned nextents)
+{
+    struct buse_conn *c = w->conn;
+    unsigned char h[32];
+    struct iovec iov[2];
+    int n = 1, r;
+    uint32_t nerr = errno_to_nbd(err);
+    int chunked = c->structured && (rq->type == NBD_CMD_READ ||
+                                    rq->type == NBD_CMD_BLOCK_STATUS);
+
+    if (!chunked) {
+        buse_put32(h, NBD_SIMPLE_REPLY_MAGIC);
+        buse_put32(h + 4, nerr);
+        buse_put64(h + 8, rq->cookie);
+        iov[0] = (struct iovec){h, 16};
+        if (nerr == 0 && rq->type == NBD_CMD_READ) {
+            iov[1] = (struct iovec){w->buf, rq->len};
+            n = 2;
+        }
+    } else {
+        buse_put32(h, NBD_STRUCTURED_REPLY_MAGIC);
+        buse_put16(h + 4, NBD_REPLY_FLAG_DONE);
+        buse_put64(h + 8, rq->cookie);
+        if (nerr) {
+            buse_put16(h + 6, NBD_REPLY_TYPE_ERROR);
+            buse_put32(h + 16, 6);
+            buse_put32(h + 20, nerr);
+            buse_put16(h + 24, 0);
+            iov[0] = (struct iovec){h, 26};
+        } else if (rq->type == NBD_CMD_READ) {
+            buse_put16(h + 6, NBD_REPLY_TYPE_OFFSET_DATA);
+            buse_put32(h + 16, 8 + rq->len);
+            buse_put64(h + 20, rq->offset);
+            iov[0] = (struct iovec){h, 28};
+            iov[1] = (struct iovec){w->buf, rq->len};
+            n = 2;
+        } else {
+            buse_put16(h + 6, NBD_REPLY_TYPE_BLOCK_STATUS);
+            buse_put32(h + 16, 4 + 8 * nextents);
+            buse_put32(h + 20, NBD_CONTEXT_ID_BASE_ALLOCATION);
+            iov[0] = (struct iovec){h, 24};
+            iov[1] = (struct iovec){w->ext, 8 * (size_t)nextents};
+            n = 2;
+        }
+    }
+    pthread_mutex_lock(&c->send_lock);
+    r = buse_writev_full(c->fd, iov, n);
+    pthread_mutex_unlock(&c->send_lock);
+    return r;
+}
+
+/* Read one request under the receive lock.  Returns 1 to process it (with
+ * *early set to an errno when the request was refused before its payload
+ * was read), 2 for NBD_CMD_DISC, 0 to stop this worker. */
+static int receive(struct worker *w, struct request *rq, int *early)
+{
+    struct buse_conn *c = w->conn;
+    unsigned char h[NBD_REQUEST_SIZE];
+    uint32_t max = buse_max_payload(c->srv);
+    int r;
+
+    *early = 0;
+    if (atomic_load(&c->dead))
+        return 0;
+    if ((r = buse_read_full(c->fd, h, sizeof h)) < 0) {
+        if (r != -ECONNRESET || buse_verbose)
+            buse_debug("connection closed: %s", strerror(-r));
+        return 0;
+    }
+    if (buse_get32(h) != NBD_REQUEST_MAGIC) {
+        buse_err("client: bad request magic 0x%08x, closing the connection",
+                 buse_get32(h));
+        return 0;
+    }
+    rq->flags = buse_get16(h + 4);
+    rq->type = buse_get16(h + 6);
+    rq->cookie = buse_get64(h + 8);
+    rq->offset = buse_get64(h + 16);
+    rq->len = buse_get32(h + 24);
+    if (buse_verbose)
+        buse_debug("request %s flags 0x%x offset %llu length %u",
+                   cmd_name(rq->type), rq->flags,
+                   (unsigned long long)rq->offset, rq->len);
+    if (rq->type == NBD_CMD_DISC)
+        return 2;
+    if (rq->type == NBD_CMD_WRITE) {
+        *early = check(c, rq, max);
+        if (*early || (r = grow(w, rq->len)) < 0) {
+            /* Keep the stream in sync: skip the payload we refuse. */
+            if (!*early)
+                *early = ENOMEM;
+            return buse_drain(c->fd, rq->len) == 0;
+        }
+        if ((r = buse_read_full(c->fd, w->buf, rq->len)) < 0) {
+            buse_debug("connection closed in a WRITE payload: %s",
+                       strerror(-r));
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct buse_conn *c = w->conn;
+    struct buse_server *srv = c->srv;
+    uint32_t max = buse_max_payload(srv);
+    int serialize = !!(srv->ops.flags & BUSE_SERIALIZE);
+
+    for (;;) {
+        struct request rq;
+        int err, ok, nextents = 0;
+
+        pthread_mutex_lock(&c->recv_lock);
+        ok = receive(w, &rq, &err);
+        if (ok != 1) {
+            /* Other workers finish what they hold, then stop. */
+            atomic_store(&c->dead, 1);
+            pthread_mutex_unlock(&c->recv_lock);
+            if (ok == 2 && srv->ops.disc)
+                srv->ops.disc(c->exp.handle);
+            break;
+        }
+        if (rq.type == NBD_CMD_READ || rq.type == NBD_CMD_WRITE) {
+            if (!err)
+                err = check(c, &rq, max);
+        } else {
+            err = check(c, &rq, max);
+        }
+        pthread_mutex_unlock(&c->recv_lock);
+
+        if (!err && rq.type == NBD_CMD_READ && grow(w, rq.len) < 0)
+            err = ENOMEM;
+        if (!err) {
+            if (serialize)
+                pthread_mutex_lock(&srv->serial_lock);
+            int r = run(w, &rq);
+            if (serialize)
+                pthread_mutex_unlock(&srv->serial_lock);
+            if (r < 0)
+                err = -r;
+            else if (rq.type == NBD_CMD_BLOCK_STATUS)
+                nextents = r;
+            if (err && buse_verbose)
+                buse_debug("%s at %llu: %s", cmd_name(rq.type),
+                           (unsigned long long)rq.offset, strerror(err));
+        }
+        if (send_reply(w, &rq, err, (unsigned)nextents) < 0) {
+            atomic_store(&c->dead, 1);
+            shutdown(c->fd, SHUT_RDWR);
+            break;
+        }
+    }
+    return NULL;
+}
+
+void buse_transmission(struct buse_conn *conn)
+{
+    unsigned n = buse_threads(conn->srv);
+    struct worker *w = calloc(n, sizeof *w);
+    unsigned started = 1;
+    if (!w) {
+        buse_err("connection: out of memory for workers");
+        return;
+    }
+    for (unsigned i = 0; i < n; i++)
+        w[i].conn = conn;
+    for (unsigned i = 1; i < n; i++) {
+        if (pthread_create(&w[i].thread, NULL, worker_main, &w[i]) != 0)
+            break;
+        started++;
+    }
+    worker_main(&w[0]);
+    for (unsigned i = 1; i < started; i++)
+        pthread_join(w[i].thread, NULL);
+    for (unsigned i = 0; i < n; i++) {
+        free(w[i].buf);
+        free(w[i].ext);
+    }
+    free(w);
+}

@@ -1,0 +1,371 @@
+/* busexmp.c: BUSE's memory-disk example, rebuilt on libbuse.
+ *
+ * Serves SIZE bytes of anonymous memory as a block device: to the kernel
+ * (busexmp SIZE /dev/nbdN, BUSE's original interface, through buse_main),
+ * or over a Unix socket, TCP, or sockets passed by systemd.  Memory comes
+ * from mmap(MAP_NORESERVE), so untouched space costs nothing; trim and
+ * write_zeroes give whole pages back with madvise(MADV_DONTNEED).  A bitmap
+ * with one bit per page ("may hold data") answers block_status, so never
+ * written or zeroed pages show up as holes.  Callbacks are thread-safe:
+ * bytes are plain memory and bitmap updates are atomic.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "buse.h"
+
+#define PAGE 4096u
+
+struct disk {
+    const char *name;
+    char description[128];
+    unsigned char *mem;
+    uint64_t *bits; /* bit set: the page may hold nonzero bytes */
+    uint64_t size;
+};
+
+static struct disk *disks;
+static size_t ndisks;
+static int restrict_names; /* --exports given: only those names exist */
+static int readonly;
+
+static void mark(struct disk *d, uint64_t off, uint64_t len)
+{
+    for (uint64_t p = off / PAGE; p <= (off + len - 1) / PAGE; p++)
+        __atomic_fetch_or(&d->bits[p / 64], 1ull << (p % 64), __ATOMIC_RELAXED);
+}
+
+static int page_used(const struct disk *d, uint64_t p)
+{
+    return (__atomic_load_n(&d->bits[p / 64], __ATOMIC_RELAXED) >> (p % 64)) &
+           1;
+}
+
+static int xmp_read(void *buf, uint32_t len, uint64_t offset, void *userdata)
+{
+    struct disk *d = userdata;
+    memcpy(buf, d->mem + offset, len);
+    return 0;
+}
+
+static int xmp_write(const void *buf, uint32_t len, uint64_t offset,
+                     void *userdata)
+{
+    struct disk *d = userdata;
+    memcpy(d->mem + offset, buf, len);
+    mark(d, offset, len);
+    return 0;
+}
+
+static int xmp_flush(void *userdata)
+{
+    return 0; /* memory: nothing to make durable */
+}
+
+/* Zero a range: memset the partial pages at each end, hand whole pages
+ * back to the kernel (they read as zeros afterwards). */
+static int zero_range(struct disk *d, uint64_t off, uint64_t len)
+{
+    uint64_t end = off + len;
+    uint64_t first = (off + PAGE - 1) / PAGE * PAGE;
+    uint64_t last = end / PAGE * PAGE;
+    if (first >= last) {
+        memset(d->mem + off, 0, len);
+        return 0;
+    }
+    memset(d->mem + off, 0, first - off);
+    memset(d->mem + last, 0, end - last);
+    if (madvise(d->mem + first, last - first, MADV_DONTNEED) < 0)
+        memset(d->mem + first, 0, last - first);
+    for (uint64_t p = first / PAGE; p < last / PAGE; p++)
+        __atomic_fetch_and(&d->bits[p / 64], ~(1ull << (p % 64)),
+                           __ATOMIC_RELAXED);
+    return 0;
+}
+
+static int xmp_trim(uint64_t offset, uint64_t len, uint32_t flags,
+                    void *userdata)
+{
+    return zero_range(userdata, offset, len);
+}
+
+static int xmp_zero(uint64_t offset, uint64_t len, uint32_t flags,
+                    void *userdata)
+{
+    return zero_range(userdata, offset, len);
+}
+
+static int xmp_cache(uint64_t offset, uint64_t len, void *userdata)
+{
+    return 0; /* already in memory */
+}
+
+static int xmp_block_status(uint64_t offset, uint64_t len,
+                            struct buse_extents *ex, void *userdata)
+{
+    struct disk *d = userdata;
+    uint64_t pos = offset, end = offset + len;
+    while (pos < end) {
+        uint64_t p = pos / PAGE;
+        int used = page_used(d, p);
+        uint64_t q = p + 1;
+        while (q * PAGE < end && page_used(d, q) == used)
+            q++;
+        uint64_t stop = q * PAGE < end ? q * PAGE : end;
+        int r = buse_add_extent(ex, pos, stop - pos,
+                                used ? 0 : BUSE_EXTENT_HOLE | BUSE_EXTENT_ZERO);
+        if (r < 0)
+            return r;
+        pos = stop;
+    }
+    return 0;
+}
+
+static int xmp_list(struct buse_export_list *list, void *userdata)
+{
+    for (size_t i = 0; i < ndisks; i++) {
+        int r = buse_add_export(list, disks[i].name, disks[i].description);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+static int xmp_open(const char *name, struct buse_export *exp, void *userdata)
+{
+    for (size_t i = 0; i < ndisks; i++) {
+        if (!restrict_names || strcmp(name, disks[i].name) == 0) {
+            exp->handle = &disks[i];
+            exp->size = disks[i].size;
+            exp->readonly = readonly;
+            exp->description = disks[i].description;
+            return 0;
+        }
+    }
+    return -ENOENT;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: busexmp [-v] SIZE /dev/nbdN\n"
+            "       busexmp [-v] SIZE --socket PATH | --tcp HOST:PORT\n"
+            "       busexmp [-v] SIZE            (systemd socket activation)\n"
+            "options: --exports NAME,NAME...  several memory disks by name\n"
+            "         --readonly              refuse writes\n"
+            "SIZE takes a K, M, G or T suffix (powers of 1024).\n");
+}
+
+static int parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    unsigned shift = 0;
+    if (errno || end == s || s[0] == '-')
+        return -1;
+    switch (*end) {
+    case 'k':
+    case 'K':
+        shift = 10;
+        break;
+    case 'm':
+    case 'M':
+        shift = 20;
+        break;
+    case 'g':
+    case 'G':
+        shift = 30;
+        break;
+    case 't':
+    case 'T':
+        shift = 40;
+        break;
+    case 0:
+        break;
+    default:
+        return -1;
+    }
+    if (shift && end[1] != 0 && strcmp(end + 1, "iB") != 0 &&
+        strcmp(end + 1, "B") != 0)
+        return -1;
+    if (v == 0 || v > (UINT64_MAX >> shift))
+        return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+static void *map(uint64_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static int bad(const char *msg, const char *arg)
+{
+    fprintf(stderr, "busexmp: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
+    usage(stderr);
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"socket", required_argument, NULL, 's'},
+        {"tcp", required_argument, NULL, 't'},
+        {"exports", required_argument, NULL, 'e'},
+        {"readonly", no_argument, NULL, 'r'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *sock = NULL, *tcp = NULL, *dev = NULL;
+    char *exports = NULL;
+    uint64_t size;
+    int c, r;
+
+    while ((c = getopt_long(argc, argv, "+vhs:t:e:r", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'v':
+            buse_set_verbose(1);
+            break;
+        case 's':
+            sock = optarg;
+            break;
+        case 't':
+            tcp = optarg;
+            break;
+        case 'e':
+            exports = optarg;
+            break;
+        case 'r':
+            readonly = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    /* BUSE order: SIZE then the device; options may also follow. */
+    if (optind >= argc)
+        return bad("missing SIZE", NULL);
+    if (parse_size(argv[optind], &size) < 0)
+        return bad("bad SIZE (expected a number with K, M, G or T)",
+                   argv[optind]);
+    optind++;
+    while ((c = getopt_long(argc, argv, "vhs:t:e:r", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'v':
+            buse_set_verbose(1);
+            break;
+        case 's':
+            sock = optarg;
+            break;
+        case 't':
+            tcp = optarg;
+            break;
+        case 'e':
+            exports = optarg;
+            break;
+        case 'r':
+            readonly = 1;
+            break;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc)
+        dev = argv[optind++];
+    if (optind < argc)
+        return bad("unexpected argument", argv[optind]);
+    if (dev && (sock || tcp))
+        return bad("give a device or --socket/--tcp, not both", NULL);
+
+    /* The disks. */
+    const char *names[64];
+    size_t n = 0;
+    if (exports) {
+        restrict_names = 1;
+        for (char *s = strtok(exports, ","); s; s = strtok(NULL, ",")) {
+            if (n == 64)
+                return bad("too many exports (at most 64)", NULL);
+            names[n++] = s;
+        }
+        if (n == 0)
+            return bad("--exports needs at least one name", NULL);
+    } else {
+        names[n++] = "";
+    }
+    disks = calloc(n, sizeof *disks);
+    if (!disks)
+        return 1;
+    for (size_t i = 0; i < n; i++) {
+        struct disk *d = &disks[i];
+        uint64_t pages = (size + PAGE - 1) / PAGE;
+        d->name = names[i];
+        d->size = size;
+        snprintf(d->description, sizeof d->description,
+                 "busexmp memory disk%s%s", *names[i] ? " " : "", names[i]);
+        d->mem = map(size);
+        d->bits = map((pages + 63) / 64 * 8);
+        if (!d->mem || !d->bits) {
+            fprintf(stderr, "busexmp: cannot map %llu bytes: %s\n",
+                    (unsigned long long)size, strerror(errno));
+            return 1;
+        }
+    }
+    ndisks = n;
+
+    struct buse_operations ops = {
+        .read = xmp_read,
+        .write = xmp_write,
+        .flush = xmp_flush,
+        .size = size,
+        .trim_flags = xmp_trim,
+        .write_zeroes = xmp_zero,
+        .cache = xmp_cache,
+        .block_status = xmp_block_status,
+        .list_exports = xmp_list,
+        .open = xmp_open,
+        .flags = BUSE_CAN_MULTI_CONN,
+    };
+
+    if (dev) {
+        if (size % 512)
+            return bad("a kernel device needs SIZE to be a multiple of 512",
+                       argv[1]);
+        r = buse_main(dev, &ops, NULL);
+        return r < 0 ? 1 : 0;
+    }
+    struct buse_server *srv = buse_server_new(&ops, NULL);
+    if (!srv)
+        return 1;
+    r = 0;
+    if (sock)
+        r = buse_server_listen_unix(srv, sock, 0);
+    if (r == 0 && tcp)
+        r = buse_server_listen_tcp(srv, tcp);
+    if (r == 0 && !sock && !tcp) {
+        r = buse_server_listen_systemd(srv);
+        if (r == 0) {
+            buse_server_free(srv);
+            return bad("nothing to serve: give /dev/nbdN, --socket or "
+                       "--tcp (or start under systemd socket activation)",
+                       NULL);
+        }
+        r = r > 0 ? 0 : r;
+    }
+    if (r == 0)
+        r = buse_server_run(srv);
+    buse_server_free(srv);
+    return r < 0 ? 1 : 0;
+}
