@@ -91,3 +91,21 @@ nbdsh_run() { nbdsh -u "$1" -c "$2"; }
 
 # assert_eq WHAT EXPECTED ACTUAL
 assert_eq() { [ "$2" = "$3" ] || fail "$1: expected '$2', got '$3'"; }
+
+# start_busesnap [SIZE] [ARGS...]: busesnap serve $image (default
+# $tmp/image.db; created when SIZE is given) on NBD socket $tmp/sock and
+# control socket $tmp/ctl (exported as BSNAP_CONTROL for bsnap); waits for
+# the control socket, which appears last.  Sets image, sock, ctl, uri,
+# server_pid.  uri_of EXPORT prints the URI of another export.
+start_busesnap() {
+    local size=${1:-}; shift || true
+    image=${image:-$tmp/image.db}
+    sock=$tmp/sock
+    ctl=$tmp/ctl
+    export BSNAP_CONTROL=$ctl
+    uri="nbd+unix:///?socket=$sock"
+    if [ -n "$size" ]; then set -- --size "$size" "$@"; fi
+    start_server "$ctl" "$top/busesnap" serve "$image" --socket "$sock" \
+        --control "$ctl" "$@"
+}
+uri_of() { echo "nbd+unix:///$1?socket=$sock"; }
