@@ -1,0 +1,45 @@
+#!/bin/bash
+# Case (a): `busexmp 256M /dev/nbd0` attached through generic netlink.
+# ext4 round trip (mkfs, mount, write, umount, e2fsck -fn, remount, verify),
+# a second server on the same device is refused (EBUSY), SIGTERM releases
+# the device and a re-attach works, `nbd-client -d` stops the server.
+. /test/guest.sh
+load_nbd
+[ -x /test/bin/busexmp ] || fail "busexmp was not built"
+
+start srv busexmp 256M /dev/nbd0
+wait_nbd /dev/nbd0 15 $pid
+size=$(blockdev --getsize64 /dev/nbd0)
+[ "$size" = 268435456 ] || fail "/dev/nbd0 size $size, expected 268435456"
+# Netlink's NBD_CMD_CONNECT runs in the server's main thread: the pid file
+# names the process; the ioctl path names its NBD_DO_IT thread instead.
+kpid=$(cat /sys/block/nbd0/pid)
+[ "$kpid" = "$pid" ] || fail "/sys/block/nbd0/pid is $kpid, not busexmp's pid $pid: not attached through netlink?"
+note "attached via netlink: size $size, pid $kpid, flags: discard_max=$(cat /sys/block/nbd0/queue/discard_max_bytes)"
+
+rc=0
+timeout 20 busexmp 64M /dev/nbd0 >/tmp/busy.err 2>&1 || rc=$?
+[ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "a second busexmp on the busy /dev/nbd0 exited $rc"
+grep -qi 'in use\|busy' /tmp/busy.err || fail "second attach: no 'in use' message: $(cat /tmp/busy.err)"
+note "second server on nbd0 refused: $(head -n 1 /tmp/busy.err)"
+
+ext4_fill /dev/nbd0 /mnt/a
+ext4_verify /dev/nbd0 /mnt/a
+note "ext4 round trip clean and verified"
+
+kill -TERM $pid
+wait_exit $pid 20
+[ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
+wait_nbd_gone /dev/nbd0
+note "SIGTERM: exit 0, /dev/nbd0 released"
+
+start srv2 busexmp 256M /dev/nbd0
+wait_nbd /dev/nbd0 15 $pid
+dd if=/dev/zero of=/dev/nbd0 bs=1M count=4 oflag=direct 2>/dev/null || fail "write after re-attach"
+dd if=/dev/nbd0 of=/dev/null bs=1M count=4 iflag=direct 2>/dev/null || fail "read after re-attach"
+note "re-attach of /dev/nbd0 works"
+nbd-client -d /dev/nbd0 >/dev/null 2>&1 || fail "nbd-client -d /dev/nbd0 failed"
+wait_exit $pid 20
+[ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after nbd-client -d"
+wait_nbd_gone /dev/nbd0
+note "nbd-client -d: server exit 0, device released"

@@ -1,0 +1,23 @@
+#!/bin/bash
+# Case: no nbd module.  `busexmp SIZE /dev/nbd0` must fail at once with a
+# clear message (modprobe nbd, or serve over a socket) and leave nothing
+# behind; after loading the module the same command attaches.
+. /test/guest.sh
+[ -x /test/bin/busexmp ] || fail "busexmp was not built"
+[ ! -e /sys/module/nbd ] || fail "nbd is already loaded before the case"
+
+rc=0
+timeout 20 busexmp 64M /dev/nbd0 >/tmp/nomod.err 2>&1 || rc=$?
+note "without the module: exit $rc: $(head -n 3 /tmp/nomod.err)"
+[ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "busexmp exited $rc without an nbd module (expected a failure, at once)"
+grep -q 'modprobe nbd' /tmp/nomod.err || fail "no 'modprobe nbd' hint in: $(cat /tmp/nomod.err)"
+grep -q -- '--socket' /tmp/nomod.err || fail "no '--socket' hint in: $(cat /tmp/nomod.err)"
+
+load_nbd
+start srv busexmp 64M /dev/nbd0
+wait_nbd /dev/nbd0 15 $pid
+kill -TERM $pid
+wait_exit $pid
+[ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
+wait_nbd_gone /dev/nbd0
+note "after insmod nbd: attached, SIGTERM, released"
