@@ -1,0 +1,208 @@
+/* store-int.h: private structures of the chunk store, shared by the
+ * store-*.c files and nothing else (the server includes only store.h).
+ *
+ * Design in one paragraph (doc/design.md has the whole story): one mutex
+ * (st->mu) guards the single long-lived LMDB write txn (st->txn), the
+ * in-memory copy of the version tree (st->nodes) and every counter here.
+ * Chunk reads happen outside the mutex under the slot gate (st->gate, read
+ * mode); a commit takes the gate in write mode before slots freed by the
+ * committed txn become reusable (st->gen moves on).  Functions named *_l
+ * must be called with st->mu held.
+ */
+#ifndef STORE_INT_H
+#define STORE_INT_H
+
+#ifndef STORE_H
+#include "store.h"
+#endif
+
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <string.h>
+#include <time.h>
+
+#define STORE_FORMAT_VERSION 1u
+#define STORE_INDEX_MAGIC "BUSESNAP-INDEX"
+#define STORE_CHUNKS_MAGIC "BUSESNAP-CHUNKS"
+#define STORE_FIRST_SLOT 2u /* 0: hole, 1: allocated zero */
+#define STORE_COMMIT_OPS 2048u
+#define STORE_COMMIT_MS 200u
+#define STORE_GC_BATCH 4096u
+
+/* Node states (nodes DB and st->nodes). */
+enum { NODE_LIVE = 1, NODE_HIDDEN = 2, NODE_DEAD = 3 };
+
+/* On-disk records (native endian, fixed layout: the format is versioned). */
+struct obj_rec {
+    uint32_t kind; /* enum store_kind */
+    uint32_t node; /* snapshot: its frozen node; volume: its head */
+    uint64_t size;
+    int64_t ctime;
+    uint64_t seq; /* creation order */
+    uint8_t parent[16];
+    char name[STORE_NAME_MAX + 1];
+    char pad[7];
+};
+
+struct node_rec {
+    uint32_t parent; /* 0: root */
+    uint32_t state;
+    uint8_t obj[16];
+    uint64_t entries; /* map entries (b, this node) */
+};
+
+struct ref_rec {
+    uint32_t refcount;
+    uint8_t hash[16];
+};
+
+/* In-memory copy of a node (authoritative for `entries`, which is written
+ * back to the nodes DB at commit when dirty). */
+struct node {
+    uint32_t parent;
+    uint8_t state; /* 0: no such node */
+    uint8_t dirty;
+    uint8_t obj[16];
+    uint64_t entries;
+    uint32_t first_child, next_sibling;
+    uint32_t *anc; /* ancestors-or-self, ascending ids; NULL until needed */
+    uint32_t nanc;
+};
+
+struct store {
+    char *path;
+    const char *name; /* basename of path, for messages */
+    unsigned flags;
+    bool rdonly;
+    int lock_fd;  /* IMAGE, flock()ed */
+    int chunk_fd; /* IMAGE-chunks */
+    MDB_env *env;
+    MDB_dbi db_meta, db_objects, db_names, db_nodes, db_map, db_hashes, db_refs,
+        db_free;
+
+    pthread_mutex_t mu;
+    pthread_rwlock_t gate;
+    MDB_txn *txn; /* the one txn; write txn unless rdonly */
+    uint64_t txn_ops;
+    struct timespec txn_start;
+    bool dirty;       /* txn has changes */
+    bool chunk_dirty; /* chunk file written since last fdatasync */
+
+    /* persisted counters (meta), current values */
+    uint64_t gen, next_slot, next_seq, refsum;
+    uint32_t next_node;
+    uint8_t uuid[16];
+
+    /* version tree */
+    struct node *nodes; /* indexed by node id, [0, nodes_cap) */
+    uint32_t nodes_cap;
+    bool tree_dirty;       /* children lists / ancestors need rebuilding */
+    uint64_t tree_version; /* bumped at every structural change */
+
+    /* open handles (list, under mu) */
+    struct store_vol *vols;
+
+    /* background thread: timed commits and garbage collection */
+    pthread_t bg;
+    bool bg_running, bg_stop;
+    pthread_cond_t bg_cond;
+    bool gc_wanted;
+    pthread_mutex_t gc_mu; /* one collector pass at a time */
+};
+
+struct store_vol {
+    struct store *st;
+    struct store_vol *next;
+    uint8_t uuid[16];
+    uint32_t node; /* current node (changes on rollback) */
+    uint64_t size;
+    bool rdonly;
+    char name[STORE_NAME_MAX + 1];
+};
+
+/* ---- store.c: errors, txn, meta, objects, tree ---- */
+int store_set_err(struct store *st, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int store_mdb_err(struct store *st, int mrc, const char *what);
+int store_mdb_errno(int mrc);
+int store_commit_l(struct store *st);
+int store_abort_l(struct store *st);
+int store_maybe_commit_l(struct store *st);
+void store_now(struct timespec *ts);
+void store_hash(const void *block, uint8_t out[16]);
+
+int store_node_put_l(struct store *st, uint32_t id);
+struct node *store_node(struct store *st, uint32_t id);
+int store_tree_rebuild_l(struct store *st);
+static inline void store_tree_changed_l(struct store *st)
+{
+    st->tree_dirty = true;
+    st->tree_version++;
+}
+bool store_is_anc_l(struct store *st, uint32_t y, uint32_t n);
+int store_obj_get_l(struct store *st, const uint8_t uuid[16],
+                    struct obj_rec *out);
+int store_obj_put_l(struct store *st, const uint8_t uuid[16],
+                    const struct obj_rec *rec);
+int store_resolve_name_l(struct store *st, const char *name_or_uuid,
+                         uint8_t uuid[16], struct obj_rec *rec);
+void store_wake_bg(struct store *st);
+int store_gc_pass(struct store *st);
+
+/* ---- store-io.c ---- */
+int store_resolve_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t y,
+                    uint64_t *val);
+int store_decref_l(struct store *st, uint64_t slot);
+int store_map_del_l(struct store *st, MDB_cursor *c, uint32_t node,
+                    uint64_t val);
+
+/* ---- encodings ---- */
+static inline void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+static inline uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+static inline void put_be32(uint8_t *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+static inline uint32_t get_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+           p[3];
+}
+
+/* map key: block (u64 BE), ~node (u32 BE): for one block, entries sort by
+ * node id descending. */
+#define MAP_KEY 12
+static inline void map_key(uint8_t k[MAP_KEY], uint64_t b, uint32_t node)
+{
+    put_be64(k, b);
+    put_be32(k + 8, ~node);
+}
+static inline uint64_t map_key_block(const MDB_val *k)
+{
+    return get_be64(k->mv_data);
+}
+static inline uint32_t map_key_node(const MDB_val *k)
+{
+    return ~get_be32((const uint8_t *)k->mv_data + 8);
+}
+static inline uint64_t val_u64(const MDB_val *v)
+{
+    uint64_t x = 0;
+    if (v->mv_size == 8)
+        memcpy(&x, v->mv_data, 8);
+    return x;
+}
+
+#endif

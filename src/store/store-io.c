@@ -1,0 +1,696 @@
+/* store-io.c: block I/O on a volume or snapshot: read, write, zero and
+ * extents, plus the chunk layer underneath (dedup, slots, refcounts).
+ *
+ * A block of node y reads from the first map entry (b, n) with n an
+ * ancestor-or-self of y; entries of one block sort by node id descending,
+ * so that is one MDB_SET_RANGE on (b, ~y) and usually no step further.
+ * A write only ever adds or replaces the entry of the volume's head node:
+ * older nodes are never touched (no copy-up).  New chunk bytes are pwritten
+ * to a fresh slot before any index entry names the slot, and a freed slot
+ * is reused only once the txn that freed it is durable (free DB keyed by
+ * generation), so after a crash every block reads old or new content.
+ * Index work happens under st->mu; chunk reads run outside it under the
+ * slot gate (read mode).
+ */
+#include "store-int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* ---- handles ---- */
+
+int store_vol_open(struct store *st, const char *name_or_uuid,
+                   struct store_vol **out)
+{
+    uint8_t u[16];
+    struct obj_rec o;
+    *out = NULL;
+    struct store_vol *v = calloc(1, sizeof *v);
+    if (!v)
+        return store_set_err(st, -ENOMEM, "out of memory");
+    pthread_mutex_lock(&st->mu);
+    int rc = store_resolve_name_l(st, name_or_uuid, u, &o);
+    if (rc) {
+        pthread_mutex_unlock(&st->mu);
+        free(v);
+        return rc;
+    }
+    v->st = st;
+    memcpy(v->uuid, u, 16);
+    v->node = o.node;
+    v->size = o.size;
+    v->rdonly = o.kind == STORE_SNAPSHOT || st->rdonly;
+    memcpy(v->name, o.name, sizeof v->name);
+    v->name[STORE_NAME_MAX] = 0;
+    v->next = st->vols;
+    st->vols = v;
+    pthread_mutex_unlock(&st->mu);
+    *out = v;
+    return 0;
+}
+
+void store_vol_close(struct store_vol *v)
+{
+    if (!v)
+        return;
+    struct store *st = v->st;
+    pthread_mutex_lock(&st->mu);
+    for (struct store_vol **p = &st->vols; *p; p = &(*p)->next)
+        if (*p == v) {
+            *p = v->next;
+            break;
+        }
+    pthread_mutex_unlock(&st->mu);
+    free(v);
+}
+
+uint64_t store_vol_size(const struct store_vol *v)
+{
+    return v->size;
+}
+
+int store_vol_readonly(const struct store_vol *v)
+{
+    return v->rdonly;
+}
+
+void store_vol_name(const struct store_vol *v, char buf[STORE_NAME_MAX + 1])
+{
+    pthread_mutex_lock(&v->st->mu);
+    memcpy(buf, v->name, STORE_NAME_MAX + 1);
+    pthread_mutex_unlock(&v->st->mu);
+}
+
+/* ---- the chunk layer ---- */
+
+static int map_cursor_l(struct store *st, MDB_cursor **c)
+{
+    int rc = mdb_cursor_open(st->txn, st->db_map, c);
+    return rc ? store_mdb_err(st, rc, "map") : 0;
+}
+
+/* Group commit point inside a loop holding a map cursor: the cursor dies
+ * with the txn, so it is closed and reopened around the commit. */
+static int cursor_maybe_commit_l(struct store *st, MDB_cursor **c)
+{
+    if (st->txn_ops < STORE_COMMIT_OPS)
+        return 0;
+    mdb_cursor_close(*c);
+    *c = NULL;
+    int rc = store_commit_l(st);
+    int rc2 = map_cursor_l(st, c);
+    return rc ? rc : rc2;
+}
+
+static int read_slot(struct store *st, uint64_t slot, void *buf, size_t n)
+{
+    ssize_t r = pread(st->chunk_fd, buf, n, (off_t)(slot * STORE_BLOCK));
+    if (r == (ssize_t)n)
+        return 0;
+    return store_set_err(st, r < 0 ? -errno : -EIO,
+                         "%s-chunks: read of slot %llu failed: %s", st->path,
+                         (unsigned long long)slot,
+                         r < 0 ? strerror(errno) : "short read");
+}
+
+/* Value of block b as node y sees it: 0 hole, 1 allocated zero, else a
+ * slot. */
+int store_resolve_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t y,
+                    uint64_t *val)
+{
+    uint8_t kb[MAP_KEY];
+    map_key(kb, b, y);
+    MDB_val k = {MAP_KEY, kb}, d;
+    int rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+    for (; rc == 0 && map_key_block(&k) == b;
+         rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+        if (store_is_anc_l(st, y, map_key_node(&k))) {
+            *val = val_u64(&d);
+            return 0;
+        }
+    }
+    *val = 0;
+    if (rc && rc != MDB_NOTFOUND)
+        return store_mdb_err(st, rc, "map");
+    return 0;
+}
+
+static int ref_get_l(struct store *st, uint64_t slot, struct ref_rec *r)
+{
+    uint8_t kb[8];
+    put_be64(kb, slot);
+    MDB_val k = {8, kb}, d;
+    int rc = mdb_get(st->txn, st->db_refs, &k, &d);
+    if (rc == MDB_NOTFOUND || (rc == 0 && d.mv_size != sizeof *r))
+        return store_set_err(st, -EIO, "refs: slot %llu has no chunk record",
+                             (unsigned long long)slot);
+    if (rc)
+        return store_mdb_err(st, rc, "refs");
+    memcpy(r, d.mv_data, sizeof *r);
+    return 0;
+}
+
+static int ref_put_l(struct store *st, uint64_t slot, const struct ref_rec *r)
+{
+    uint8_t kb[8];
+    put_be64(kb, slot);
+    MDB_val k = {8, kb}, d = {sizeof *r, (void *)r};
+    int rc = mdb_put(st->txn, st->db_refs, &k, &d, 0);
+    return rc ? store_mdb_err(st, rc, "refs") : 0;
+}
+
+static int incref_l(struct store *st, uint64_t slot)
+{
+    struct ref_rec r;
+    int rc = ref_get_l(st, slot, &r);
+    if (rc)
+        return rc;
+    r.refcount++;
+    st->refsum++;
+    return ref_put_l(st, slot, &r);
+}
+
+/* Drop one reference to slot (0 and 1 are not chunks).  The last one
+ * deletes the chunk record and its hash, and frees the slot for reuse
+ * after this txn is durable. */
+int store_decref_l(struct store *st, uint64_t slot)
+{
+    if (slot < STORE_FIRST_SLOT)
+        return 0;
+    struct ref_rec r;
+    int rc = ref_get_l(st, slot, &r);
+    if (rc)
+        return rc;
+    st->refsum--;
+    st->dirty = true;
+    if (--r.refcount > 0)
+        return ref_put_l(st, slot, &r);
+    uint8_t kb[16];
+    put_be64(kb, slot);
+    MDB_val k = {8, kb};
+    if ((rc = mdb_del(st->txn, st->db_refs, &k, NULL)))
+        return store_mdb_err(st, rc, "refs");
+    MDB_val hk = {16, r.hash}, hd = {8, kb};
+    rc = mdb_del(st->txn, st->db_hashes, &hk, &hd);
+    if (rc && rc != MDB_NOTFOUND)
+        return store_mdb_err(st, rc, "hashes");
+    put_be64(kb, st->gen);
+    put_be64(kb + 8, slot);
+    MDB_val fk = {16, kb}, fd = {0, NULL};
+    if ((rc = mdb_put(st->txn, st->db_free, &fk, &fd, 0)))
+        return store_mdb_err(st, rc, "free");
+    return 0;
+}
+
+/* A slot for a new chunk: the lowest freed slot whose freeing txn is
+ * durable (gen < st->gen), else a new one at the end of the chunk file. */
+static int alloc_slot_l(struct store *st, uint64_t *slot)
+{
+    MDB_cursor *c;
+    MDB_val k, d;
+    int rc = mdb_cursor_open(st->txn, st->db_free, &c);
+    if (rc)
+        return store_mdb_err(st, rc, "free");
+    rc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
+    if (rc == 0 && k.mv_size == 16 && get_be64(k.mv_data) < st->gen) {
+        *slot = get_be64((uint8_t *)k.mv_data + 8);
+        rc = mdb_cursor_del(c, 0);
+        mdb_cursor_close(c);
+        return rc ? store_mdb_err(st, rc, "free") : 0;
+    }
+    mdb_cursor_close(c);
+    if (rc && rc != MDB_NOTFOUND)
+        return store_mdb_err(st, rc, "free");
+    *slot = st->next_slot++;
+    return 0;
+}
+
+/* Find or store the chunk for data; *slot gets a new reference. */
+static int chunk_get_l(struct store *st, const void *data, uint64_t *slot)
+{
+    uint8_t h[16], kb[8];
+    uint8_t cmp[STORE_BLOCK];
+    MDB_cursor *c;
+    MDB_val k = {16, h}, d;
+    store_hash(data, h);
+    int rc = mdb_cursor_open(st->txn, st->db_hashes, &c);
+    if (rc)
+        return store_mdb_err(st, rc, "hashes");
+    for (rc = mdb_cursor_get(c, &k, &d, MDB_SET_KEY); rc == 0;
+         rc = mdb_cursor_get(c, &k, &d, MDB_NEXT_DUP)) {
+        uint64_t s = get_be64(d.mv_data);
+        if (read_slot(st, s, cmp, STORE_BLOCK) == 0 &&
+            !memcmp(cmp, data, STORE_BLOCK)) {
+            mdb_cursor_close(c);
+            *slot = s;
+            return incref_l(st, s);
+        }
+    }
+    mdb_cursor_close(c);
+    if (rc != MDB_NOTFOUND)
+        return store_mdb_err(st, rc, "hashes");
+    /* new chunk (or a real hash collision: both are kept) */
+    uint64_t s = 0;
+    if ((rc = alloc_slot_l(st, &s)))
+        return rc;
+    ssize_t w =
+        pwrite(st->chunk_fd, data, STORE_BLOCK, (off_t)(s * STORE_BLOCK));
+    if (w != STORE_BLOCK)
+        return store_set_err(st, w < 0 ? -errno : -EIO,
+                             "%s-chunks: write of slot %llu failed: %s",
+                             st->path, (unsigned long long)s,
+                             w < 0 ? strerror(errno) : "short write");
+    st->chunk_dirty = true;
+    put_be64(kb, s);
+    k = (MDB_val){16, h};
+    d = (MDB_val){8, kb};
+    if ((rc = mdb_put(st->txn, st->db_hashes, &k, &d, 0)))
+        return store_mdb_err(st, rc, "hashes");
+    struct ref_rec r = {.refcount = 1};
+    memcpy(r.hash, h, 16);
+    if ((rc = ref_put_l(st, s, &r)))
+        return rc;
+    st->refsum++;
+    *slot = s;
+    return 0;
+}
+
+/* Set map entry (b, node) to val, releasing the value it replaces. */
+static int map_set_l(struct store *st, uint64_t b, uint32_t node, uint64_t val)
+{
+    uint8_t kb[MAP_KEY];
+    map_key(kb, b, node);
+    MDB_val k = {MAP_KEY, kb}, d = {8, &val};
+    int rc = mdb_put(st->txn, st->db_map, &k, &d, MDB_NOOVERWRITE);
+    st->dirty = true;
+    st->txn_ops++;
+    if (rc == 0) {
+        struct node *n = store_node(st, node);
+        if (n) {
+            n->entries++;
+            n->dirty = 1;
+        }
+        return 0;
+    }
+    if (rc != MDB_KEYEXIST)
+        return store_mdb_err(st, rc, "map");
+    uint64_t old = val_u64(&d);
+    if (old == val) /* same chunk: drop the reference just taken */
+        return store_decref_l(st, val);
+    d = (MDB_val){8, &val};
+    if ((rc = mdb_put(st->txn, st->db_map, &k, &d, 0)))
+        return store_mdb_err(st, rc, "map");
+    return store_decref_l(st, old);
+}
+
+/* Delete map entry (b, node) holding val (the cursor's current entry, or
+ * looked up by key if c is NULL). */
+static int map_del_key_l(struct store *st, uint64_t b, uint32_t node,
+                         uint64_t val)
+{
+    uint8_t kb[MAP_KEY];
+    map_key(kb, b, node);
+    MDB_val k = {MAP_KEY, kb};
+    int rc = mdb_del(st->txn, st->db_map, &k, NULL);
+    if (rc)
+        return store_mdb_err(st, rc, "map");
+    st->dirty = true;
+    st->txn_ops++;
+    struct node *n = store_node(st, node);
+    if (n && n->entries) {
+        n->entries--;
+        n->dirty = 1;
+    }
+    return store_decref_l(st, val);
+}
+
+int store_map_del_l(struct store *st, MDB_cursor *c, uint32_t node,
+                    uint64_t val)
+{
+    int rc = mdb_cursor_del(c, 0);
+    if (rc)
+        return store_mdb_err(st, rc, "map");
+    st->dirty = true;
+    st->txn_ops++;
+    struct node *n = store_node(st, node);
+    if (n && n->entries) {
+        n->entries--;
+        n->dirty = 1;
+    }
+    return store_decref_l(st, val);
+}
+
+/* Make block b of head read as zeros: drop head's own entry if what lies
+ * beneath is a hole, else hide it with a tombstone (0); NO_HOLE stores 1. */
+static int zero_block_l(struct store *st, MDB_cursor *c, uint32_t head,
+                        uint64_t b, bool nohole)
+{
+    uint8_t kb[MAP_KEY];
+    map_key(kb, b, head);
+    MDB_val k = {MAP_KEY, kb}, d;
+    bool own = false, below = false;
+    uint64_t ownval = 0, belowval = 0;
+    int rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+    for (; rc == 0 && map_key_block(&k) == b;
+         rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+        uint32_t n = map_key_node(&k);
+        if (n == head) {
+            own = true;
+            ownval = val_u64(&d);
+        } else if (store_is_anc_l(st, head, n)) {
+            below = true;
+            belowval = val_u64(&d);
+            break;
+        }
+    }
+    if (rc && rc != MDB_NOTFOUND)
+        return store_mdb_err(st, rc, "map");
+    if (!nohole && (!below || belowval == 0)) {
+        if (!own)
+            return 0;
+        return map_del_key_l(st, b, head, ownval);
+    }
+    uint64_t v = nohole ? 1 : 0;
+    if (own && ownval == v)
+        return 0;
+    return map_set_l(st, b, head, v);
+}
+
+static bool all_zero(const void *p)
+{
+    const uint64_t *w = p;
+    for (size_t i = 0; i < STORE_BLOCK / 8; i++)
+        if (w[i])
+            return false;
+    return true;
+}
+
+static int write_block_l(struct store *st, MDB_cursor *c, uint32_t head,
+                         uint64_t b, const void *data)
+{
+    if (all_zero(data))
+        return zero_block_l(st, c, head, b, false);
+    uint64_t slot;
+    int rc = chunk_get_l(st, data, &slot);
+    if (rc)
+        return rc;
+    return map_set_l(st, b, head, slot);
+}
+
+/* Current bytes of block b as node y sees it (under the mutex). */
+static int read_block_l(struct store *st, MDB_cursor *c, uint32_t y, uint64_t b,
+                        void *buf)
+{
+    uint64_t v;
+    int rc = store_resolve_l(st, c, b, y, &v);
+    if (rc)
+        return rc;
+    if (v < STORE_FIRST_SLOT) {
+        memset(buf, 0, STORE_BLOCK);
+        return 0;
+    }
+    return read_slot(st, v, buf, STORE_BLOCK);
+}
+
+static int check_range(struct store_vol *v, uint64_t off, uint64_t len,
+                       bool write)
+{
+    struct store *st = v->st;
+    if (write && v->rdonly)
+        return store_set_err(st, -EROFS, "%s \"%s\" is read-only",
+                             st->rdonly ? "image; object" : "snapshot",
+                             v->name);
+    if (off > v->size || len > v->size - off)
+        return store_set_err(st, -EINVAL,
+                             "\"%s\": range %llu+%llu is beyond the size "
+                             "%llu",
+                             v->name, (unsigned long long)off,
+                             (unsigned long long)len,
+                             (unsigned long long)v->size);
+    return 0;
+}
+
+/* ---- public I/O ---- */
+
+int store_read(struct store_vol *v, void *buf, uint64_t off, uint32_t len)
+{
+    struct store *st = v->st;
+    int rc = check_range(v, off, len, false);
+    if (rc || len == 0)
+        return rc;
+    uint64_t b0 = off / STORE_BLOCK;
+    uint64_t b1 = (off + len + STORE_BLOCK - 1) / STORE_BLOCK;
+    size_t nb = b1 - b0;
+    bool aligned = off % STORE_BLOCK == 0 && len % STORE_BLOCK == 0;
+    uint8_t *dst = aligned ? buf : malloc(nb * STORE_BLOCK);
+    uint64_t small[64];
+    uint64_t *slots = nb <= 64 ? small : malloc(nb * sizeof *slots);
+    if (!dst || !slots) {
+        rc = store_set_err(st, -ENOMEM, "out of memory");
+        goto out;
+    }
+    pthread_mutex_lock(&st->mu);
+    MDB_cursor *c;
+    if ((rc = map_cursor_l(st, &c))) {
+        pthread_mutex_unlock(&st->mu);
+        goto out;
+    }
+    for (size_t i = 0; i < nb && !rc; i++)
+        rc = store_resolve_l(st, c, b0 + i, v->node, &slots[i]);
+    mdb_cursor_close(c);
+    /* chunk reads outside the mutex, under the gate */
+    pthread_rwlock_rdlock(&st->gate);
+    pthread_mutex_unlock(&st->mu);
+    for (size_t i = 0; i < nb && !rc;) {
+        if (slots[i] < STORE_FIRST_SLOT) {
+            memset(dst + i * STORE_BLOCK, 0, STORE_BLOCK);
+            i++;
+            continue;
+        }
+        size_t j = i + 1;
+        while (j < nb && slots[j] == slots[j - 1] + 1)
+            j++;
+        rc = read_slot(st, slots[i], dst + i * STORE_BLOCK,
+                       (j - i) * STORE_BLOCK);
+        i = j;
+    }
+    pthread_rwlock_unlock(&st->gate);
+    if (!rc && !aligned)
+        memcpy(buf, dst + off % STORE_BLOCK, len);
+out:
+    if (!aligned)
+        free(dst);
+    if (slots != small)
+        free(slots);
+    return rc;
+}
+
+int store_write(struct store_vol *v, const void *buf, uint64_t off,
+                uint32_t len, unsigned flags)
+{
+    struct store *st = v->st;
+    int rc = check_range(v, off, len, true);
+    if (rc || len == 0)
+        return rc;
+    const uint8_t *src = buf;
+    uint8_t tmp[STORE_BLOCK];
+    MDB_cursor *c;
+    pthread_mutex_lock(&st->mu);
+    if ((rc = map_cursor_l(st, &c)))
+        goto out;
+    uint64_t end = off + len;
+    for (uint64_t pos = off; pos < end && !rc;) {
+        uint64_t b = pos / STORE_BLOCK, boff = pos % STORE_BLOCK;
+        uint64_t n = STORE_BLOCK - boff;
+        if (n > end - pos)
+            n = end - pos;
+        if (n == STORE_BLOCK) {
+            rc = write_block_l(st, c, v->node, b, src + (pos - off));
+        } else {
+            rc = read_block_l(st, c, v->node, b, tmp);
+            if (!rc) {
+                memcpy(tmp + boff, src + (pos - off), n);
+                rc = write_block_l(st, c, v->node, b, tmp);
+            }
+        }
+        pos += n;
+        if (!rc)
+            rc = cursor_maybe_commit_l(st, &c);
+    }
+    if (c)
+        mdb_cursor_close(c);
+    if (!rc && (flags & STORE_FUA))
+        rc = store_commit_l(st);
+out:
+    pthread_mutex_unlock(&st->mu);
+    return rc;
+}
+
+/* Zero whole blocks [b0, b1) of head, touching only existing map keys
+ * unless nohole (which must store an entry per block). */
+static int zero_range_l(struct store *st, MDB_cursor **c, uint32_t head,
+                        uint64_t b0, uint64_t b1, bool nohole)
+{
+    int rc = 0;
+    if (nohole) {
+        for (uint64_t b = b0; b < b1 && !rc; b++) {
+            rc = zero_block_l(st, *c, head, b, true);
+            if (!rc)
+                rc = cursor_maybe_commit_l(st, c);
+        }
+        return rc;
+    }
+    uint8_t kb[MAP_KEY];
+    for (uint64_t b = b0; b < b1 && !rc;) {
+        map_key(kb, b, UINT32_MAX);
+        MDB_val k = {MAP_KEY, kb}, d;
+        int mrc = mdb_cursor_get(*c, &k, &d, MDB_SET_RANGE);
+        if (mrc == MDB_NOTFOUND)
+            break;
+        if (mrc)
+            return store_mdb_err(st, mrc, "map");
+        uint64_t blk = map_key_block(&k);
+        if (blk >= b1)
+            break;
+        rc = zero_block_l(st, *c, head, blk, false);
+        st->txn_ops++;
+        b = blk + 1;
+        if (!rc)
+            rc = cursor_maybe_commit_l(st, c);
+    }
+    return rc;
+}
+
+int store_zero(struct store_vol *v, uint64_t off, uint64_t len, unsigned flags)
+{
+    struct store *st = v->st;
+    int rc = check_range(v, off, len, true);
+    if (rc || len == 0)
+        return rc;
+    bool nohole = flags & STORE_NO_HOLE;
+    uint8_t tmp[STORE_BLOCK];
+    MDB_cursor *c;
+    pthread_mutex_lock(&st->mu);
+    if ((rc = map_cursor_l(st, &c)))
+        goto out;
+    uint64_t end = off + len;
+    uint64_t fb0 = (off + STORE_BLOCK - 1) / STORE_BLOCK; /* full blocks */
+    uint64_t fb1 = end / STORE_BLOCK;
+    /* partial blocks at either end: read-modify-write */
+    uint64_t parts[2] = {off / STORE_BLOCK, (end - 1) / STORE_BLOCK};
+    for (int i = 0; i < 2 && !rc; i++) {
+        uint64_t b = parts[i];
+        if (i == 1 && b == parts[0])
+            break;
+        uint64_t s = b * STORE_BLOCK, e = s + STORE_BLOCK;
+        if (s >= off && e <= end)
+            continue; /* a full block */
+        uint64_t zs = s > off ? s : off, ze = e < end ? e : end;
+        rc = read_block_l(st, c, v->node, b, tmp);
+        if (!rc) {
+            memset(tmp + (zs - s), 0, ze - zs);
+            if (nohole && all_zero(tmp))
+                rc = zero_block_l(st, c, v->node, b, true);
+            else
+                rc = write_block_l(st, c, v->node, b, tmp);
+        }
+    }
+    if (!rc && fb0 < fb1)
+        rc = zero_range_l(st, &c, v->node, fb0, fb1, nohole);
+    if (c)
+        mdb_cursor_close(c);
+    if (!rc && (flags & STORE_FUA))
+        rc = store_commit_l(st);
+out:
+    pthread_mutex_unlock(&st->mu);
+    return rc;
+}
+
+/* ---- extents ---- */
+
+#define EXT_MAX 1024u
+#define EXT_SCAN_BLOCKS 65536u /* blocks resolved per call at most */
+
+struct ext {
+    uint64_t off, len;
+    unsigned flags;
+};
+
+static void ext_add(struct ext *e, unsigned *n, uint64_t off, uint64_t len,
+                    unsigned flags)
+{
+    if (*n && e[*n - 1].flags == flags &&
+        e[*n - 1].off + e[*n - 1].len == off) {
+        e[*n - 1].len += len;
+        return;
+    }
+    e[*n] = (struct ext){off, len, flags};
+    (*n)++;
+}
+
+int store_extents(struct store_vol *v, uint64_t off, uint64_t len,
+                  int (*cb)(uint64_t off, uint64_t len, unsigned flags,
+                            void *arg),
+                  void *arg)
+{
+    struct store *st = v->st;
+    int rc = check_range(v, off, len, false);
+    if (rc || len == 0)
+        return rc;
+    struct ext *e = malloc(EXT_MAX * sizeof *e);
+    if (!e)
+        return store_set_err(st, -ENOMEM, "out of memory");
+    unsigned n = 0, scanned = 0;
+    uint64_t b0 = off / STORE_BLOCK;
+    uint64_t b1 = (off + len + STORE_BLOCK - 1) / STORE_BLOCK;
+    uint64_t cur = b0;
+    const unsigned hz = STORE_EXT_HOLE | STORE_EXT_ZERO;
+    uint8_t kb[MAP_KEY];
+    MDB_cursor *c;
+    pthread_mutex_lock(&st->mu);
+    if ((rc = map_cursor_l(st, &c))) {
+        pthread_mutex_unlock(&st->mu);
+        free(e);
+        return rc;
+    }
+    while (cur < b1 && n < EXT_MAX - 1 && scanned < EXT_SCAN_BLOCKS) {
+        map_key(kb, cur, UINT32_MAX);
+        MDB_val k = {MAP_KEY, kb}, d;
+        int mrc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+        if (mrc && mrc != MDB_NOTFOUND) {
+            rc = store_mdb_err(st, mrc, "map");
+            break;
+        }
+        uint64_t blk = mrc ? b1 : map_key_block(&k);
+        if (blk > b1)
+            blk = b1;
+        if (blk > cur) {
+            ext_add(e, &n, cur * STORE_BLOCK, (blk - cur) * STORE_BLOCK, hz);
+            cur = blk;
+            continue;
+        }
+        uint64_t val;
+        if ((rc = store_resolve_l(st, c, blk, v->node, &val)))
+            break;
+        unsigned fl = val == 0 ? hz : val == 1 ? STORE_EXT_ZERO : 0;
+        ext_add(e, &n, blk * STORE_BLOCK, STORE_BLOCK, fl);
+        cur = blk + 1;
+        scanned++;
+    }
+    mdb_cursor_close(c);
+    pthread_mutex_unlock(&st->mu);
+    /* clip to [off, off+len) and report */
+    for (unsigned i = 0; i < n && !rc; i++) {
+        uint64_t s = e[i].off, t = e[i].off + e[i].len;
+        if (s < off)
+            s = off;
+        if (t > off + len)
+            t = off + len;
+        if (t > s && cb(s, t - s, e[i].flags, arg))
+            break;
+    }
+    free(e);
+    return rc;
+}
