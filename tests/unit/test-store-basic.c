@@ -1,7 +1,7 @@
 /* test-store-basic.c: create, open, reopen (magic, version, UUID checks,
  * -EBUSY from a second process), aligned and unaligned read/write,
  * zero/trim and extents, names and lookups. */
-#include "test-store.h"
+#include "store-test-util.h"
 
 #include <fcntl.h>
 #include <sys/wait.h>
