@@ -1,0 +1,39 @@
+/* control.h: the busesnap control server (private to src/server/).
+ *
+ * A Unix socket (mode 0600, peers checked with SO_PEERCRED) speaking the
+ * newline-framed JSON protocol of doc/control.md, one thread per client,
+ * so that a client that hangs never stalls disk I/O or other clients.
+ * ctl_start() is called once from main before serving; ctl_stop() after
+ * buse_server_run() returned, before the store is closed: it wakes and
+ * joins every client thread and removes the socket file.
+ */
+#ifndef BUSESNAP_CONTROL_H
+#define BUSESNAP_CONTROL_H
+
+#include <jansson.h>
+
+#include "exports.h"
+
+#define CTL_PROTOCOL_VERSION 1
+#define CTL_MAX_LINE (64 * 1024) /* bytes, newline included */
+
+struct ctl_server; /* opaque */
+
+/* Listen on path (a stale socket from a dead server is replaced; a live
+ * one is an error, -EADDRINUSE).  ex must outlive the server. */
+int ctl_start(const char *path, struct exports *ex, struct ctl_server **out);
+void ctl_stop(struct ctl_server *c);
+
+/* The default control socket path: $BSNAP_CONTROL, else
+ * $XDG_RUNTIME_DIR/busesnap.ctl, else /run/busesnap.ctl for root, else
+ * /tmp/busesnap-UID.ctl.  Written into buf. */
+void ctl_default_path(char *buf, size_t len);
+
+/* JSON views shared by the control server and `busesnap info --json`.
+ * New references (the caller owns them); NULL on ENOMEM. */
+json_t *ctl_info_json(const char *image, const struct store_info *si);
+/* clients/exports may be 0/NULL when nothing is served. */
+json_t *ctl_obj_json(const struct store_obj_info *info, int clients,
+                     const char *export_names);
+
+#endif

@@ -1,0 +1,525 @@
+/* main.c: the busesnap command line (serve, check, info, create).
+ *
+ * `busesnap serve` opens (or creates) an image, makes every volume and
+ * snapshot an NBD export through libbuse (exports.c), listens on the
+ * control socket (control.c) and serves until SIGINT/SIGTERM, then closes
+ * the control socket, lets libbuse close every connection and closes the
+ * store, which commits.  check/info/create work offline on an image that
+ * no server has open.  Exit codes: 0 ok, 1 failure, 2 usage.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "control.h"
+#include "exports.h"
+
+#define MAX_ATTACH 16
+
+static const char *prog = "busesnap";
+
+static void usage_error(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
+
+static void usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: %s%s", prog, cmd ? cmd : "", cmd ? ": " : "");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (see %s %s%s--help)\n", prog, cmd ? cmd : "",
+            cmd ? " " : "");
+    exit(2);
+}
+
+/* Parse "128M", "8G", "4096" (K, M, G, T are powers of 1024).  Returns 0
+ * or -EINVAL. */
+static int parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || s[0] == '-')
+        return -EINVAL;
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k':
+    case 'K':
+        shift = 10;
+        break;
+    case 'm':
+    case 'M':
+        shift = 20;
+        break;
+    case 'g':
+    case 'G':
+        shift = 30;
+        break;
+    case 't':
+    case 'T':
+        shift = 40;
+        break;
+    case '\0':
+        break;
+    default:
+        return -EINVAL;
+    }
+    if (shift)
+        end++;
+    if (*end == 'i' && shift) /* accept KiB-style "Gi" / "GiB" */
+        end++;
+    if (*end == 'B' && shift)
+        end++;
+    if (*end != '\0' || (shift && v > (UINT64_MAX >> shift)))
+        return -EINVAL;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+static uint64_t size_arg(const char *cmd, const char *s)
+{
+    uint64_t size;
+    if (parse_size(s, &size) < 0)
+        usage_error(cmd, "bad size \"%s\" (expected e.g. 512M, 8G)", s);
+    if (size == 0 || size % STORE_BLOCK)
+        usage_error(cmd, "size %s is not a positive multiple of %u bytes", s,
+                    STORE_BLOCK);
+    return size;
+}
+
+/* ---- serve ---- */
+
+static const char serve_help[] =
+    "Usage: busesnap serve IMAGE [DEVICE] [OPTIONS]\n"
+    "Serve the volumes and snapshots of IMAGE as NBD exports.\n"
+    "\n"
+    "  DEVICE                attach the default volume to /dev/nbdN\n"
+    "  --attach DEV=EXPORT   attach EXPORT (a volume or snapshot) to DEV\n"
+    "                        (repeatable)\n"
+    "  --socket PATH         serve NBD clients on a Unix socket\n"
+    "  --tcp HOST:PORT       serve NBD clients on TCP\n"
+    "  --control PATH        control socket for bsnap (default: "
+    "$BSNAP_CONTROL,\n"
+    "                        $XDG_RUNTIME_DIR/busesnap.ctl, /run/busesnap.ctl "
+    "for\n"
+    "                        root, /tmp/busesnap-UID.ctl otherwise)\n"
+    "  --size SIZE           create IMAGE with this size if it does not "
+    "exist\n"
+    "                        (suffixes K, M, G, T); must match if it does\n"
+    "  --connections N       sockets per kernel device (default 1)\n"
+    "  --timeout SECS        kernel request timeout (default: kernel's)\n"
+    "  -v, --verbose         log requests to stderr\n"
+    "  -h, --help            this help\n"
+    "\n"
+    "Export \"\" is the default volume; every volume and snapshot is also an\n"
+    "export by its name and by its UUID.  Sockets passed by systemd socket\n"
+    "activation are served too.  SIGINT/SIGTERM stop cleanly.\n";
+
+/* Open IMAGE, creating it when size is nonzero and it does not exist. */
+static int open_image(const char *image, uint64_t size, const char *volname,
+                      unsigned flags, struct store **st)
+{
+    struct stat sb;
+    int r;
+    if (size && stat(image, &sb) < 0 && errno == ENOENT) {
+        struct store_create_opts o = {.size = size, .volume_name = volname};
+        r = store_create(image, &o, st);
+        if (r < 0)
+            fprintf(stderr, "%s: %s\n", prog, store_errmsg());
+        return r;
+    }
+    r = store_open(image, flags, st);
+    if (r == -ENOENT && !size) {
+        fprintf(stderr,
+                "%s: %s: no such image (give --size SIZE to create it)\n", prog,
+                image);
+        return r;
+    }
+    if (r == -EBUSY) {
+        fprintf(stderr,
+                "%s: %s: in use by another process (a running server? use "
+                "bsnap for a served image)\n",
+                prog, image);
+        return r;
+    }
+    if (r < 0) {
+        fprintf(stderr, "%s: %s\n", prog, store_errmsg());
+        return r;
+    }
+    if (size) {
+        struct store_info si;
+        r = store_info(*st, &si);
+        if (r == 0 && si.size != size) {
+            fprintf(stderr,
+                    "%s: %s: the image exists with size %llu bytes, not the "
+                    "%llu given by --size (omit --size to open it)\n",
+                    prog, image, (unsigned long long)si.size,
+                    (unsigned long long)size);
+            r = -EINVAL;
+        }
+        if (r < 0) {
+            store_close(*st);
+            *st = NULL;
+        }
+    }
+    return r;
+}
+
+static volatile int quiet_progress;
+
+static int cmd_serve(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"socket", required_argument, 0, 's'},
+        {"tcp", required_argument, 0, 't'},
+        {"control", required_argument, 0, 'c'},
+        {"size", required_argument, 0, 'S'},
+        {"attach", required_argument, 0, 'a'},
+        {"connections", required_argument, 0, 'n'},
+        {"timeout", required_argument, 0, 'T'},
+        {"verbose", no_argument, 0, 'v'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    const char *sock = NULL, *tcp = NULL, *control = NULL, *device = NULL;
+    char ctlpath[256];
+    uint64_t size = 0;
+    char *attach[MAX_ATTACH];
+    int nattach = 0, verbose = 0, c, r;
+    unsigned connections = 1, timeout = 0;
+
+    while ((c = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
+        switch (c) {
+        case 's':
+            sock = optarg;
+            break;
+        case 't':
+            tcp = optarg;
+            break;
+        case 'c':
+            control = optarg;
+            break;
+        case 'S':
+            size = size_arg("serve", optarg);
+            break;
+        case 'a':
+            if (nattach == MAX_ATTACH)
+                usage_error("serve", "at most %d --attach", MAX_ATTACH);
+            if (!strchr(optarg, '=') || optarg[0] == '=')
+                usage_error("serve", "--attach wants DEVICE=EXPORT, not \"%s\"",
+                            optarg);
+            attach[nattach++] = optarg;
+            break;
+        case 'n':
+            connections = (unsigned)atoi(optarg);
+            if (connections < 1 || connections > 64)
+                usage_error("serve", "--connections wants 1 to 64");
+            break;
+        case 'T':
+            timeout = (unsigned)atoi(optarg);
+            break;
+        case 'v':
+            verbose++;
+            break;
+        case 'h':
+            fputs(serve_help, stdout);
+            exit(0);
+        default:
+            usage_error("serve", "bad option \"%s\"", argv[optind - 1]);
+        }
+    }
+    if (optind >= argc)
+        usage_error("serve", "missing IMAGE");
+    const char *image = argv[optind++];
+    if (optind < argc)
+        device = argv[optind++];
+    if (optind < argc)
+        usage_error("serve", "unexpected argument \"%s\"", argv[optind]);
+    int systemd = getenv("LISTEN_FDS") != NULL;
+    if (!sock && !tcp && !device && !nattach && !systemd)
+        usage_error("serve", "nothing to serve on: give DEVICE, --socket or "
+                             "--tcp");
+    if (control)
+        snprintf(ctlpath, sizeof ctlpath, "%s", control);
+    else
+        ctl_default_path(ctlpath, sizeof ctlpath);
+    if (verbose)
+        buse_set_verbose(verbose);
+
+    struct store *st;
+    r = open_image(image, size, NULL, 0, &st);
+    if (r < 0)
+        return 1;
+
+    struct exports ex;
+    struct buse_operations ops;
+    struct ctl_server *ctl = NULL;
+    int rc = 1;
+    exports_init(&ex, st, image, &ops);
+    struct buse_server *srv = buse_server_new(&ops, &ex);
+    if (!srv)
+        goto out_store;
+    ex.srv = srv;
+    if (sock && buse_server_listen_unix(srv, sock, 0) < 0)
+        goto out_srv;
+    if (tcp && buse_server_listen_tcp(srv, tcp) < 0)
+        goto out_srv;
+    if (systemd && buse_server_listen_systemd(srv) < 0)
+        goto out_srv;
+    struct buse_kernel_options ko = {.connections = connections,
+                                     .timeout = timeout};
+    if (device && buse_server_attach_kernel(srv, device, &ko) < 0)
+        goto out_srv;
+    for (int i = 0; i < nattach; i++) {
+        char *eq = strchr(attach[i], '=');
+        *eq = '\0';
+        ko.export_name = eq + 1;
+        r = buse_server_attach_kernel(srv, attach[i], &ko);
+        *eq = '=';
+        if (r < 0)
+            goto out_srv;
+    }
+    /* Last: once the control socket exists, everything is being served. */
+    if (ctl_start(ctlpath, &ex, &ctl) < 0)
+        goto out_srv;
+    if (verbose)
+        fprintf(stderr, "%s: serving %s (control socket %s)\n", prog, image,
+                ctlpath);
+    r = buse_server_run(srv);
+    rc = r < 0 ? 1 : 0;
+    ctl_stop(ctl);
+out_srv:
+    buse_server_free(srv);
+out_store:
+    exports_destroy(&ex);
+    store_close(st);
+    return rc;
+}
+
+/* ---- check / info / create ---- */
+
+static void check_progress(uint64_t done, uint64_t total, void *arg)
+{
+    if (quiet_progress)
+        return;
+    fprintf(stderr, "\rchecking: %llu / %llu (%.0f%%)  ",
+            (unsigned long long)done, (unsigned long long)total,
+            total ? 100.0 * (double)done / (double)total : 100.0);
+    if (done == total)
+        fputc('\n', stderr);
+}
+
+static void check_problem(const char *msg, void *arg)
+{
+    if (!quiet_progress)
+        fputc('\n', stderr);
+    fprintf(stderr, "%s: problem: %s\n", prog, msg);
+}
+
+static const char check_help[] =
+    "Usage: busesnap check IMAGE [--progress | --quiet]\n"
+    "Check the consistency of an image no server has open: every map entry\n"
+    "names an existing chunk, every refcount equals its references, every\n"
+    "chunk hashes to its key.  Exit 0: consistent, 1: problems (listed on\n"
+    "stderr) or failure.  Progress goes to stderr when it is a terminal or\n"
+    "with --progress.  For a served image use `bsnap check`.\n";
+
+static int cmd_check(int argc, char **argv)
+{
+    static const struct option opts[] = {{"progress", no_argument, 0, 'p'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int c, progress = isatty(2);
+    while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
+        if (c == 'p')
+            progress = 1;
+        else if (c == 'q')
+            progress = 0;
+        else if (c == 'h') {
+            fputs(check_help, stdout);
+            exit(0);
+        } else
+            usage_error("check", "bad option \"%s\"", argv[optind - 1]);
+    }
+    if (argc - optind != 1)
+        usage_error("check", "expected one IMAGE");
+    const char *image = argv[optind];
+    struct store *st;
+    if (open_image(image, 0, NULL, STORE_OPEN_RDONLY, &st) < 0)
+        return 1;
+    quiet_progress = !progress;
+    int r = store_check(st, check_progress, check_problem, NULL);
+    if (r < 0)
+        fprintf(stderr, "%s: %s\n", prog, store_errmsg());
+    else if (r > 0)
+        fprintf(stderr, "%s: %s: %d problem%s found\n", prog, image, r,
+                r == 1 ? "" : "s");
+    else
+        printf("%s: no problems found\n", image);
+    store_close(st);
+    return r == 0 ? 0 : 1;
+}
+
+static void print_bytes(const char *label, uint64_t b)
+{
+    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    double v = (double)b;
+    int u = 0;
+    while (v >= 1024 && u < 5) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        printf("%-18s %llu B\n", label, (unsigned long long)b);
+    else
+        printf("%-18s %.1f %s (%llu bytes)\n", label, v, units[u],
+               (unsigned long long)b);
+}
+
+static const char info_help[] =
+    "Usage: busesnap info IMAGE [--json]\n"
+    "Show an image no server has open: UUID, format version, logical size,\n"
+    "physical bytes, chunks, dedup ratio, free and reclaimable space.  The\n"
+    "--json form is the \"info\" object of doc/control.md.\n";
+
+static int cmd_info(int argc, char **argv)
+{
+    static const struct option opts[] = {{"json", no_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int c, json = 0;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (c == 'j')
+            json = 1;
+        else if (c == 'h') {
+            fputs(info_help, stdout);
+            exit(0);
+        } else
+            usage_error("info", "bad option \"%s\"", argv[optind - 1]);
+    }
+    if (argc - optind != 1)
+        usage_error("info", "expected one IMAGE");
+    const char *image = argv[optind];
+    struct store *st;
+    struct store_info si;
+    if (open_image(image, 0, NULL, STORE_OPEN_RDONLY, &st) < 0)
+        return 1;
+    int r = store_info(st, &si);
+    if (r < 0) {
+        fprintf(stderr, "%s: %s\n", prog, store_errmsg());
+        store_close(st);
+        return 1;
+    }
+    if (json) {
+        json_t *j = ctl_info_json(image, &si);
+        json_dumpf(j, stdout, JSON_INDENT(2));
+        putchar('\n');
+        json_decref(j);
+    } else {
+        char id[40];
+        uuid_unparse_lower(si.uuid, id);
+        printf("%-18s %s\n", "image:", image);
+        printf("%-18s %s\n", "uuid:", id);
+        printf("%-18s %u\n", "format version:", si.format_version);
+        print_bytes("logical size:", si.size);
+        print_bytes("physical bytes:", si.file_bytes);
+        printf("%-18s %llu\n", "chunks:", (unsigned long long)si.chunks);
+        print_bytes("referenced:", si.referenced_bytes);
+        printf("%-18s %.2f\n", "dedup ratio:",
+               si.chunk_bytes
+                   ? (double)si.referenced_bytes / (double)si.chunk_bytes
+                   : 1.0);
+        print_bytes("free:", si.free_slots * STORE_BLOCK);
+        print_bytes("reclaimable:", si.gc_pending * STORE_BLOCK);
+        printf("%-18s %u volumes, %u snapshots\n", "objects:", si.volumes,
+               si.snapshots);
+    }
+    store_close(st);
+    return 0;
+}
+
+static const char create_help[] =
+    "Usage: busesnap create IMAGE --size SIZE [--volume NAME]\n"
+    "Create a new image whose default volume (named NAME, default "
+    "\"" STORE_DEFAULT_VOLUME "\")\n"
+    "has SIZE bytes (suffixes K, M, G, T).  Fails if IMAGE exists.\n";
+
+static int cmd_create(int argc, char **argv)
+{
+    static const struct option opts[] = {{"size", required_argument, 0, 's'},
+                                         {"volume", required_argument, 0, 'V'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int c;
+    uint64_t size = 0;
+    const char *vol = NULL;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (c == 's')
+            size = size_arg("create", optarg);
+        else if (c == 'V')
+            vol = optarg;
+        else if (c == 'h') {
+            fputs(create_help, stdout);
+            exit(0);
+        } else
+            usage_error("create", "bad option \"%s\"", argv[optind - 1]);
+    }
+    if (argc - optind != 1)
+        usage_error("create", "expected one IMAGE");
+    if (!size)
+        usage_error("create", "--size is required");
+    struct store *st;
+    struct store_create_opts o = {.size = size, .volume_name = vol};
+    int r = store_create(argv[optind], &o, &st);
+    if (r < 0) {
+        fprintf(stderr, "%s: %s\n", prog, store_errmsg());
+        return 1;
+    }
+    store_close(st);
+    return 0;
+}
+
+static const char main_help[] =
+    "Usage: busesnap COMMAND [ARGS]\n"
+    "A content-addressed copy-on-write disk server with O(1) snapshots and\n"
+    "clones, served over NBD.\n"
+    "\n"
+    "  serve IMAGE [DEVICE] [OPTIONS]   serve the image (see serve --help)\n"
+    "  create IMAGE --size SIZE         create a new image\n"
+    "  check IMAGE                      consistency check (offline)\n"
+    "  info IMAGE [--json]              space and identity (offline)\n"
+    "\n"
+    "`busesnap COMMAND --help` for details; `bsnap` controls a running "
+    "server.\n";
+
+int main(int argc, char **argv)
+{
+    opterr = 0;
+    if (argc < 2)
+        usage_error(NULL, "missing COMMAND");
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        fputs(main_help, stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version")) {
+        printf("busesnap (libbuse %s, control protocol %d)\n",
+               BUSE_VERSION_STRING, CTL_PROTOCOL_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "serve"))
+        return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "check"))
+        return cmd_check(argc - 1, argv + 1);
+    if (!strcmp(cmd, "info"))
+        return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "create"))
+        return cmd_create(argc - 1, argv + 1);
+    usage_error(NULL, "unknown command \"%s\"", cmd);
+}

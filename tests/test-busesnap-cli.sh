@@ -1,0 +1,73 @@
+#!/bin/bash
+# busesnap's command line: --help, usage errors (exit 2, one line), a
+# missing image without --size, a size mismatch, create/info/check offline,
+# an image that is in use, and a clean SIGTERM that removes both sockets.
+. "$(dirname "$0")/functions.sh"
+requires nbdinfo jq
+bs=$top/busesnap
+
+# expect_rc RC MSG CMD...: run CMD, want exit code RC and (for 1 and 2)
+# exactly one stderr line containing MSG.
+expect_rc() {
+    local want=$1 msg=$2 rc=0; shift 2
+    "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
+    [ "$rc" = "$want" ] || fail "$*: exit $rc, expected $want ($(head -c 300 "$tmp/err"))"
+    if [ "$want" != 0 ]; then
+        [ "$(wc -l <"$tmp/err")" = 1 ] || fail "$*: expected one line on stderr, got: $(cat "$tmp/err")"
+        grep -q -- "$msg" "$tmp/err" || fail "$*: stderr lacks '$msg': $(cat "$tmp/err")"
+    fi
+}
+
+expect_rc 0 "" "$bs" --help
+grep -q "serve IMAGE" "$tmp/out" || fail "busesnap --help does not mention serve"
+for c in serve create check info; do
+    expect_rc 0 "" "$bs" $c --help
+    grep -q "Usage: busesnap $c" "$tmp/out" || fail "busesnap $c --help lacks its usage line"
+done
+expect_rc 2 "missing COMMAND" "$bs"
+expect_rc 2 "unknown command" "$bs" frobnicate
+expect_rc 2 "missing IMAGE" "$bs" serve
+expect_rc 2 "nothing to serve" "$bs" serve "$tmp/x.db"
+expect_rc 2 "bad option" "$bs" serve "$tmp/x.db" --socket "$tmp/s" --bogus
+expect_rc 2 "bad size" "$bs" serve "$tmp/x.db" --socket "$tmp/s" --size 12Q
+expect_rc 2 "multiple of 4096" "$bs" serve "$tmp/x.db" --socket "$tmp/s" --size 1000
+expect_rc 2 "unexpected argument" "$bs" serve "$tmp/x.db" /dev/nbd0 extra --socket "$tmp/s"
+expect_rc 2 "--attach wants" "$bs" serve "$tmp/x.db" --attach nbd0 --socket "$tmp/s"
+expect_rc 2 "size is required" "$bs" create "$tmp/x.db"
+expect_rc 1 "no such image" "$bs" serve "$tmp/x.db" --socket "$tmp/s" --control "$tmp/c"
+[ ! -e "$tmp/x.db" ] || fail "a failed serve created the image"
+expect_rc 1 "no such image" "$bs" info "$tmp/x.db"
+
+# Offline create, info, check.
+img=$tmp/image.db
+expect_rc 0 "" "$bs" create "$img" --size 64M
+expect_rc 1 "" "$bs" create "$img" --size 64M
+expect_rc 0 "" "$bs" info "$img" --json
+assert_eq "info size" 67108864 "$(jq -r .size "$tmp/out")"
+assert_eq "info volumes" 1 "$(jq -r .volumes "$tmp/out")"
+uuid=$(jq -r .uuid "$tmp/out")
+[[ $uuid =~ ^[0-9a-f-]{36}$ ]] || fail "info uuid '$uuid' is not a UUID"
+expect_rc 0 "" "$bs" info "$img"
+grep -q "logical size:.*64.0 MiB" "$tmp/out" || fail "human info: $(cat "$tmp/out")"
+expect_rc 0 "" "$bs" check "$img"
+grep -q "no problems" "$tmp/out" || fail "check did not say 'no problems'"
+
+# A different --size is refused; the same one is fine.
+expect_rc 1 "exists with size 67108864" "$bs" serve "$img" --size 128M --socket "$tmp/s" --control "$tmp/c"
+image=$img
+start_busesnap 64M
+[ -S "$sock" ] || fail "NBD socket missing"
+assert_eq "served size" 67108864 "$(nbdinfo --json "$uri" | jq -r '.exports[0]."export-size"')"
+nbdinfo --list --json "$uri" >"$tmp/list"
+assert_eq "export names" ',default' "$(jq -r '[.exports[]."export-name"] | join(",")' "$tmp/list")"
+# Served images are locked against offline tools.
+expect_rc 1 "in use" "$bs" check "$img"
+# A second server on the same control socket refuses to start.
+expect_rc 1 "another server is listening" "$bs" serve "$tmp/other.db" --size 4M --socket "$tmp/s2" --control "$ctl"
+
+# Clean stop: exit 0, both sockets gone.
+stop_server TERM || fail "busesnap exited $? on SIGTERM"
+[ ! -e "$ctl" ] || fail "control socket left behind"
+[ ! -e "$sock" ] || fail "NBD socket left behind"
+expect_rc 0 "" "$bs" check "$img"
+exit 0
