@@ -625,7 +625,7 @@ int store_info(struct store *st, struct store_info *out)
     if (fstat(st->chunk_fd, &sb) == 0)
         out->file_bytes += (uint64_t)sb.st_blocks * 512;
     for (uint32_t i = 1; i < st->nodes_cap; i++)
-        if (st->nodes[i].state && st->nodes[i].state != NODE_LIVE)
+        if (st->nodes[i].state == NODE_DEAD) /* HIDDEN: mostly needed */
             out->gc_pending += st->nodes[i].entries;
 out:
     pthread_mutex_unlock(&st->mu);

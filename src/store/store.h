@@ -153,9 +153,10 @@ int store_vol_readonly(const struct store_vol *v);
 /* The object's current name (changes on rename).  Copied into buf. */
 void store_vol_name(const struct store_vol *v, char buf[STORE_NAME_MAX + 1]);
 
-#define STORE_FUA 1u     /* durable before return */
-#define STORE_NO_HOLE 2u /* zero: keep it allocated (reads zero, not a hole)   \
-                          */
+#define STORE_FUA 1u /* durable before return */
+#define STORE_NO_HOLE                                                          \
+    2u /* zero: keep it allocated (reads zero, not a hole)                     \
+        */
 
 /* Any offset and length within the size (unaligned ones are handled by
  * read-modify-write under the store lock).  -EROFS on a snapshot,

@@ -1,0 +1,105 @@
+/* test-store-dedup.c: identical blocks are stored once (same data at many
+ * offsets and into clones grows the chunk file by < 1%), and a forced hash
+ * collision (constant hash) keeps different blocks apart: the bytes are
+ * compared before sharing. */
+#include "store-test-util.h"
+
+#define SIZE (256ull << 20)
+#define NB 2048 /* 8 MiB of distinct data */
+
+static void const_hash(const void *block, uint8_t out[16])
+{
+    memset(out, 0x42, 16);
+}
+
+int main(void)
+{
+    struct store *st;
+    struct store_vol *v, *c;
+    struct store_info inf;
+    char cp[400];
+    t_setup("dedup");
+    struct store_create_opts o = {.size = SIZE};
+    OK(store_create(t_img, &o, &st));
+    snprintf(cp, sizeof cp, "%s-chunks", t_img);
+    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    for (uint64_t b = 0; b < NB; b++)
+        t_write_pat(v, 1, b);
+    OK(store_flush(st));
+    uint64_t base = t_file_bytes(cp);
+    /* the same 8 MiB at 5 other offsets, and into a clone */
+    uint8_t buf[STORE_BLOCK];
+    for (uint64_t copy = 1; copy <= 5; copy++)
+        for (uint64_t b = 0; b < NB; b++) {
+            t_pattern(buf, 1, b);
+            OK(store_write(v, buf, (copy * NB + b) * STORE_BLOCK, STORE_BLOCK,
+                           0));
+        }
+    OK(store_snapshot(st, STORE_DEFAULT_VOLUME, "s", NULL));
+    OK(store_clone(st, "s", "c", NULL));
+    OK(store_vol_open(st, "c", &c));
+    for (uint64_t b = 0; b < NB; b++) {
+        t_pattern(buf, 1, b);
+        OK(store_write(c, buf, (40000 + b) * STORE_BLOCK, STORE_BLOCK, 0));
+    }
+    OK(store_flush(st));
+    uint64_t after = t_file_bytes(cp);
+    EXPECT(after < base + base / 100,
+           "chunk file grew from %llu to %llu bytes for duplicate data",
+           (unsigned long long)base, (unsigned long long)after);
+    OK(store_info(st, &inf));
+    EXPECT(inf.chunks == NB, "%llu chunks for %u distinct blocks",
+           (unsigned long long)inf.chunks, NB);
+    EXPECT(inf.referenced_bytes == 7ull * NB * STORE_BLOCK,
+           "referenced bytes %llu", (unsigned long long)inf.referenced_bytes);
+    uint8_t rb[STORE_BLOCK];
+    for (uint64_t b = 0; b < NB; b += 97) {
+        t_pattern(buf, 1, b);
+        OK(store_read(c, rb, (40000 + b) * STORE_BLOCK, STORE_BLOCK));
+        EXPECT(!memcmp(rb, buf, STORE_BLOCK), "clone copy of block %llu",
+               (unsigned long long)b);
+        OK(store_read(v, rb, (3 * NB + b) * STORE_BLOCK, STORE_BLOCK));
+        EXPECT(!memcmp(rb, buf, STORE_BLOCK), "volume copy of block %llu",
+               (unsigned long long)b);
+    }
+    store_vol_close(c);
+    store_vol_close(v);
+    EXPECT_CLEAN(st);
+    store_close(st);
+
+    /* forced collisions: every block hashes the same */
+    snprintf(t_img, sizeof t_img, "%s/collide.db", t_dir);
+    store_set_hash_for_testing(const_hash);
+    OK(store_create(t_img, &o, &st));
+    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    for (uint64_t b = 0; b < 64; b++)
+        t_write_pat(v, 2, b);
+    for (uint64_t b = 0; b < 64; b++) /* duplicates of the same blocks */
+        t_write_pat(v, 2, b);
+    t_pattern(buf, 2, 3);
+    OK(store_write(v, buf, 100 * STORE_BLOCK, STORE_BLOCK, 0));
+    for (uint64_t b = 0; b < 64; b++)
+        EXPECT_PAT(v, 2, b);
+    OK(store_read(v, rb, 100 * STORE_BLOCK, STORE_BLOCK));
+    EXPECT(!memcmp(rb, buf, STORE_BLOCK), "collided dedup block");
+    OK(store_info(st, &inf));
+    EXPECT(inf.chunks == 64, "%llu chunks under collisions, expected 64",
+           (unsigned long long)inf.chunks);
+    /* free some colliding chunks and check the hash dups stay consistent */
+    OK(store_zero(v, 0, 32 * STORE_BLOCK, 0));
+    for (uint64_t b = 32; b < 64; b++)
+        EXPECT_PAT(v, 2, b);
+    store_vol_close(v);
+    EXPECT_CLEAN(st);
+    store_close(st);
+    store_set_hash_for_testing(NULL);
+    /* reopened with the real hash, the check reports the fake hashes */
+    OK(store_open(t_img, 0, &st));
+    int n = store_check(st, NULL, NULL, NULL);
+    EXPECT(n == 33,
+           "check found %d problems with the real hash, expected "
+           "33 (blocks 32-63, and block 3 still used at 100)",
+           n);
+    store_close(st);
+    return 0;
+}
