@@ -15,6 +15,7 @@ benchmark, it never decides pass/fail.
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -147,7 +148,8 @@ def phase_standard(kind, work, logs):
 
 
 def bsnap(srv, *args):
-    """Run bsnap against SRV; return the wall time of the round trip in ms."""
+    """Run the bsnap program against SRV; return its wall time in ms
+    (process start, hello, the operation, the reply)."""
     t = time.perf_counter()
     p = subprocess.run([BSNAP, "--control", srv.control] + list(args),
                        capture_output=True, text=True)
@@ -155,6 +157,61 @@ def bsnap(srv, *args):
     if p.returncode != 0:
         raise RuntimeError("bsnap %s: %s" % (" ".join(args), p.stderr.strip()))
     return ms
+
+
+def ctl(srv):
+    """The server's control connection, opened on first use."""
+    if getattr(srv, "ctl_conn", None) is None:
+        srv.ctl_conn = Control(srv.control)
+    return srv.ctl_conn
+
+
+class Control:
+    """busesnap's control protocol (doc/control.md: newline-framed JSON, a
+    greeting, then hello) spoken directly, so that timing an operation does
+    not include starting a process.  call() returns (round-trip ms, answer)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.f = self.sock.makefile("rwb")
+        greet = self._read()
+        if greet.get("ok") is False:
+            raise RuntimeError("%s: %s" % (path, greet.get("message")))
+        self.call({"op": "hello", "version": 1})
+
+    def _read(self):
+        line = self.f.readline()
+        if not line:
+            raise RuntimeError("%s: the server closed the control connection" % self.path)
+        return json.loads(line)
+
+    def call(self, req):
+        t = time.perf_counter()
+        self.f.write(json.dumps(req).encode() + b"\n")
+        self.f.flush()
+        while True:
+            r = self._read()
+            if "progress" not in r:
+                break
+        ms = (time.perf_counter() - t) * 1000
+        if not r.get("ok"):
+            raise RuntimeError("%s: %s: %s" % (self.path, req, r.get("message") or r.get("error")))
+        return ms, r
+
+    def create(self, name, volume=None):
+        req = {"op": "create", "name": name}
+        if volume:
+            req["volume"] = volume
+        return self.call(req)
+
+    def clone(self, snap, name):
+        return self.call({"op": "clone", "snapshot": snap, "name": name})
+
+    def close(self):
+        self.f.close()
+        self.sock.close()
 
 
 def qemu_img(*args):
@@ -176,7 +233,7 @@ class Snapshotter:
         self.n += 1
         name = name or "s%d" % self.n
         if self.srv.kind == "busesnap":
-            return bsnap(self.srv, "create", name)
+            return ctl(self.srv).create(name)[0]
         self.srv.stop()
         ms = qemu_img("snapshot", "-c", name, self.srv.image)
         self.srv.start()
@@ -221,24 +278,37 @@ def phase_snapwrite(kind, work, logs):
 
 
 def time_ops(srv, written, label, tag):
-    """Time CFG['samples'] snapshot and clone creations."""
-    creates, clones = [], []
+    """Time CFG['samples'] snapshot and clone creations: the round trip on the
+    control socket, the server's own elapsed_us, and a few whole bsnap runs."""
+    creates, clones, s_creates, s_clones, cli = [], [], [], [], []
     for i in range(CFG["samples"]):
         name = "t%s-%d" % (tag, i)
         if srv.kind == "busesnap":
-            creates.append(bsnap(srv, "create", name))
-            clones.append(bsnap(srv, "clone", name, "v" + name))
+            ms, r = ctl(srv).create(name)
+            creates.append(ms)
+            s_creates.append(r.get("elapsed_us", -1000) / 1000)
+            ms, r = ctl(srv).clone(name, "v" + name)
+            clones.append(ms)
+            s_clones.append(r.get("elapsed_us", -1000) / 1000)
         else:
             creates.append(qemu_img("snapshot", "-c", name, srv.image))
             ov = os.path.join(srv.dir, "ov-%s.qcow2" % name)
             clones.append(qemu_img("create", "-q", "-f", "qcow2", "-b", srv.image,
                                    "-F", "qcow2", ov))
-    for op, ms in (("create", creates), ("clone", clones)):
-        results["snaptime"].append({"server": srv.kind, "op": op, "written": written,
-                                    "existing": label, "ms": [round(x, 2) for x in ms],
-                                    "median_ms": round(statistics.median(ms), 2)})
-        log("%s %s at %.1f GiB written, %s snapshots: median %.2f ms"
-            % (srv.kind, op, written / GIB, label, statistics.median(ms)))
+    if srv.kind == "busesnap":
+        cli = [bsnap(srv, "create", "t%s-cli%d" % (tag, i)) for i in range(3)]
+    for op, ms, sv in (("create", creates, s_creates), ("clone", clones, s_clones)):
+        e = {"server": srv.kind, "op": op, "written": written, "existing": label,
+             "ms": [round(x, 2) for x in ms], "median_ms": round(statistics.median(ms), 2)}
+        if sv:
+            e["server_ms"] = [round(x, 3) for x in sv]
+            e["median_server_ms"] = round(statistics.median(sv), 3)
+        if cli and op == "create":
+            e["bsnap_cli_ms"] = [round(x, 2) for x in cli]
+        results["snaptime"].append(e)
+        log("%s %s at %.1f GiB written, %s snapshots: median %.2f ms (server %s ms)"
+            % (srv.kind, op, written / GIB, label, statistics.median(ms),
+               e.get("median_server_ms", "-")))
 
 
 def make_many(srv, n, tag):
@@ -247,7 +317,7 @@ def make_many(srv, n, tag):
     for i in range(n):
         name = "m%s-%d" % (tag, i)
         if srv.kind == "busesnap":
-            ms.append(bsnap(srv, "create", name))
+            ms.append(ctl(srv).create(name)[0])
         else:
             ms.append(qemu_img("snapshot", "-c", name, srv.image))
     return ms
@@ -269,7 +339,7 @@ def phase_snaptime(kind, work, logs):
                                       "written": nbytes, "growth": srv.allocated_bytes() - base})
             if kind == "qemu-qcow2":
                 srv.stop()  # qemu-img needs the image to itself
-            make_many(srv, 1, size)
+            make_many(srv, 1, size + "first")
             time_ops(srv, nbytes, "1", size + "a")
             ms = make_many(srv, CFG["many"], size)
             results["snaptime"].append({"server": kind, "op": "create-series",
@@ -308,16 +378,16 @@ def phase_deep(kind, work, logs):
         prefill(srv.uri())
         reads("none")
         for i in range(CFG["history"]):
-            bsnap(srv, "create", "h%d" % i)
+            ctl(srv).create("h%d" % i)
             write_pct("", 1000 + i)
         reads("%d-snapshots" % CFG["history"])
         parent = "h%d" % (CFG["history"] - 1)
         for level in range(1, CFG["chain"] + 1):
             vol = "c%d" % level
-            bsnap(srv, "clone", parent, vol)
+            ctl(srv).clone(parent, vol)
             write_pct(vol, 5000 + level)
             parent = vol + "-s"
-            bsnap(srv, "create", parent, "--volume", vol)
+            ctl(srv).create(parent, vol)
         reads("clone-depth-%d" % CFG["chain"], "c%d" % CFG["chain"])
     finally:
         srv.stop()
@@ -332,10 +402,10 @@ def phase_clonespace(kind, work, logs):
     try:
         prefill(srv.uri())
         if kind == "busesnap":
-            bsnap(srv, "create", "golden")
+            ctl(srv).create("golden")
             before = srv.allocated_bytes()
             for i in range(CFG["clones"]):
-                bsnap(srv, "clone", "golden", "vm%d" % i)
+                ctl(srv).clone("golden", "vm%d" % i)
                 fio(srv.uri("vm%d" % i), "randwrite", "4k", 16, offset=i * pct, size=pct,
                     io_size=pct, seed=i, randommap=True, extra=["--end_fsync=1"])
             growth = srv.allocated_bytes() - before
@@ -434,7 +504,14 @@ def main():
         json.dump(results, f, indent=1)
         f.write("\n")
     log("results in %s (%.0f s); logs in %s" % (out, results["total_seconds"], logs))
-    if not os.environ.get("BENCH_KEEP"):
+    if os.environ.get("BENCH_KEEP"):
+        return
+    if results["errors"]:  # keep the servers' logs, drop the images
+        for d in os.listdir(work):
+            if d != "logs":
+                subprocess.run(["rm", "-rf", os.path.join(work, d)])
+        log("%d error(s); server logs kept in %s" % (len(results["errors"]), logs))
+    else:
         subprocess.run(["rm", "-rf", work])
         log("(temp dir removed; BENCH_KEEP=1 keeps it)")
 

@@ -130,6 +130,10 @@ class Server:
         return "nbd+unix:///%s?socket=%s" % (export, self.sock)
 
     def stop(self):
+        conn = getattr(self, "ctl_conn", None)
+        if conn is not None:
+            conn.close()
+            self.ctl_conn = None
         if self.proc is None:
             return
         if self.proc.poll() is None:
