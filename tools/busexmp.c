@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "buse.h"
 
@@ -32,6 +33,7 @@ static struct disk *disks;
 static size_t ndisks;
 static int restrict_names; /* --exports given: only those names exist */
 static int readonly;
+static unsigned delay_ms; /* --delay-ms: slow reads (shutdown tests) */
 
 static void mark(struct disk *d, uint64_t off, uint64_t len)
 {
@@ -48,6 +50,8 @@ static int page_used(const struct disk *d, uint64_t p)
 static int xmp_read(void *buf, uint32_t len, uint64_t offset, void *userdata)
 {
     struct disk *d = userdata;
+    if (delay_ms)
+        usleep(delay_ms * 1000u);
     memcpy(buf, d->mem + offset, len);
     return 0;
 }
@@ -151,13 +155,14 @@ static int xmp_open(const char *name, struct buse_export *exp, void *userdata)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: busexmp [-v] SIZE /dev/nbdN\n"
-            "       busexmp [-v] SIZE --socket PATH | --tcp HOST:PORT\n"
-            "       busexmp [-v] SIZE            (systemd socket activation)\n"
-            "options: --exports NAME,NAME...  several memory disks by name\n"
-            "         --readonly              refuse writes\n"
-            "SIZE takes a K, M, G or T suffix (powers of 1024).\n");
+    fprintf(
+        f, "usage: busexmp [-v] SIZE /dev/nbdN\n"
+           "       busexmp [-v] SIZE --socket PATH | --tcp HOST:PORT\n"
+           "       busexmp [-v] SIZE            (systemd socket activation)\n"
+           "options: --exports NAME,NAME...  several memory disks by name\n"
+           "         --readonly              refuse writes\n"
+           "         --delay-ms N            sleep N ms in every read (tests)\n"
+           "SIZE takes a K, M, G or T suffix (powers of 1024).\n");
 }
 
 static int parse_size(const char *s, uint64_t *out)
@@ -213,6 +218,40 @@ static int bad(const char *msg, const char *arg)
     return 2;
 }
 
+static const char *sock, *tcp;
+static char *exports;
+
+/* One command-line option; -1 to go on, or the exit code. */
+static int take_option(int c)
+{
+    switch (c) {
+    case 'v':
+        buse_set_verbose(1);
+        return -1;
+    case 's':
+        sock = optarg;
+        return -1;
+    case 't':
+        tcp = optarg;
+        return -1;
+    case 'e':
+        exports = optarg;
+        return -1;
+    case 'r':
+        readonly = 1;
+        return -1;
+    case 'd':
+        delay_ms = (unsigned)strtoul(optarg, NULL, 10);
+        return -1;
+    case 'h':
+        usage(stdout);
+        return 0;
+    default:
+        usage(stderr);
+        return 2;
+    }
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -220,69 +259,26 @@ int main(int argc, char **argv)
         {"tcp", required_argument, NULL, 't'},
         {"exports", required_argument, NULL, 'e'},
         {"readonly", no_argument, NULL, 'r'},
+        {"delay-ms", required_argument, NULL, 'd'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *sock = NULL, *tcp = NULL, *dev = NULL;
-    char *exports = NULL;
+    const char *dev = NULL;
     uint64_t size;
     int c, r;
 
-    while ((c = getopt_long(argc, argv, "+vhs:t:e:r", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'v':
-            buse_set_verbose(1);
-            break;
-        case 's':
-            sock = optarg;
-            break;
-        case 't':
-            tcp = optarg;
-            break;
-        case 'e':
-            exports = optarg;
-            break;
-        case 'r':
-            readonly = 1;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-    /* BUSE order: SIZE then the device; options may also follow. */
+    /* GNU getopt permutes: options may come before or after SIZE and the
+     * device, as BUSE's "busexmp [-v] SIZE DEVICE" had them. */
+    while ((c = getopt_long(argc, argv, "vhs:t:e:rd:", longopts, NULL)) != -1)
+        if ((r = take_option(c)) >= 0)
+            return r;
     if (optind >= argc)
         return bad("missing SIZE", NULL);
     if (parse_size(argv[optind], &size) < 0)
         return bad("bad SIZE (expected a number with K, M, G or T)",
                    argv[optind]);
     optind++;
-    while ((c = getopt_long(argc, argv, "vhs:t:e:r", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'v':
-            buse_set_verbose(1);
-            break;
-        case 's':
-            sock = optarg;
-            break;
-        case 't':
-            tcp = optarg;
-            break;
-        case 'e':
-            exports = optarg;
-            break;
-        case 'r':
-            readonly = 1;
-            break;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
     if (optind < argc)
         dev = argv[optind++];
     if (optind < argc)
