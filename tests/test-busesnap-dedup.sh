@@ -1,0 +1,44 @@
+#!/bin/bash
+# Dedup through the server: 32 MiB of random data written once, then the
+# same data written at 7 other offsets and into 4 clones (352 MiB of
+# duplicate writes): the chunk count does not move and the image grows by
+# less than 1% of the duplicate bytes written.
+. "$(dirname "$0")/functions.sh"
+requires nbdcopy jq
+bsnap() { "$top/bsnap" "$@"; }
+info() { bsnap info --json | jq -r ".$1"; }
+
+start_busesnap 256M
+head -c 32M /dev/urandom >"$tmp/data"
+nbdcopy "$tmp/data" "$uri" --flush || fail "first write"
+bsnap gc >/dev/null
+chunks0=$(info chunks); phys0=$(info physical_bytes)
+[ "$chunks0" -ge 8192 ] || fail "only $chunks0 chunks after 32 MiB of random data"
+# Same data at other offsets: nbdsh with pwrite.
+nbdsh -u "$uri" -c "
+data = open('$tmp/data', 'rb').read()
+for off in range(32, 256, 32):
+    for i in range(0, len(data), 4 << 20):
+        h.pwrite(data[i:i + (4 << 20)], off * 1024 * 1024 + i)
+h.flush()
+" || fail "duplicate writes"
+dup=$((224 * 1024 * 1024))
+bsnap create s >/dev/null
+for c in 1 2 3 4; do
+    bsnap clone s c$c >/dev/null
+    nbdsh -u "$(uri_of c$c)" -c "
+data = open('$tmp/data', 'rb').read()
+for i in range(0, len(data), 4 << 20):
+    h.pwrite(data[i:i + (4 << 20)], ($c * 16 << 20) + i)
+h.flush()
+" || fail "writes into clone c$c"
+    dup=$((dup + 32 * 1024 * 1024))
+done
+bsnap gc >/dev/null
+chunks1=$(info chunks); phys1=$(info physical_bytes)
+assert_eq "chunk count after duplicate writes" "$chunks0" "$chunks1"
+growth=$((phys1 - phys0))
+echo "physical: $phys0 -> $phys1 (+$growth bytes for $dup duplicate bytes); dedup ratio $(info dedup_ratio)"
+[ $((growth * 100)) -lt "$dup" ] || fail "image grew by $growth bytes for $dup duplicate bytes (>= 1%)"
+bsnap check >/dev/null || fail "check"
+exit 0
