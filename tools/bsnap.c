@@ -515,8 +515,8 @@ static void print_info(json_t *in)
            json_number_value(json_object_get(in, "dedup_ratio")));
     BYTES("free:", "free_bytes");
     BYTES("reclaimable:", "reclaimable_bytes");
-    printf("%-18s %lld volumes, %lld snapshots\n",
-           "objects:", jint(in, "volumes"), jint(in, "snapshots"));
+    printf("%-18s %lld\n", "volumes:", jint(in, "volumes"));
+    printf("%-18s %lld\n", "snapshots:", jint(in, "snapshots"));
 #undef BYTES
 }
 

@@ -437,8 +437,8 @@ static int cmd_info(int argc, char **argv)
                    : 1.0);
         print_bytes("free:", si.free_slots * STORE_BLOCK);
         print_bytes("reclaimable:", si.gc_pending * STORE_BLOCK);
-        printf("%-18s %u volumes, %u snapshots\n", "objects:", si.volumes,
-               si.snapshots);
+        printf("%-18s %u\n", "volumes:", si.volumes);
+        printf("%-18s %u\n", "snapshots:", si.snapshots);
     }
     store_close(st);
     return 0;
