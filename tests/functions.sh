@@ -25,6 +25,11 @@ on_exit() { _exit_cmds=("$1" "${_exit_cmds[@]}"); }
 _run_exit() {
     local rc=$? c
     for c in "${_exit_cmds[@]}"; do eval "$c" >/dev/null 2>&1 || true; done
+    # A sanitizer report in a server log fails the test (make SANITIZER=...).
+    if [ $rc -eq 0 ] && grep -qsE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$tmp"/*.log; then
+        echo "FAIL $test_name: sanitizer report in $(grep -lsE 'Sanitizer|runtime error:' "$tmp"/*.log | head -1)" >&2
+        rc=1
+    fi
     if [ $rc -eq 0 ] || [ $rc -eq 77 ] || [ -n "${KEEP_TMP:-}" ]; then
         [ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"
     else
