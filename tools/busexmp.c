@@ -156,13 +156,16 @@ static int xmp_open(const char *name, struct buse_export *exp, void *userdata)
 static void usage(FILE *f)
 {
     fprintf(
-        f, "usage: busexmp [-v] SIZE /dev/nbdN\n"
-           "       busexmp [-v] SIZE --socket PATH | --tcp HOST:PORT\n"
-           "       busexmp [-v] SIZE            (systemd socket activation)\n"
-           "options: --exports NAME,NAME...  several memory disks by name\n"
-           "         --readonly              refuse writes\n"
-           "         --delay-ms N            sleep N ms in every read (tests)\n"
-           "SIZE takes a K, M, G or T suffix (powers of 1024).\n");
+        f,
+        "usage: busexmp [-v] SIZE /dev/nbdN\n"
+        "       busexmp [-v] SIZE --socket PATH | --tcp HOST:PORT\n"
+        "       busexmp [-v] SIZE            (systemd socket activation)\n"
+        "options: --exports NAME,NAME...  several memory disks by name\n"
+        "         --readonly              refuse writes\n"
+        "         --delay-ms N            sleep N ms in every read (tests)\n"
+        "         --connections N         sockets per kernel device\n"
+        "         --timeout S             kernel request timeout in seconds\n"
+        "SIZE takes a K, M, G or T suffix (powers of 1024).\n");
 }
 
 static int parse_size(const char *s, uint64_t *out)
@@ -220,6 +223,7 @@ static int bad(const char *msg, const char *arg)
 
 static const char *sock, *tcp;
 static char *exports;
+static struct buse_kernel_options kopt; /* --connections, --timeout */
 
 /* One command-line option; -1 to go on, or the exit code. */
 static int take_option(int c)
@@ -243,6 +247,22 @@ static int take_option(int c)
     case 'd':
         delay_ms = (unsigned)strtoul(optarg, NULL, 10);
         return -1;
+    case 'c':
+    case 'T': {
+        char *end;
+        unsigned long v = strtoul(optarg, &end, 10);
+        if (*end || end == optarg || v > 3600 || (c == 'c' && v == 0)) {
+            fprintf(stderr, "busexmp: bad --%s: %s\n",
+                    c == 'c' ? "connections" : "timeout", optarg);
+            usage(stderr);
+            return 2;
+        }
+        if (c == 'c')
+            kopt.connections = (unsigned)v;
+        else
+            kopt.timeout = (unsigned)v;
+        return -1;
+    }
     case 'h':
         usage(stdout);
         return 0;
@@ -260,6 +280,8 @@ int main(int argc, char **argv)
         {"exports", required_argument, NULL, 'e'},
         {"readonly", no_argument, NULL, 'r'},
         {"delay-ms", required_argument, NULL, 'd'},
+        {"connections", required_argument, NULL, 'c'},
+        {"timeout", required_argument, NULL, 'T'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -270,7 +292,8 @@ int main(int argc, char **argv)
 
     /* GNU getopt permutes: options may come before or after SIZE and the
      * device, as BUSE's "busexmp [-v] SIZE DEVICE" had them. */
-    while ((c = getopt_long(argc, argv, "vhs:t:e:rd:", longopts, NULL)) != -1)
+    while ((c = getopt_long(argc, argv, "vhs:t:e:rd:c:T:", longopts, NULL)) !=
+           -1)
         if ((r = take_option(c)) >= 0)
             return r;
     if (optind >= argc)
@@ -335,22 +358,26 @@ int main(int argc, char **argv)
         .flags = BUSE_CAN_MULTI_CONN,
     };
 
-    if (dev) {
-        if (size % 512)
-            return bad("a kernel device needs SIZE to be a multiple of 512",
-                       argv[1]);
+    if (dev && size % 512)
+        return bad("a kernel device needs SIZE to be a multiple of 512", NULL);
+    if (dev && !kopt.connections && !kopt.timeout) {
+        /* BUSE's way, kept to show that it still works. */
         r = buse_main(dev, &ops, NULL);
         return r < 0 ? 1 : 0;
     }
+    if (!dev && (kopt.connections || kopt.timeout))
+        return bad("--connections and --timeout need a kernel device", NULL);
     struct buse_server *srv = buse_server_new(&ops, NULL);
     if (!srv)
         return 1;
     r = 0;
+    if (dev)
+        r = buse_server_attach_kernel(srv, dev, &kopt);
     if (sock)
         r = buse_server_listen_unix(srv, sock, 0);
     if (r == 0 && tcp)
         r = buse_server_listen_tcp(srv, tcp);
-    if (r == 0 && !sock && !tcp) {
+    if (r == 0 && !dev && !sock && !tcp) {
         r = buse_server_listen_systemd(srv);
         if (r == 0) {
             buse_server_free(srv);
