@@ -88,6 +88,7 @@ struct store {
     struct timespec txn_start;
     bool dirty;       /* txn has changes */
     bool chunk_dirty; /* chunk file written since last fdatasync */
+    unsigned chunks_unsynced; /* new chunks since the last writeback kick */
 
     /* persisted counters (meta), current values */
     uint64_t gen, next_slot, next_seq, refsum;
