@@ -77,14 +77,25 @@ static bool gc_needed_l(struct store *st)
     return false;
 }
 
-/* Remove DEAD nodes without entries, splice out HIDDEN ones. */
+static bool has_children_l(struct store *st, uint32_t id)
+{
+    for (uint32_t j = id + 1; j < st->nodes_cap; j++)
+        if (st->nodes[j].state && st->nodes[j].parent == id)
+            return true;
+    return false;
+}
+
+/* Remove DEAD nodes without entries or children, splice out HIDDEN ones
+ * without entries.  Children first (descending ids). */
 static int gc_prune_nodes_l(struct store *st)
 {
     int rc = 0;
     bool changed = false;
-    for (uint32_t i = 1; i < st->nodes_cap && !rc; i++) {
+    for (uint32_t i = st->nodes_cap; i-- > 1 && !rc;) {
         struct node *n = &st->nodes[i];
         if (!n->state || n->state == NODE_LIVE || n->entries)
+            continue;
+        if (n->state == NODE_DEAD && has_children_l(st, i))
             continue;
         if (n->state == NODE_HIDDEN) {
             for (uint32_t j = i + 1; j < st->nodes_cap && !rc; j++)
