@@ -86,8 +86,8 @@ struct store {
     MDB_txn *txn; /* the one txn; write txn unless rdonly */
     uint64_t txn_ops;
     struct timespec txn_start;
-    bool dirty;       /* txn has changes */
-    bool chunk_dirty; /* chunk file written since last fdatasync */
+    bool dirty;               /* txn has changes */
+    bool chunk_dirty;         /* chunk file written since last fdatasync */
     unsigned chunks_unsynced; /* new chunks since the last writeback kick */
 
     /* persisted counters (meta), current values */
