@@ -42,7 +42,8 @@ struct ctl_server {
     int lfd;
     int wake[2];
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    ino_t ino; /* of our socket file, to remove only ours */
+    ino_t ino;     /* of our socket file, to remove only ours */
+    char uuid[40]; /* the image's, for hello (store_info is not O(1)) */
     struct exports *ex;
     pthread_t accept_thread;
     pthread_mutex_t lock; /* clients, nclients, stopping */
@@ -577,13 +578,9 @@ static json_t *op_hello(struct ctl_client *cl, json_t *req)
                          (long long)json_integer_value(v),
                          CTL_PROTOCOL_VERSION);
     cl->hello_done = 1;
-    struct store_info si;
-    char id[40] = "";
-    if (store_info(cl->c->ex->st, &si) == 0)
-        uuid_unparse_lower(si.uuid, id);
     return json_pack("{s:b, s:i, s:s, s:s}", "ok", 1, "version",
                      CTL_PROTOCOL_VERSION, "image", cl->c->ex->image, "uuid",
-                     id);
+                     cl->c->uuid);
 }
 
 static json_t *ctl_dispatch(struct ctl_client *cl, const char *line, size_t len)
@@ -831,6 +828,9 @@ int ctl_start(const char *path, struct exports *ex, struct ctl_server **out)
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
     c->ex = ex;
     c->wake[0] = c->wake[1] = -1;
+    struct store_info si;
+    if (store_info(ex->st, &si) == 0)
+        uuid_unparse_lower(si.uuid, c->uuid);
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->cond, NULL);
     c->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
