@@ -378,6 +378,18 @@ int buse_handshake(struct buse_conn *conn)
         case NBD_OPT_GO:
             r = opt_info_go(conn, opt, d, len);
             break;
+        case NBD_OPT_EXTENDED_HEADERS:
+            if (len != 0) {
+                r = send_err(conn, opt, NBD_REP_ERR_INVALID,
+                             "NBD_OPT_EXTENDED_HEADERS takes no data");
+            } else if (conn->extended) {
+                r = send_err(conn, opt, NBD_REP_ERR_INVALID,
+                             "extended headers already negotiated");
+            } else {
+                conn->extended = conn->structured = 1;
+                r = send_rep(conn, opt, NBD_REP_ACK, NULL, 0);
+            }
+            break;
         case NBD_OPT_STRUCTURED_REPLY:
             if (len != 0) {
                 r = send_err(conn, opt, NBD_REP_ERR_INVALID,

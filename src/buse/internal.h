@@ -62,6 +62,7 @@ struct buse_conn {
     /* Negotiated in the handshake. */
     int no_zeroes;
     int structured;
+    int extended; /* NBD_OPT_EXTENDED_HEADERS (implies structured) */
     int meta_base_allocation;
 
     /* The open export. */
@@ -101,10 +102,14 @@ struct buse_export_list {
 };
 void buse_export_list_free(struct buse_export_list *list);
 
+struct buse_extent {
+    uint64_t length;
+    uint32_t flags;
+};
 struct buse_extents {
-    uint64_t next;      /* where the next extent must start */
-    uint64_t end;       /* end of the request */
-    unsigned char *buf; /* big-endian (length, flags) pairs */
+    uint64_t next; /* where the next extent must start */
+    uint64_t end;  /* end of the request */
+    struct buse_extent *v;
     unsigned n, max;
 };
 

@@ -6,9 +6,11 @@
  * one sendmsg.  Requests are thus pipelined and replies may leave out of
  * order, but one reply is never interleaved with another.  Each worker owns
  * a buffer sized to the largest request it has seen (capped at max_block).
- * Anything a client can send is checked here before a callback sees it:
- * callbacks only get in-range, well-formed requests.  A bad magic, a
- * short header or a failed send ends this connection only.
+ * With NBD_OPT_EXTENDED_HEADERS requests and replies carry 64-bit lengths
+ * and every reply is a chunk.  Anything a client can send is checked here
+ * before a callback sees it: callbacks only get in-range, well-formed
+ * requests.  A bad magic, a short header or a failed send ends this
+ * connection only.
  */
 #define BUSE_INTERNAL
 #include <errno.h>
@@ -26,13 +28,14 @@ struct worker {
     pthread_t thread;
     unsigned char *buf;
     size_t cap;
-    unsigned char *ext; /* block status pairs */
+    struct buse_extent *ext; /* block status, as the callback gave it */
+    unsigned char *enc;      /* block status, encoded for the wire */
 };
 
 struct request {
     uint16_t flags, type;
     uint64_t cookie, offset;
-    uint32_t len;
+    uint64_t len; /* 32 bits on the wire unless extended headers */
 };
 
 static const char *cmd_name(uint16_t t)
@@ -156,16 +159,22 @@ static int run(struct worker *w, const struct request *rq)
 
     switch (rq->type) {
     case NBD_CMD_READ:
-        return o->read(w->buf, rq->len, rq->offset, h);
+        return o->read(w->buf, (uint32_t)rq->len, rq->offset, h);
     case NBD_CMD_WRITE:
-        return do_write(c, w->buf, rq->len, rq->offset, fua);
+        return do_write(c, w->buf, (uint32_t)rq->len, rq->offset, fua);
     case NBD_CMD_FLUSH:
         return o->flush(h);
     case NBD_CMD_TRIM:
         if (o->trim_flags)
             return o->trim_flags(rq->offset, rq->len, fua ? BUSE_FLAG_FUA : 0,
                                  h);
-        r = o->trim(rq->offset, rq->len, h);
+        /* BUSE's trim takes 32-bit lengths; extended headers allow more. */
+        for (uint64_t done = 0; done < rq->len && r == 0;) {
+            uint64_t n = rq->len - done;
+            uint32_t step = n > 0x80000000u ? 0x80000000u : (uint32_t)n;
+            r = o->trim(rq->offset + done, step, h);
+            done += step;
+        }
         if (r == 0 && fua)
             r = o->flush(h);
         return r;
@@ -178,7 +187,7 @@ static int run(struct worker *w, const struct request *rq)
                                                       : 0);
             return o->write_zeroes(rq->offset, rq->len, f, h);
         }
-        uint32_t step = rq->len < ZERO_CHUNK ? rq->len : ZERO_CHUNK;
+        uint32_t step = rq->len < ZERO_CHUNK ? (uint32_t)rq->len : ZERO_CHUNK;
         int each_fua = fua && !o->flush; /* only write_flags can do FUA */
         if ((r = grow(w, step)) < 0)
             return r;
@@ -195,7 +204,7 @@ static int run(struct worker *w, const struct request *rq)
     case NBD_CMD_CACHE: {
         if (o->cache)
             return o->cache(rq->offset, rq->len, h);
-        uint32_t step = rq->len < ZERO_CHUNK ? rq->len : ZERO_CHUNK;
+        uint32_t step = rq->len < ZERO_CHUNK ? (uint32_t)rq->len : ZERO_CHUNK;
         if ((r = grow(w, step)) < 0)
             return r;
         for (uint64_t done = 0; done < rq->len && r == 0; done += step) {
@@ -211,9 +220,11 @@ static int run(struct worker *w, const struct request *rq)
             .end = rq->offset + rq->len,
             .max = (rq->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : NBD_MAX_EXTENTS,
         };
-        if (!w->ext && !(w->ext = malloc(NBD_MAX_EXTENTS * 8)))
+        if (!w->ext && !(w->ext = malloc(NBD_MAX_EXTENTS * sizeof *w->ext)))
             return -ENOMEM;
-        ex.buf = w->ext;
+        if (!w->enc && !(w->enc = malloc(NBD_MAX_EXTENTS * 16)))
+            return -ENOMEM;
+        ex.v = w->ext;
         if (o->block_status) {
             r = o->block_status(rq->offset, rq->len, &ex, h);
             if (r == -E2BIG)
@@ -232,52 +243,94 @@ static int run(struct worker *w, const struct request *rq)
     return -EINVAL;
 }
 
+/* Encode the extents for the wire: 32-bit (length, flags) pairs, or with
+ * extended headers a count and 64-bit pairs.  Returns the payload size
+ * after the context id. */
+static size_t encode_extents(struct worker *w, unsigned n, int extended)
+{
+    unsigned char *p = w->enc;
+    if (extended) {
+        buse_put32(p, n);
+        p += 4;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        if (extended) {
+            buse_put64(p, w->ext[i].length);
+            buse_put64(p + 8, w->ext[i].flags);
+            p += 16;
+        } else {
+            buse_put32(p, (uint32_t)w->ext[i].length);
+            buse_put32(p + 4, w->ext[i].flags);
+            p += 8;
+        }
+    }
+    return (size_t)(p - w->enc);
+}
+
 static int send_reply(struct worker *w, const struct request *rq, int err,
                       unsigned nextents)
 {
     struct buse_conn *c = w->conn;
-    unsigned char h[32];
+    unsigned char h[48];
     struct iovec iov[2];
     int n = 1, r;
     uint32_t nerr = errno_to_nbd(err);
-    int chunked = c->structured && (rq->type == NBD_CMD_READ ||
-                                    rq->type == NBD_CMD_BLOCK_STATUS);
+    uint16_t type = NBD_REPLY_TYPE_NONE;
+    size_t hlen, plen = 0; /* header, and payload bytes in h after it */
+    uint64_t dlen = 0;     /* payload bytes in iov[1] */
 
-    if (!chunked) {
+    if (!c->structured || (!c->extended && rq->type != NBD_CMD_READ &&
+                           rq->type != NBD_CMD_BLOCK_STATUS)) {
+        /* Simple reply: always without structured replies, and for
+         * commands without a payload when only structured replies were
+         * negotiated (the spec allows it; extended headers do not). */
         buse_put32(h, NBD_SIMPLE_REPLY_MAGIC);
         buse_put32(h + 4, nerr);
         buse_put64(h + 8, rq->cookie);
         iov[0] = (struct iovec){h, 16};
         if (nerr == 0 && rq->type == NBD_CMD_READ) {
-            iov[1] = (struct iovec){w->buf, rq->len};
+            iov[1] = (struct iovec){w->buf, (size_t)rq->len};
             n = 2;
         }
+        goto send;
+    }
+
+    hlen = c->extended ? 32 : 20;
+    if (nerr) {
+        type = NBD_REPLY_TYPE_ERROR;
+        buse_put32(h + hlen, nerr);
+        buse_put16(h + hlen + 4, 0); /* no message */
+        plen = 6;
+    } else if (rq->type == NBD_CMD_READ) {
+        type = NBD_REPLY_TYPE_OFFSET_DATA;
+        buse_put64(h + hlen, rq->offset);
+        plen = 8;
+        iov[1] = (struct iovec){w->buf, (size_t)rq->len};
+        dlen = rq->len;
+        n = 2;
+    } else if (rq->type == NBD_CMD_BLOCK_STATUS) {
+        type = c->extended ? NBD_REPLY_TYPE_BLOCK_STATUS_EXT
+                           : NBD_REPLY_TYPE_BLOCK_STATUS;
+        buse_put32(h + hlen, NBD_CONTEXT_ID_BASE_ALLOCATION);
+        plen = 4;
+        dlen = encode_extents(w, nextents, c->extended);
+        iov[1] = (struct iovec){w->enc, (size_t)dlen};
+        n = 2;
+    }
+    buse_put16(h + 4, NBD_REPLY_FLAG_DONE);
+    buse_put16(h + 6, type);
+    buse_put64(h + 8, rq->cookie);
+    if (c->extended) {
+        buse_put32(h, NBD_EXTENDED_REPLY_MAGIC);
+        buse_put64(h + 16, rq->offset);
+        buse_put64(h + 24, plen + dlen);
     } else {
         buse_put32(h, NBD_STRUCTURED_REPLY_MAGIC);
-        buse_put16(h + 4, NBD_REPLY_FLAG_DONE);
-        buse_put64(h + 8, rq->cookie);
-        if (nerr) {
-            buse_put16(h + 6, NBD_REPLY_TYPE_ERROR);
-            buse_put32(h + 16, 6);
-            buse_put32(h + 20, nerr);
-            buse_put16(h + 24, 0);
-            iov[0] = (struct iovec){h, 26};
-        } else if (rq->type == NBD_CMD_READ) {
-            buse_put16(h + 6, NBD_REPLY_TYPE_OFFSET_DATA);
-            buse_put32(h + 16, 8 + rq->len);
-            buse_put64(h + 20, rq->offset);
-            iov[0] = (struct iovec){h, 28};
-            iov[1] = (struct iovec){w->buf, rq->len};
-            n = 2;
-        } else {
-            buse_put16(h + 6, NBD_REPLY_TYPE_BLOCK_STATUS);
-            buse_put32(h + 16, 4 + 8 * nextents);
-            buse_put32(h + 20, NBD_CONTEXT_ID_BASE_ALLOCATION);
-            iov[0] = (struct iovec){h, 24};
-            iov[1] = (struct iovec){w->ext, 8 * (size_t)nextents};
-            n = 2;
-        }
+        buse_put32(h + 16, (uint32_t)(plen + dlen));
     }
+    iov[0] = (struct iovec){h, hlen + plen};
+
+send:
     pthread_mutex_lock(&c->send_lock);
     r = buse_writev_full(c->fd, iov, n);
     pthread_mutex_unlock(&c->send_lock);
@@ -290,19 +343,22 @@ static int send_reply(struct worker *w, const struct request *rq, int err,
 static int receive(struct worker *w, struct request *rq, int *early)
 {
     struct buse_conn *c = w->conn;
-    unsigned char h[NBD_REQUEST_SIZE];
+    unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
+    size_t hsize = c->extended ? NBD_EXTENDED_REQUEST_SIZE : NBD_REQUEST_SIZE;
+    uint32_t magic =
+        c->extended ? NBD_EXTENDED_REQUEST_MAGIC : NBD_REQUEST_MAGIC;
     uint32_t max = buse_max_payload(c->srv);
     int r;
 
     *early = 0;
     if (atomic_load(&c->dead))
         return 0;
-    if ((r = buse_read_full(c->fd, h, sizeof h)) < 0) {
+    if ((r = buse_read_full(c->fd, h, hsize)) < 0) {
         if (r != -ECONNRESET || buse_verbose)
             buse_debug("connection closed: %s", strerror(-r));
         return 0;
     }
-    if (buse_get32(h) != NBD_REQUEST_MAGIC) {
+    if (buse_get32(h) != magic) {
         buse_err("client: bad request magic 0x%08x, closing the connection",
                  buse_get32(h));
         return 0;
@@ -311,22 +367,35 @@ static int receive(struct worker *w, struct request *rq, int *early)
     rq->type = buse_get16(h + 6);
     rq->cookie = buse_get64(h + 8);
     rq->offset = buse_get64(h + 16);
-    rq->len = buse_get32(h + 24);
+    rq->len = c->extended ? buse_get64(h + 24) : buse_get32(h + 24);
     if (buse_verbose)
-        buse_debug("request %s flags 0x%x offset %llu length %u",
+        buse_debug("request %s flags 0x%x offset %llu length %llu",
                    cmd_name(rq->type), rq->flags,
-                   (unsigned long long)rq->offset, rq->len);
+                   (unsigned long long)rq->offset, (unsigned long long)rq->len);
     if (rq->type == NBD_CMD_DISC)
         return 2;
+    if (c->extended && rq->type != NBD_CMD_WRITE &&
+        (rq->flags & NBD_CMD_FLAG_PAYLOAD_LEN)) {
+        /* A payload we never advertised (BLOCK_STAT_PAYLOAD): skip it. */
+        *early = EINVAL;
+        if (rq->len > max)
+            return 0;
+        return buse_drain(c->fd, rq->len) == 0;
+    }
     if (rq->type == NBD_CMD_WRITE) {
         *early = check(c, rq, max);
+        if (rq->len > UINT32_MAX) {
+            buse_err("client: WRITE of %llu bytes, closing the connection",
+                     (unsigned long long)rq->len);
+            return 0;
+        }
         if (*early || (r = grow(w, rq->len)) < 0) {
             /* Keep the stream in sync: skip the payload we refuse. */
             if (!*early)
                 *early = ENOMEM;
             return buse_drain(c->fd, rq->len) == 0;
         }
-        if ((r = buse_read_full(c->fd, w->buf, rq->len)) < 0) {
+        if ((r = buse_read_full(c->fd, w->buf, (size_t)rq->len)) < 0) {
             buse_debug("connection closed in a WRITE payload: %s",
                        strerror(-r));
             return 0;
@@ -365,7 +434,7 @@ static void *worker_main(void *arg)
         }
         pthread_mutex_unlock(&c->recv_lock);
 
-        if (!err && rq.type == NBD_CMD_READ && grow(w, rq.len) < 0)
+        if (!err && rq.type == NBD_CMD_READ && grow(w, (size_t)rq.len) < 0)
             err = ENOMEM;
         if (!err) {
             if (serialize)
@@ -412,6 +481,7 @@ void buse_transmission(struct buse_conn *conn)
     for (unsigned i = 0; i < n; i++) {
         free(w[i].buf);
         free(w[i].ext);
+        free(w[i].enc);
     }
     free(w);
 }

@@ -173,21 +173,17 @@ int buse_add_extent(struct buse_extents *ex, uint64_t offset, uint64_t length,
     if (length == 0)
         return 0;
     if (length > ex->end - offset)
-        length = ex->end - offset; /* fits in 32 bits: requests do */
+        length = ex->end - offset;
     flags &= BUSE_EXTENT_HOLE | BUSE_EXTENT_ZERO;
-    if (ex->n > 0) {
-        unsigned char *last = ex->buf + (ex->n - 1) * 8;
-        if (buse_get32(last + 4) == flags) {
-            buse_put32(last, (uint32_t)(buse_get32(last) + length));
-            ex->next += length;
-            return ex->next >= ex->end ? -E2BIG : 0;
-        }
+    if (ex->n > 0 && ex->v[ex->n - 1].flags == flags) {
+        ex->v[ex->n - 1].length += length; /* merge with the previous one */
+    } else {
+        if (ex->n >= ex->max)
+            return -E2BIG;
+        ex->v[ex->n].length = length;
+        ex->v[ex->n].flags = flags;
+        ex->n++;
     }
-    if (ex->n >= ex->max)
-        return -E2BIG;
-    buse_put32(ex->buf + ex->n * 8, (uint32_t)length);
-    buse_put32(ex->buf + ex->n * 8 + 4, flags);
-    ex->n++;
     ex->next += length;
     return ex->next >= ex->end || ex->n >= ex->max ? -E2BIG : 0;
 }
