@@ -14,6 +14,7 @@ import random, socket, struct, sys, time
 
 IHAVEOPT = 0x49484156454F5054
 REQ = 0x25609513
+EXT_REQ = 0x21e41c71
 
 def rnd_len(r):
     return r.choice([0, 1, 4, 511, 512, 4096, 65536, 1 << 20, 33 << 20,
@@ -43,13 +44,18 @@ def option(r):
     magic = IHAVEOPT if r.random() < 0.97 else r.getrandbits(64)
     return struct.pack(">QII", magic, opt, ln) + data
 
-def request(r, size):
+def request(r, size, ext):
     typ = r.choice([0, 1, 2, 3, 4, 5, 6, 7, 0, 0, 1, 1, r.randrange(65536)])
     flags = r.choice([0, 1, 2, 4, 8, 16, r.getrandbits(16)])
     ln = rnd_len(r) if r.random() < 0.5 else r.randrange(1, 70000)
     off = rnd_off(r, size)
-    magic = REQ if r.random() < 0.98 else r.getrandbits(32)
-    hdr = struct.pack(">IHHQQI", magic, flags, typ, r.getrandbits(64), off, ln)
+    if ext:
+        ln = ln if r.random() < 0.9 else r.getrandbits(64)
+        magic = EXT_REQ if r.random() < 0.98 else r.getrandbits(32)
+        hdr = struct.pack(">IHHQQQ", magic, flags, typ, r.getrandbits(64), off, ln)
+    else:
+        magic = REQ if r.random() < 0.98 else r.getrandbits(32)
+        hdr = struct.pack(">IHHQQI", magic, flags, typ, r.getrandbits(64), off, ln)
     if typ == 2 and r.random() < 0.8:
         typ = 0  # keep most connections alive past a DISC
     if typ == 1:
@@ -72,11 +78,14 @@ def one_round(path, r, size):
     out += struct.pack(">I", r.choice([3, 3, 3, 1, 0, r.getrandbits(32)]))
     for _ in range(r.randrange(6)):
         out += option(r)
+    ext = r.random() < 0.3
+    if ext:  # NBD_OPT_EXTENDED_HEADERS: 32-byte requests from here on
+        out += struct.pack(">QII", IHAVEOPT, 11, 0)
     if r.random() < 0.8:
         name = b"" if r.random() < 0.9 else b"nope"
         out += struct.pack(">QII", IHAVEOPT, 1, len(name)) + name
         for _ in range(r.randrange(30)):
-            out += request(r, size)
+            out += request(r, size, ext)
     if r.random() < 0.3:
         out = out[:r.randrange(len(out) + 1)]
     deadline = time.time() + 0.5
