@@ -114,16 +114,15 @@ static int gc_prune_nodes_l(struct store *st)
     return rc;
 }
 
-int store_gc_pass(struct store *st)
+/* One collector pass; st->gc_mu held (one pass at a time). */
+static int gc_pass_locked(struct store *st)
 {
     int rc = 0;
     struct group g = {0};
     uint8_t kb[MAP_KEY];
-    pthread_mutex_lock(&st->gc_mu);
     pthread_mutex_lock(&st->mu);
     if (!st->gc_wanted || st->rdonly) {
         pthread_mutex_unlock(&st->mu);
-        pthread_mutex_unlock(&st->gc_mu);
         return 0;
     }
     st->gc_wanted = false;
@@ -211,25 +210,36 @@ int store_gc_pass(struct store *st)
         st->gc_wanted = true;
     }
     pthread_mutex_unlock(&st->mu);
-    pthread_mutex_unlock(&st->gc_mu);
     free(g.node);
     free(g.val);
     return rc;
 }
 
+int store_gc_pass(struct store *st)
+{
+    pthread_mutex_lock(&st->gc_mu);
+    int rc = gc_pass_locked(st);
+    pthread_mutex_unlock(&st->gc_mu);
+    return rc;
+}
+
+/* Waits for a background pass in progress, then runs passes until nothing
+ * is left to collect (bounded: the tree may keep changing under it). */
 int store_gc(struct store *st)
 {
     int rc = 0;
     if (st->rdonly)
         return store_set_err(st, -EROFS, "image is open read-only");
+    pthread_mutex_lock(&st->gc_mu);
     for (int i = 0; i < 8 && !rc; i++) {
         pthread_mutex_lock(&st->mu);
         bool want = st->gc_wanted;
         pthread_mutex_unlock(&st->mu);
         if (!want)
             break;
-        rc = store_gc_pass(st);
+        rc = gc_pass_locked(st);
     }
+    pthread_mutex_unlock(&st->gc_mu);
     return rc;
 }
 

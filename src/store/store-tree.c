@@ -302,7 +302,11 @@ int store_clone(struct store *st, const char *snap, const char *newvol,
     pthread_mutex_lock(&st->mu);
     if ((rc = check_rw(st)) || (rc = check_name(st, newvol)))
         goto out;
-    if ((rc = store_resolve_name_l(st, snap, su, &so)))
+    if ((rc = store_resolve_name_l(st, snap, su, &so)) == -ENOENT) {
+        rc = store_set_err(st, rc, "no such snapshot \"%s\"", snap);
+        goto out;
+    }
+    if (rc)
         goto out;
     if (so.kind != STORE_SNAPSHOT) {
         rc = store_set_err(st, -EINVAL,
@@ -383,16 +387,22 @@ int store_rollback(struct store *st, const char *vol, const char *snap)
     pthread_mutex_lock(&st->mu);
     if ((rc = check_rw(st)))
         goto out;
-    if ((rc = store_resolve_name_l(st, vol, vu, &vo)) ||
-        (rc = store_resolve_name_l(st, snap, su, &so)))
+    if ((rc = store_resolve_name_l(st, vol, vu, &vo)))
         goto out;
-    if (vo.kind != STORE_VOLUME || so.kind != STORE_SNAPSHOT) {
-        rc = store_set_err(st, -EINVAL,
-                           "rollback: \"%s\" must be a volume and \"%s\" a "
-                           "snapshot",
-                           vol, snap);
+    if (vo.kind != STORE_VOLUME) {
+        rc = store_set_err(st, -EINVAL, "\"%s\" is a snapshot, not a volume",
+                           vol);
         goto out;
     }
+    if ((rc = store_resolve_name_l(st, snap, su, &so)) == -ENOENT ||
+        (!rc && so.kind != STORE_SNAPSHOT)) {
+        rc = store_set_err(st, rc ? rc : -EINVAL,
+                           "volume \"%s\": no such snapshot \"%s\"", vo.name,
+                           snap);
+        goto out;
+    }
+    if (rc)
+        goto out;
     if (vo.size != so.size) {
         rc = store_set_err(st, -EINVAL,
                            "volume \"%s\": snapshot \"%s\" has another size",

@@ -70,6 +70,13 @@ int main(void)
     t_write_pat(v, 4, 5);
     EXPECT_PAT(c, 1, 5);
 
+    /* errors name the image and the objects */
+    EXPECT(store_rollback(st, "vm", "s3") == -ENOENT &&
+               !strcmp(store_errmsg(),
+                       "image.db: volume \"vm\": no such snapshot \"s3\""),
+           "rollback message: %s", store_errmsg());
+    EXPECT(store_rollback(st, "vm", "c1") == -EINVAL, "rollback to a volume");
+
     /* rollback: the open handle sees the snapshot's content */
     OK(store_rollback(st, "vm", "s1"));
     for (uint64_t b = 0; b < NB; b++)
