@@ -394,15 +394,19 @@ int store_rollback(struct store *st, const char *vol, const char *snap)
                            vol);
         goto out;
     }
-    if ((rc = store_resolve_name_l(st, snap, su, &so)) == -ENOENT ||
-        (!rc && so.kind != STORE_SNAPSHOT)) {
-        rc = store_set_err(st, rc ? rc : -EINVAL,
-                           "volume \"%s\": no such snapshot \"%s\"", vo.name,
-                           snap);
+    if ((rc = store_resolve_name_l(st, snap, su, &so)) == -ENOENT) {
+        rc = store_set_err(st, rc, "volume \"%s\": no such snapshot \"%s\"",
+                           vo.name, snap);
         goto out;
     }
     if (rc)
         goto out;
+    if (so.kind != STORE_SNAPSHOT) {
+        rc = store_set_err(st, -EINVAL,
+                           "volume \"%s\": \"%s\" is a volume, not a snapshot",
+                           vo.name, snap);
+        goto out;
+    }
     if (vo.size != so.size) {
         rc = store_set_err(st, -EINVAL,
                            "volume \"%s\": snapshot \"%s\" has another size",
