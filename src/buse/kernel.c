@@ -182,6 +182,15 @@ static void *kdev_ioctl_thread(void *arg)
     return NULL;
 }
 
+/* The pid file names our NBD_DO_IT thread (6.1 shows the thread id; a
+ * kernel showing the process id would do as well). */
+static int kdev_pid_is_ours(const struct buse_kdev *kd)
+{
+    long pid = kdev_read_pid(kd->index);
+
+    return pid && (pid == kd->tid || pid == (long)getpid());
+}
+
 /* Start the thread and wait until NBD_DO_IT serves (pid file shows our
  * thread) or the thread failed.  Returns 0 or -errno (message printed). */
 static int kdev_ioctl_attach(struct buse_kdev *kd)
@@ -203,7 +212,7 @@ static int kdev_ioctl_attach(struct buse_kdev *kd)
             pthread_mutex_unlock(&kd->lock);
             break;
         }
-        if (kd->state == 1 && kd->tid && kdev_read_pid(kd->index) == kd->tid)
+        if (kd->state == 1 && kd->tid && kdev_pid_is_ours(kd))
             live = 1;
         else {
             clock_gettime(CLOCK_REALTIME, &deadline);
@@ -217,7 +226,7 @@ static int kdev_ioctl_attach(struct buse_kdev *kd)
         pthread_mutex_unlock(&kd->lock);
     }
     if (live) {
-        kd->pid = kd->tid;
+        kd->pid = kdev_read_pid(kd->index);
         return 0;
     }
     pthread_mutex_lock(&kd->lock);
@@ -362,8 +371,7 @@ int buse_kdev_attach(const struct buse_kdev_params *p, struct buse_kdev **out)
         err = kdev_netlink_attach(kd, want_auto);
         if (err < 0)
             goto fail;
-        *out = kd;
-        return 0;
+        goto done;
     }
 
     /* ioctl fallback (forced, or no "nbd" netlink family). */
@@ -408,6 +416,10 @@ int buse_kdev_attach(const struct buse_kdev_params *p, struct buse_kdev **out)
             return err; /* kd freed by the detach above */
         goto fail;
     }
+done:
+    if (want_auto) /* the caller named no device: say which it got */
+        fprintf(stderr, "libbuse: %s: attached %s (%s)\n", p->dev, kd->name,
+                kd->netlink ? "netlink" : "ioctl");
     *out = kd;
     return 0;
 
@@ -439,7 +451,7 @@ void buse_kdev_detach(struct buse_kdev *kd)
         /* Ours while the pid file still shows the pid we saw at attach;
          * absent means already released (nbd-client -d). */
         pid = kdev_read_pid(kd->index);
-        if (pid && pid == kd->pid) {
+        if (pid && (pid == kd->pid || kd->pid == 0)) {
             err = buse_nl_disconnect(kd->index);
             if (err < 0)
                 msg(kd->name, "netlink NBD_CMD_DISCONNECT", err);

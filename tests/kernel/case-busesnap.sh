@@ -71,7 +71,7 @@ ext4_verify /dev/nbd0 /mnt/a
 ext4_verify /dev/nbd1 /mnt/b /tmp/sums.nbd1
 nbd-client -d /dev/nbd1 >/dev/null 2>&1 || fail "nbd-client -d /dev/nbd1"
 wait_nbd_gone /dev/nbd1
-kill -TERM $pid
+term $pid
 wait_exit $pid 30
 [ $exit_rc -eq 0 ] || fail "busesnap exited $exit_rc after SIGTERM"
 wait_nbd_gone /dev/nbd0
@@ -86,7 +86,7 @@ mount -t ext4 /dev/nbd1 /mnt/b || fail "mount /dev/nbd1 (clone) after restart"
 ext4_verify /dev/nbd0 /mnt/a
 ext4_verify /dev/nbd1 /mnt/b /tmp/sums.nbd1
 bs check >/tmp/check.out 2>&1 || fail "bsnap check: $(tail -n 3 /tmp/check.out)"
-kill -TERM $pid
+term $pid
 wait_exit $pid 30
 [ $exit_rc -eq 0 ] || fail "busesnap (restarted) exited $exit_rc after SIGTERM"
 wait_nbd_gone /dev/nbd0

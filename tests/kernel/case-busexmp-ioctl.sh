@@ -14,6 +14,18 @@ kpid=$(cat /sys/block/nbd0/pid)
     fail "/sys/block/nbd0/pid is $kpid: not a thread of busexmp ($pid) other than its main thread: not ioctl?"
 note "attached via ioctl: NBD_DO_IT in thread $kpid of busexmp $pid"
 
+# "auto" through ioctl: the first nbdN without a pid file is nbd1.
+srv_pid=$pid
+start auto env BUSE_FORCE_IOCTL=1 busexmp 64M auto
+wait_nbd /dev/nbd1 15 $pid
+[ -d /proc/$pid/task/$(cat /sys/block/nbd1/pid) ] || fail "busexmp 64M auto (ioctl): nbd1 is not served by it"
+term $pid
+wait_exit $pid 20
+[ $exit_rc -eq 0 ] || fail "busexmp (ioctl) on /dev/nbd1 exited $exit_rc after SIGTERM"
+wait_nbd_gone /dev/nbd1
+pid=$srv_pid
+note "auto (ioctl) took the free /dev/nbd1 while nbd0 was busy: $(head -n 1 /tmp/auto.err)"
+
 ext4_fill /dev/nbd0 /mnt/a
 ext4_verify /dev/nbd0 /mnt/a
 note "ext4 round trip clean and verified"
@@ -29,7 +41,7 @@ wait_nbd /dev/nbd0 15 $pid
 dd if=/dev/urandom of=/tmp/r bs=1M count=4 2>/dev/null
 dd if=/tmp/r of=/dev/nbd0 bs=1M oflag=direct 2>/dev/null || fail "write after ioctl re-attach"
 cmp -n 4194304 /tmp/r /dev/nbd0 || fail "data read back differs after ioctl re-attach"
-kill -TERM $pid
+term $pid
 wait_exit $pid 20
 [ $exit_rc -eq 0 ] || fail "busexmp (ioctl) exited $exit_rc after SIGTERM"
 wait_nbd_gone /dev/nbd0
@@ -38,7 +50,7 @@ note "ioctl re-attach, I/O, SIGTERM: exit 0, device released"
 start srv3 busexmp 256M /dev/nbd0
 wait_nbd /dev/nbd0 15 $pid
 [ "$(cat /sys/block/nbd0/pid)" = "$pid" ] || fail "netlink attach after ioctl use: pid file $(cat /sys/block/nbd0/pid) != $pid"
-kill -TERM $pid
+term $pid
 wait_exit $pid 20
 [ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
 wait_nbd_gone /dev/nbd0

@@ -24,23 +24,23 @@ ncpu=$(grep -c ^processor /proc/cpuinfo)
 note "server: $server; $ncpu vCPUs"
 
 now() { cut -d' ' -f1 /proc/uptime; }
-# bench RW: one dd per vCPU, 64 MiB each at its own offset, O_DIRECT.
+# bench RW: one dd per vCPU, 32 MiB each at its own offset, O_DIRECT.
 bench() {
     local rw=$1 i t0 t1 pids=()
     t0=$(now)
     for ((i = 0; i < ncpu; i++)); do
         if [ "$rw" = write ]; then
-            taskset -c $i dd if=/dev/zero of=/dev/nbd0 bs=1M count=64 seek=$((i * 64)) \
+            taskset -c $i dd if=/dev/zero of=/dev/nbd0 bs=1M count=32 seek=$((i * 32)) \
                 oflag=direct conv=notrunc 2>/dev/null &
         else
-            taskset -c $i dd if=/dev/nbd0 of=/dev/null bs=1M count=64 skip=$((i * 64)) \
+            taskset -c $i dd if=/dev/nbd0 of=/dev/null bs=1M count=32 skip=$((i * 32)) \
                 iflag=direct 2>/dev/null &
         fi
         pids+=($!)
     done
     for i in "${pids[@]}"; do wait "$i" || fail "dd $rw failed"; done
     t1=$(now)
-    awk -v a="$t0" -v b="$t1" -v n="$ncpu" 'BEGIN{d=b-a; if (d<=0) d=0.01; printf "%.0f", n*64/d}'
+    awk -v a="$t0" -v b="$t1" -v n="$ncpu" 'BEGIN{d=b-a; if (d<=0) d=0.01; printf "%.0f", n*32/d}'
 }
 
 for n in 1 2 4; do
@@ -58,7 +58,7 @@ for n in 1 2 4; do
         ext4_verify /dev/nbd0 /mnt/a
         note "ext4 round trip over 4 connections clean and verified"
     fi
-    kill -TERM $pid
+    term $pid
     wait_exit $pid 30
     [ $exit_rc -eq 0 ] || fail "$server ($n connections) exited $exit_rc after SIGTERM"
     wait_nbd_gone /dev/nbd0

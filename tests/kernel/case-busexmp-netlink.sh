@@ -23,11 +23,24 @@ timeout 20 busexmp 64M /dev/nbd0 >/tmp/busy.err 2>&1 || rc=$?
 grep -qi 'in use\|busy' /tmp/busy.err || fail "second attach: no 'in use' message: $(cat /tmp/busy.err)"
 note "second server on nbd0 refused: $(head -n 1 /tmp/busy.err)"
 
+# "/dev/nbd" means the first free device (netlink NBD_CMD_STATUS): nbd1.
+srv_pid=$pid
+start auto busexmp 64M /dev/nbd
+wait_nbd /dev/nbd1 15 $pid
+[ "$(cat /sys/block/nbd1/pid)" = "$pid" ] || fail "busexmp 64M /dev/nbd: nbd1's pid file is not the server's"
+grep -q 'attached /dev/nbd1' /tmp/auto.err || fail "busexmp 64M /dev/nbd did not say it attached /dev/nbd1: $(cat /tmp/auto.err)"
+term $pid
+wait_exit $pid 20
+[ $exit_rc -eq 0 ] || fail "busexmp on /dev/nbd1 exited $exit_rc after SIGTERM"
+wait_nbd_gone /dev/nbd1
+pid=$srv_pid
+note "/dev/nbd (auto) took the free /dev/nbd1 while nbd0 was busy: $(head -n 1 /tmp/auto.err)"
+
 ext4_fill /dev/nbd0 /mnt/a
 ext4_verify /dev/nbd0 /mnt/a
 note "ext4 round trip clean and verified"
 
-kill -TERM $pid
+term $pid
 wait_exit $pid 20
 [ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
 wait_nbd_gone /dev/nbd0

@@ -16,7 +16,7 @@ grep -q -- '--socket' /tmp/nomod.err || fail "no '--socket' hint in: $(cat /tmp/
 load_nbd
 start srv busexmp 64M /dev/nbd0
 wait_nbd /dev/nbd0 15 $pid
-kill -TERM $pid
+term $pid
 wait_exit $pid
 [ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
 wait_nbd_gone /dev/nbd0

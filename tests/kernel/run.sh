@@ -38,6 +38,16 @@ all=(missing-module busexmp-netlink busexmp-ioctl busexmp-multiconn busesnap)
 sel=("${all[@]}")
 [ $# -gt 0 ] && sel=("$@")
 
+# One run at a time per machine: two TCG VMs on two cores time each other
+# out, and the log folder is shared.
+lock=${TMPDIR:-/tmp}/busesnap-check-kernel.lock
+exec 8>"$lock"
+if ! flock -n 8; then
+    echo "check-kernel: waiting for another run (lock $lock)" >&2
+    flock 8
+fi
+export VM_TIMEOUT=${VM_TIMEOUT:-240}
+
 logdir=tests/kernel/logs
 rm -rf "$logdir"
 mkdir -p "$logdir"

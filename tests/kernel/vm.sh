@@ -74,7 +74,7 @@ copy_bin() { # copy_bin ROOT HOSTPATH [GUESTPATH]: a binary and its ldd libs
 
 # Host tools the cases use; the real ones replace busybox applets.
 guest_tools="/sbin/mke2fs /sbin/e2fsck /sbin/nbd-client /sbin/blkdiscard /sbin/blockdev
-  /sbin/fsfreeze /sbin/fstrim /usr/bin/fallocate /usr/bin/jq /usr/bin/fio /bin/dash /bin/bash"
+  /sbin/fsfreeze /sbin/fstrim /usr/bin/fallocate /usr/bin/jq /bin/dd /bin/dash /bin/bash"
 self_sum=$( (cat "$0"; echo "$guest_tools") | sha256sum | cut -c1-16)
 base=$cache/base-$kver-$self_sum.cpio.gz
 if [ ! -f "$base" ]; then
