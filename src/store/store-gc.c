@@ -126,6 +126,11 @@ static int gc_pass_locked(struct store *st)
         return 0;
     }
     st->gc_wanted = false;
+    /* empty HIDDEN nodes out of the way first: shorter DFS below */
+    if ((rc = gc_prune_nodes_l(st))) {
+        pthread_mutex_unlock(&st->mu);
+        return rc;
+    }
     uint64_t version0 = st->tree_version;
     uint64_t next_b = 0;
     bool done = !gc_needed_l(st);
