@@ -64,6 +64,7 @@ assert_eq "export names" ',default' "$(jq -r '[.exports[]."export-name"] | join(
 expect_rc 1 "in use" "$bs" check "$img"
 # A second server on the same control socket refuses to start.
 expect_rc 1 "another server is listening" "$bs" serve "$tmp/other.db" --size 4M --socket "$tmp/s2" --control "$ctl"
+[ ! -e "$tmp/other.db" ] || fail "a server that refused to start created its image"
 
 # Clean stop: exit 0, both sockets gone.
 stop_server TERM || fail "busesnap exited $? on SIGTERM"

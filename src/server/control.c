@@ -778,7 +778,7 @@ static int ctl_probe(const char *path)
     return -e;
 }
 
-int ctl_start(const char *path, struct exports *ex, struct ctl_server **out)
+int ctl_prepare(const char *path)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     struct stat sb;
@@ -820,6 +820,16 @@ int ctl_start(const char *path, struct exports *ex, struct ctl_server **out)
             return r;
         }
     }
+    return 0;
+}
+
+int ctl_start(const char *path, struct exports *ex, struct ctl_server **out)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct stat sb;
+    int r = ctl_prepare(path);
+    if (r < 0)
+        return r;
 
     struct ctl_server *c = calloc(1, sizeof *c);
     if (!c)

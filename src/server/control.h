@@ -23,6 +23,10 @@ struct ctl_server; /* opaque */
  * one is an error, -EADDRINUSE).  ex must outlive the server. */
 int ctl_start(const char *path, struct exports *ex, struct ctl_server **out);
 void ctl_stop(struct ctl_server *c);
+/* The checks ctl_start() makes first (path length, not a regular file, no
+ * live server; a stale socket is removed), so that main can fail before
+ * opening or creating the image.  Returns 0 or -errno after a message. */
+int ctl_prepare(const char *path);
 
 /* The default control socket path: $BSNAP_CONTROL, else
  * $XDG_RUNTIME_DIR/busesnap.ctl, else /run/busesnap.ctl for root, else

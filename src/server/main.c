@@ -251,6 +251,8 @@ static int cmd_serve(int argc, char **argv)
     if (verbose)
         buse_set_verbose(verbose);
 
+    if (ctl_prepare(ctlpath) < 0)
+        return 1;
     struct store *st;
     r = open_image(image, size, NULL, 0, &st);
     if (r < 0)
