@@ -390,6 +390,8 @@ int store_commit_l(struct store *st)
     rc = txn_begin_l(st);
     if (err && !rc)
         reload_l(st);
+    if (err)
+        st->lost_err = err; /* the next flush must fail too */
     return err ? err : rc;
 }
 
@@ -834,6 +836,12 @@ int store_flush(struct store *st)
 {
     pthread_mutex_lock(&st->mu);
     int rc = store_commit_l(st);
+    if (!rc && st->lost_err) {
+        rc = store_set_err(st, st->lost_err,
+                           "an earlier commit failed: writes since the "
+                           "previous flush were lost");
+        st->lost_err = 0;
+    }
     pthread_mutex_unlock(&st->mu);
     return rc;
 }
