@@ -88,6 +88,7 @@ struct store {
     struct timespec txn_start;
     bool dirty;               /* txn has changes */
     bool chunk_dirty;         /* chunk file written since last fdatasync */
+    int lost_err;             /* a failed commit dropped acknowledged writes */
     unsigned chunks_unsynced; /* new chunks since the last writeback kick */
 
     /* persisted counters (meta), current values */
