@@ -5,7 +5,7 @@
 # a snapshot with clones), info, check, diff, gc; UUIDs wherever names go;
 # exit codes 0 / 1 (one line on stderr) / 2.
 . "$(dirname "$0")/functions.sh"
-requires qemu-io nbdsh jq
+requires qemu-io nbdsh nbdinfo jq
 bsnap() { "$top/bsnap" "$@"; }
 
 # expect_fail RC MSG CMD...: want exit RC with one stderr line holding MSG.
@@ -76,6 +76,9 @@ qio "$(uri_of vm1)" -c "write -P 0xc3 0 1M"
 pattern vm1 0xc3
 pattern vm2 0xa1
 pattern s1 0xa1
+nbdinfo --list --json "$uri" >"$tmp/exports.json"
+assert_eq "export descriptions" "default volume|volume|snapshot of default|volume (from s1)" \
+    "$(jq -r '[.exports[] | select(."export-name" | IN("", "default", "s1", "vm1")) | .description] | join("|")' "$tmp/exports.json")"
 
 # list --json: objects, kinds, parents, and the human tree.
 bsnap list --json >"$tmp/list.json"

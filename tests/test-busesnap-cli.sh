@@ -1,9 +1,10 @@
 #!/bin/bash
 # busesnap's command line: --help, usage errors (exit 2, one line), a
 # missing image without --size, a size mismatch, create/info/check offline,
-# an image that is in use, and a clean SIGTERM that removes both sockets.
+# an image that is in use, a clean SIGTERM that removes both sockets, and
+# a damaged chunk found by busesnap check and bsnap check (exit 1).
 . "$(dirname "$0")/functions.sh"
-requires nbdinfo jq
+requires nbdinfo nbdcopy jq
 bs=$top/busesnap
 
 # expect_rc RC MSG CMD...: run CMD, want exit code RC and (for 1 and 2)
@@ -71,4 +72,17 @@ stop_server TERM || fail "busesnap exited $? on SIGTERM"
 [ ! -e "$ctl" ] || fail "control socket left behind"
 [ ! -e "$sock" ] || fail "NBD socket left behind"
 expect_rc 0 "" "$bs" check "$img"
+
+# A damaged chunk is found, offline (exit 1) and through bsnap (exit 1).
+start_busesnap
+head -c 1M /dev/urandom | nbdcopy - "$uri" || fail "write 1M"
+stop_server TERM || fail "busesnap exited $? on SIGTERM"
+printf 'garbage' | dd of="$img-chunks" bs=1 seek=$((4096 + 100 * 4096 + 7)) conv=notrunc status=none
+rc=0; "$bs" check "$img" >"$tmp/out" 2>"$tmp/err" || rc=$?
+assert_eq "check of a damaged image: exit" 1 "$rc"
+grep -q "problem" "$tmp/err" || fail "check named no problem: $(cat "$tmp/err")"
+start_busesnap
+rc=0; "$top/bsnap" check >"$tmp/out" 2>"$tmp/err" || rc=$?
+assert_eq "bsnap check of a damaged image: exit" 1 "$rc"
+grep -q "problem" "$tmp/err" || fail "bsnap check named no problem: $(cat "$tmp/err")"
 exit 0

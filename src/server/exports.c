@@ -47,6 +47,18 @@ int exports_resolve(struct store *st, const char *name,
     return 0;
 }
 
+/* The NBD description of an object, the same in LIST and INFO/GO. */
+static void describe(const struct store_obj_info *info, char *buf, size_t len)
+{
+    if (info->kind == STORE_SNAPSHOT)
+        snprintf(buf, len, "snapshot of %s",
+                 info->parent[0] ? info->parent : "a deleted volume");
+    else if (info->parent[0])
+        snprintf(buf, len, "volume (from %s)", info->parent);
+    else
+        snprintf(buf, len, "volume");
+}
+
 static int exp_read(void *buf, uint32_t len, uint64_t off, void *h)
 {
     return store_read(((struct exp_handle *)h)->v, buf, off, len);
@@ -110,11 +122,7 @@ static int list_cb(const struct store_obj_info *info, void *arg)
     struct list_arg *la = arg;
     char desc[STORE_NAME_MAX + 40];
     int r;
-    if (info->kind == STORE_SNAPSHOT)
-        snprintf(desc, sizeof desc, "snapshot of %s",
-                 info->parent[0] ? info->parent : "a deleted volume");
-    else
-        snprintf(desc, sizeof desc, "%s", "volume");
+    describe(info, desc, sizeof desc);
     if (info->is_default) {
         r = buse_add_export(la->list, "", "default volume");
         if (r < 0)
@@ -161,13 +169,7 @@ static int exp_open(const char *name, struct buse_export *exp, void *userdata)
         goto fail;
     }
     uuid_copy(h->uuid, info.uuid);
-    if (info.kind == STORE_SNAPSHOT)
-        snprintf(h->desc, sizeof h->desc, "snapshot of %s",
-                 info.parent[0] ? info.parent : "a deleted volume");
-    else if (info.parent[0])
-        snprintf(h->desc, sizeof h->desc, "volume (from %s)", info.parent);
-    else
-        snprintf(h->desc, sizeof h->desc, "volume");
+    describe(&info, h->desc, sizeof h->desc);
     h->next = ex->list;
     ex->list = h;
     pthread_mutex_unlock(&ex->lock);
