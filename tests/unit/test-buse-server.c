@@ -146,6 +146,64 @@ static void *run_thread(void *srv)
     return &r;
 }
 
+/* Concurrency probe: how many read callbacks run at once. */
+static int inflight, max_inflight;
+
+static int slow_read(void *buf, uint32_t len, uint64_t off, void *u)
+{
+    pthread_mutex_lock(&lock);
+    if (++inflight > max_inflight)
+        max_inflight = inflight;
+    pthread_mutex_unlock(&lock);
+    usleep(off == 0 ? 60000 : 3000); /* the first request is the slowest */
+    memset(buf, (int)(off / 512), len);
+    pthread_mutex_lock(&lock);
+    inflight--;
+    pthread_mutex_unlock(&lock);
+    return 0;
+}
+
+/* Two clients each pipeline 16 reads; returns the highest number of
+ * callbacks seen at once, and whether any reply overtook an earlier one. */
+static int pipeline(const char *path, unsigned flags, int *reordered)
+{
+    struct buse_operations ops = {
+        .read = slow_read, .size = 1 << 20, .flags = flags, .threads = 4};
+    struct buse_server *srv = buse_server_new(&ops, NULL);
+    pthread_t th;
+    int fd[2];
+    CHECK(srv && buse_server_listen_unix(srv, path, 0) == 0, "pipeline srv");
+    pthread_create(&th, NULL, run_thread, srv);
+    max_inflight = 0;
+    *reordered = 0;
+    for (int c = 0; c < 2; c++)
+        CHECK((fd[c] = client(path, "", NULL)) >= 0, "pipeline client");
+    for (int c = 0; c < 2; c++) {
+        for (int i = 0; i < 16; i++) {
+            unsigned char rq[28] = {0x25, 0x60, 0x95, 0x13};
+            rq[15] = (unsigned char)i;         /* cookie */
+            put32(rq + 20, (uint32_t)i * 512); /* offset */
+            put32(rq + 24, 512);
+            CHECK(write(fd[c], rq, 28) == 28, "pipeline write");
+        }
+    }
+    for (int c = 0; c < 2; c++) {
+        for (int i = 0; i < 16; i++) {
+            unsigned char rep[16 + 512];
+            CHECK(readn(fd[c], rep, sizeof rep) == 0, "pipeline reply");
+            CHECK(rep[7] == 0 && rep[16] == rep[15] && rep[527] == rep[15],
+                  "reply %d: data does not match its cookie", i);
+            if (rep[15] != i)
+                *reordered = 1;
+        }
+        close(fd[c]);
+    }
+    buse_server_stop(srv);
+    pthread_join(th, NULL);
+    buse_server_free(srv);
+    return max_inflight;
+}
+
 int main(void)
 {
     char dir[] = "/tmp/test-buse-server.XXXXXX", path[128];
@@ -236,6 +294,18 @@ int main(void)
     buse_server_stop(srv);
     pthread_join(th, NULL);
     buse_server_free(srv);
+
+    /* Pipelining: 4 workers per connection, 2 connections: callbacks run
+     * concurrently and the slow first read is overtaken. */
+    int reordered;
+    int most = pipeline(path, 0, &reordered);
+    CHECK(most >= 4, "at most %d callbacks at once without BUSE_SERIALIZE",
+          most);
+    CHECK(reordered, "no reply overtook the slow first one");
+    /* BUSE_SERIALIZE: one callback at a time, replies in request order. */
+    most = pipeline(path, BUSE_SERIALIZE, &reordered);
+    CHECK(most == 1, "%d callbacks at once with BUSE_SERIALIZE", most);
+    CHECK(!reordered, "BUSE_SERIALIZE replied out of order");
     rmdir(dir);
     printf("ok\n");
     return 0;
