@@ -22,6 +22,7 @@ int main(void)
     struct store *st;
     struct store_vol *v;
     char name[64];
+    t_prefer_shm = 1; /* 2,000 durable commits: measure them, not fsync */
     t_setup("scale");
     struct store_create_opts o = {.size = SIZE};
     OK(store_create(t_img, &o, &st));
