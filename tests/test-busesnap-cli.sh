@@ -67,6 +67,17 @@ expect_rc 1 "in use" "$bs" check "$img"
 expect_rc 1 "another server is listening" "$bs" serve "$tmp/other.db" --size 4M --socket "$tmp/s2" --control "$ctl"
 [ ! -e "$tmp/other.db" ] || fail "a server that refused to start created its image"
 
+# TCP beside the Unix socket, and systemd socket activation (nbdinfo runs
+# the server with LISTEN_FDS).
+stop_server TERM || fail "busesnap exited $? on SIGTERM"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+start_busesnap "" --tcp "127.0.0.1:$port"
+assert_eq "size over TCP" 67108864 "$(nbdinfo --size "nbd://127.0.0.1:$port/default")"
+stop_server TERM || fail "busesnap exited $? on SIGTERM"
+assert_eq "size with socket activation" 67108864 \
+    "$(nbdinfo --size -- [ "$bs" serve "$img" --control "$tmp/ctl-sd" ])"
+start_busesnap
+
 # Clean stop: exit 0, both sockets gone.
 stop_server TERM || fail "busesnap exited $? on SIGTERM"
 [ ! -e "$ctl" ] || fail "control socket left behind"
