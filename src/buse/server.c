@@ -342,7 +342,14 @@ static int conn_start(struct buse_server *srv, struct buse_conn *c)
         srv->kernel_conns++;
         c->in_transmission = 1;
     }
+    /* Connection and worker threads (which inherit the mask) never take
+     * SIGINT/SIGTERM: those reach run()'s thread, and callbacks are not
+     * interrupted by them. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     r = pthread_create(&c->thread, &attr, conn_main, c);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (r != 0) {
         buse_err("connection: cannot start a thread: %s", strerror(r));
         srv->conns = c->next;
@@ -494,7 +501,8 @@ static void drain_wake(struct buse_server *srv)
 int buse_server_run(struct buse_server *srv)
 {
     struct pollfd pfd[BUSE_MAX_LISTENERS + 1];
-    struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term;
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
+    struct sigaction old_int, old_term;
     unsigned i;
     int stops_at_exit, busy;
 

@@ -426,12 +426,8 @@ static void *worker_main(void *arg)
                 srv->ops.disc(c->exp.handle);
             break;
         }
-        if (rq.type == NBD_CMD_READ || rq.type == NBD_CMD_WRITE) {
-            if (!err)
-                err = check(c, &rq, max);
-        } else {
+        if (!err) /* else refused while reading (payload skipped) */
             err = check(c, &rq, max);
-        }
         pthread_mutex_unlock(&c->recv_lock);
 
         if (!err && rq.type == NBD_CMD_READ && grow(w, (size_t)rq.len) < 0)
