@@ -55,3 +55,22 @@ wait_exit $pid 20
 [ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
 wait_nbd_gone /dev/nbd0
 note "netlink attach of the same device after ioctl use works"
+
+# kill -9 of an ioctl server: NBD_DO_IT is interrupted and the device freed.
+start srv4 env BUSE_FORCE_IOCTL=1 busexmp 64M /dev/nbd0 --timeout 9
+wait_nbd /dev/nbd0 15 $pid
+t=$(cat /sys/block/nbd0/queue/io_timeout)
+[ "$t" = 9000 ] || fail "busexmp --timeout 9 (ioctl): io_timeout is $t ms, expected 9000"
+kill -KILL $pid
+wait_exit $pid 20
+poll 10 _nbd_down nbd0 && gone=released || gone="still bound"
+note "ioctl --timeout 9: io_timeout 9000 ms; after kill -9 the device is $gone"
+nbd-client -d /dev/nbd0 >/dev/null 2>&1
+wait_nbd_gone /dev/nbd0
+start srv5 env BUSE_FORCE_IOCTL=1 busexmp 64M /dev/nbd0
+wait_nbd /dev/nbd0 15 $pid
+term $pid
+wait_exit $pid 20
+[ $exit_rc -eq 0 ] || fail "busexmp (ioctl) exited $exit_rc after SIGTERM"
+wait_nbd_gone /dev/nbd0
+note "ioctl attach after kill -9 works"

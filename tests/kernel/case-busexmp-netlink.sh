@@ -15,7 +15,7 @@ size=$(blockdev --getsize64 /dev/nbd0)
 # names the process; the ioctl path names its NBD_DO_IT thread instead.
 kpid=$(cat /sys/block/nbd0/pid)
 [ "$kpid" = "$pid" ] || fail "/sys/block/nbd0/pid is $kpid, not busexmp's pid $pid: not attached through netlink?"
-note "attached via netlink: size $size, pid $kpid, flags: discard_max=$(cat /sys/block/nbd0/queue/discard_max_bytes)"
+note "attached via netlink: size $size, pid $kpid, discard_max=$(cat /sys/block/nbd0/queue/discard_max_bytes), io_timeout=$(cat /sys/block/nbd0/queue/io_timeout) ms (default)"
 
 rc=0
 timeout 20 busexmp 64M /dev/nbd0 >/tmp/busy.err 2>&1 || rc=$?
@@ -56,3 +56,23 @@ wait_exit $pid 20
 [ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after nbd-client -d"
 wait_nbd_gone /dev/nbd0
 note "nbd-client -d: server exit 0, device released"
+
+# --timeout reaches the kernel; kill -9 leaves a netlink device bound (no
+# one is left to disconnect it) until nbd-client -d; then it attaches again.
+start srv4 busexmp 64M /dev/nbd0 --timeout 7
+wait_nbd /dev/nbd0 15 $pid
+t=$(cat /sys/block/nbd0/queue/io_timeout)
+[ "$t" = 7000 ] || fail "busexmp --timeout 7: io_timeout is $t ms, expected 7000"
+kill -KILL $pid
+wait_exit $pid 20
+dd if=/dev/nbd0 of=/dev/null bs=4k count=1 skip=100 iflag=direct 2>/dev/null && rd=ok || rd=EIO
+note "--timeout 7: io_timeout 7000 ms; after kill -9: pid file $([ -e /sys/block/nbd0/pid ] && echo present || echo gone), read $rd"
+nbd-client -d /dev/nbd0 >/dev/null 2>&1
+wait_nbd_gone /dev/nbd0
+start srv5 busexmp 64M /dev/nbd0
+wait_nbd /dev/nbd0 15 $pid
+term $pid
+wait_exit $pid 20
+[ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
+wait_nbd_gone /dev/nbd0
+note "after kill -9 and nbd-client -d, /dev/nbd0 attached and released again"
