@@ -165,6 +165,7 @@ static void usage(FILE *f)
         "         --delay-ms N            sleep N ms in every read (tests)\n"
         "         --connections N         sockets per kernel device\n"
         "         --timeout S             kernel request timeout in seconds\n"
+        "         --threads N             worker threads per connection (8)\n"
         "SIZE takes a K, M, G or T suffix (powers of 1024).\n");
 }
 
@@ -224,6 +225,7 @@ static int bad(const char *msg, const char *arg)
 static const char *sock, *tcp;
 static char *exports;
 static struct buse_kernel_options kopt; /* --connections, --timeout */
+static unsigned threads;                /* --threads: workers per connection */
 
 /* One command-line option; -1 to go on, or the exit code. */
 static int take_option(int c)
@@ -247,17 +249,23 @@ static int take_option(int c)
     case 'd':
         delay_ms = (unsigned)strtoul(optarg, NULL, 10);
         return -1;
+    case 'j':
     case 'c':
     case 'T': {
         char *end;
         unsigned long v = strtoul(optarg, &end, 10);
-        if (*end || end == optarg || v > 3600 || (c == 'c' && v == 0)) {
+        if (*end || end == optarg || v > 3600 || (c != 'T' && v == 0)) {
             fprintf(stderr, "busexmp: bad --%s: %s\n",
-                    c == 'c' ? "connections" : "timeout", optarg);
+                    c == 'c'   ? "connections"
+                    : c == 'j' ? "threads"
+                               : "timeout",
+                    optarg);
             usage(stderr);
             return 2;
         }
-        if (c == 'c')
+        if (c == 'j')
+            threads = (unsigned)v;
+        else if (c == 'c')
             kopt.connections = (unsigned)v;
         else
             kopt.timeout = (unsigned)v;
@@ -282,6 +290,7 @@ int main(int argc, char **argv)
         {"delay-ms", required_argument, NULL, 'd'},
         {"connections", required_argument, NULL, 'c'},
         {"timeout", required_argument, NULL, 'T'},
+        {"threads", required_argument, NULL, 'j'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -292,7 +301,7 @@ int main(int argc, char **argv)
 
     /* GNU getopt permutes: options may come before or after SIZE and the
      * device, as BUSE's "busexmp [-v] SIZE DEVICE" had them. */
-    while ((c = getopt_long(argc, argv, "vhs:t:e:rd:c:T:", longopts, NULL)) !=
+    while ((c = getopt_long(argc, argv, "vhs:t:e:rd:c:T:j:", longopts, NULL)) !=
            -1)
         if ((r = take_option(c)) >= 0)
             return r;
@@ -356,6 +365,7 @@ int main(int argc, char **argv)
         .list_exports = xmp_list,
         .open = xmp_open,
         .flags = BUSE_CAN_MULTI_CONN,
+        .threads = threads,
     };
 
     if (dev && size % 512)
