@@ -25,3 +25,21 @@ if "$top/busexmp" 1M --tcp "nonsense" 2>"$tmp/err"; then
     fail "--tcp nonsense was accepted"
 fi
 grep -q "HOST:PORT" "$tmp/err" || fail "no clear message for --tcp nonsense: $(cat "$tmp/err")"
+
+# IPv6 loopback, "[V6]:PORT" form (skipped where the host has no ::1).
+if PATH=/usr/bin:$PATH python3 -c 'import socket; s = socket.socket(socket.AF_INET6); s.bind(("::1", 0))' 2>/dev/null; then
+    port6=$(PATH=/usr/bin:$PATH python3 -c 'import socket; s = socket.socket(socket.AF_INET6); s.bind(("::1", 0)); print(s.getsockname()[1])')
+    "$top/busexmp" 2M -v --tcp "[::1]:$port6" >"$tmp/server6.log" 2>&1 &
+    pid6=$!
+    on_exit "kill $pid6"
+    for ((i = 0; i < 250; i++)); do
+        kill -0 $pid6 2>/dev/null || fail "busexmp on [::1] died: $(cat "$tmp/server6.log")"
+        nbdinfo --size "nbd://[::1]:$port6/" >/dev/null 2>&1 && break
+        sleep 0.02
+    done
+    assert_eq "IPv6 size" 2097152 "$(nbdinfo --size "nbd://[::1]:$port6/")"
+    # -v: one line per handshake step and request.
+    qemu-io -f raw -c 'read 0 512' "nbd://[::1]:$port6/" >/dev/null || fail "IPv6 read failed"
+    grep -q "request READ flags 0x0 offset 0 length 512" "$tmp/server6.log" ||
+        fail "-v did not log the READ request: $(tail -3 "$tmp/server6.log")"
+fi
