@@ -117,8 +117,16 @@ static int xmp_block_status(uint64_t offset, uint64_t len,
         uint64_t p = pos / PAGE;
         int used = page_used(d, p);
         uint64_t q = p + 1;
-        while (q * PAGE < end && page_used(d, q) == used)
-            q++;
+        uint64_t same = used ? ~0ull : 0; /* a word of 64 such pages */
+        while (q * PAGE < end) {
+            if (q % 64 == 0 &&
+                __atomic_load_n(&d->bits[q / 64], __ATOMIC_RELAXED) == same)
+                q += 64; /* skip a whole word at a time */
+            else if (page_used(d, q) == used)
+                q++;
+            else
+                break;
+        }
         uint64_t stop = q * PAGE < end ? q * PAGE : end;
         int r = buse_add_extent(ex, pos, stop - pos,
                                 used ? 0 : BUSE_EXTENT_HOLE | BUSE_EXTENT_ZERO);
