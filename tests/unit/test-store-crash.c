@@ -11,6 +11,14 @@
 #include <sys/wait.h>
 
 #define SIZE (64ull << 20)
+
+static uint64_t prog[3]; /* calls, last done, last total */
+static void progress(uint64_t done, uint64_t total, void *arg)
+{
+    prog[0]++;
+    prog[1] = done;
+    prog[2] = total;
+}
 #define NB 2000
 
 int main(void)
@@ -99,8 +107,12 @@ int main(void)
     EXPECT(pwrite(fd, "garbage", 7, 2 * STORE_BLOCK + 100) == 7, "pwrite");
     close(fd);
     OK(store_open(t_img, STORE_OPEN_RDONLY, &st));
-    int n = store_check(st, NULL, NULL, NULL);
+    int n = store_check(st, progress, NULL, NULL);
     EXPECT(n == 1, "check found %d problems in one corrupted chunk", n);
+    EXPECT(prog[0] >= 2 && prog[1] == prog[2] && prog[2] > 0,
+           "progress: %llu calls, ended at %llu of %llu",
+           (unsigned long long)prog[0], (unsigned long long)prog[1],
+           (unsigned long long)prog[2]);
     store_close(st);
     return 0;
 }
