@@ -4,6 +4,7 @@
 #include "store-test-util.h"
 
 #include <fcntl.h>
+#include <lmdb.h>
 #include <sys/wait.h>
 
 #define SIZE (64ull << 20)
@@ -155,6 +156,43 @@ int main(void)
                strstr(store_errmsg(), "magic"),
            "bad chunk magic accepted");
     EXPECT(store_open(cp, 0, &st) == -EPROTO, "chunk file opened as image");
+    /* chunk header: version at offset 16, image UUID at 20 */
+    fd = open(cp, O_RDWR);
+    uint32_t ver = 2;
+    EXPECT(pwrite(fd, "BUSE", 4, 0) == 4 && pwrite(fd, &ver, 4, 16) == 4,
+           "patch version");
+    EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
+               strstr(store_errmsg(), "version 2"),
+           "chunk format version 2 accepted: %s", store_errmsg());
+    ver = 1;
+    uint8_t u0;
+    EXPECT(pwrite(fd, &ver, 4, 16) == 4 && pread(fd, &u0, 1, 20) == 1,
+           "restore version");
+    u0 ^= 0xff;
+    EXPECT(pwrite(fd, &u0, 1, 20) == 1, "patch uuid");
+    EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
+               strstr(store_errmsg(), "another image"),
+           "chunk file of another image accepted: %s", store_errmsg());
+    u0 ^= 0xff;
+    EXPECT(pwrite(fd, &u0, 1, 20) == 1, "restore uuid");
+    close(fd);
+    /* index format version */
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    EXPECT(mdb_env_create(&env) == 0 && mdb_env_set_maxdbs(env, 8) == 0 &&
+               mdb_env_open(env, t_img, MDB_NOSUBDIR, 0644) == 0 &&
+               mdb_txn_begin(env, NULL, 0, &txn) == 0 &&
+               mdb_dbi_open(txn, "meta", 0, &dbi) == 0,
+           "lmdb open");
+    MDB_val k = {7, "version"}, d = {4, &ver};
+    ver = 9;
+    EXPECT(mdb_put(txn, dbi, &k, &d, 0) == 0 && mdb_txn_commit(txn) == 0,
+           "lmdb put");
+    mdb_env_close(env);
+    EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
+               strstr(store_errmsg(), "version 9"),
+           "index format version 9 accepted: %s", store_errmsg());
     snprintf(cp, sizeof cp, "%s/nothing.db", t_dir);
     EXPECT(store_open(cp, 0, &st) == -ENOENT, "missing image");
     free(big);
