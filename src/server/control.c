@@ -464,47 +464,115 @@ static json_t *op_gc(struct ctl_server *c, json_t *req)
     return res;
 }
 
-struct check_ctx {
-    int fd;
-    int send_failed;
-    struct timespec last;
+/* check runs store_check in a thread of its own and reports its progress
+ * from the client's thread: the store may call progress() with its locks
+ * held, and a client that stops reading must never block it there. */
+struct check_job {
+    struct store *st;
+    pthread_mutex_t lock; /* everything below */
+    pthread_cond_t cond;
+    uint64_t done, total;
+    int changed, finished, result;
+    char errmsg[512];
     json_t *msgs;
 };
 
 static void check_progress(uint64_t done, uint64_t total, void *arg)
 {
-    struct check_ctx *cc = arg;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    int64_t ms = (int64_t)(now.tv_sec - cc->last.tv_sec) * 1000 +
-                 (now.tv_nsec - cc->last.tv_nsec) / 1000000;
-    if (cc->send_failed || (ms < 100 && done != total))
-        return;
-    cc->last = now;
-    json_t *j = json_pack("{s:{s:I, s:I}}", "progress", "done",
-                          (json_int_t)done, "total", (json_int_t)total);
-    if (j && ctl_send(cc->fd, j) < 0)
-        cc->send_failed = 1;
-    json_decref(j);
+    struct check_job *cj = arg;
+    pthread_mutex_lock(&cj->lock);
+    cj->done = done;
+    cj->total = total;
+    cj->changed = 1;
+    pthread_mutex_unlock(&cj->lock);
 }
 
 static void check_problem(const char *msg, void *arg)
 {
-    struct check_ctx *cc = arg;
-    if (json_array_size(cc->msgs) < CTL_CHECK_MSGS)
-        json_array_append_new(cc->msgs, json_string(msg));
+    struct check_job *cj = arg;
+    pthread_mutex_lock(&cj->lock);
+    if (json_array_size(cj->msgs) < CTL_CHECK_MSGS)
+        json_array_append_new(cj->msgs, json_string(msg));
+    pthread_mutex_unlock(&cj->lock);
+}
+
+static void *check_thread(void *arg)
+{
+    struct check_job *cj = arg;
+    int r = store_check(cj->st, check_progress, check_problem, cj);
+    pthread_mutex_lock(&cj->lock);
+    if (r < 0) /* store_errmsg() is per thread: copy it here */
+        snprintf(cj->errmsg, sizeof cj->errmsg, "%s", store_errmsg());
+    cj->result = r;
+    cj->finished = 1;
+    pthread_cond_signal(&cj->cond);
+    pthread_mutex_unlock(&cj->lock);
+    return NULL;
+}
+
+static int send_progress(int fd, uint64_t done, uint64_t total)
+{
+    json_t *j = json_pack("{s:{s:I, s:I}}", "progress", "done",
+                          (json_int_t)done, "total", (json_int_t)total);
+    int r = j ? ctl_send(fd, j) : -ENOMEM;
+    json_decref(j);
+    return r;
 }
 
 static json_t *op_check(struct ctl_server *c, json_t *req, int fd)
 {
-    struct check_ctx cc = {fd, 0, {0, 0}, json_array()};
-    int r = store_check(c->ex->st, check_progress, check_problem, &cc);
-    if (r < 0) {
-        json_decref(cc.msgs);
-        return ctl_store_error(r);
+    struct check_job cj = {.st = c->ex->st, .msgs = json_array()};
+    pthread_t th;
+    int send_failed = 0, sent_final = 0;
+    if (!cj.msgs)
+        return ctl_error(-ENOMEM, "check: out of memory");
+    pthread_mutex_init(&cj.lock, NULL);
+    pthread_cond_init(&cj.cond, NULL);
+    int r = pthread_create(&th, NULL, check_thread, &cj);
+    if (r != 0) {
+        json_decref(cj.msgs);
+        return ctl_error(-r, "check: cannot start a thread");
     }
-    return json_pack("{s:b, s:i, s:o}", "ok", 1, "problems", r, "messages",
-                     cc.msgs);
+    pthread_mutex_lock(&cj.lock);
+    for (;;) {
+        /* At most ten progress lines a second. */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 100 * 1000000;
+        if (until.tv_nsec >= 1000000000) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000;
+        }
+        while (!cj.finished &&
+               pthread_cond_timedwait(&cj.cond, &cj.lock, &until) == 0)
+            ;
+        int finished = cj.finished, changed = cj.changed;
+        uint64_t done = cj.done, total = cj.total;
+        cj.changed = 0;
+        pthread_mutex_unlock(&cj.lock);
+        /* Sending may block on a client that stopped reading; the check
+         * goes on meanwhile and we catch up (or give up) afterwards. */
+        if (changed && !send_failed) {
+            send_failed = send_progress(fd, done, total) < 0;
+            sent_final = done == total;
+        }
+        if (finished) {
+            if (!sent_final && !send_failed && cj.result >= 0)
+                send_progress(fd, total, total);
+            break;
+        }
+        pthread_mutex_lock(&cj.lock);
+    }
+    pthread_join(th, NULL);
+    pthread_cond_destroy(&cj.cond);
+    pthread_mutex_destroy(&cj.lock);
+    if (cj.result < 0) {
+        json_decref(cj.msgs);
+        return ctl_error(cj.result, "%s",
+                         cj.errmsg[0] ? cj.errmsg : strerror(-cj.result));
+    }
+    return json_pack("{s:b, s:i, s:o}", "ok", 1, "problems", cj.result,
+                     "messages", cj.msgs);
 }
 
 struct diff_ctx {
