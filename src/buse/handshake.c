@@ -56,13 +56,16 @@ int buse_open_export(struct buse_conn *conn, const char *name)
     }
     if (srv->ops.flags & BUSE_READONLY)
         conn->exp.readonly = 1;
-    conn->export_name = strdup(name);
-    if (!conn->export_name) {
-        conn->opened = 1;
+    char *copy = strdup(name);
+    conn->opened = 1;
+    if (!copy) {
         buse_close_export(conn);
         return -ENOMEM;
     }
-    conn->opened = 1;
+    /* disconnect() and connections() read it under srv->lock. */
+    pthread_mutex_lock(&srv->lock);
+    conn->export_name = copy;
+    pthread_mutex_unlock(&srv->lock);
     conn->tflags = buse_transmission_flags(srv, &conn->exp);
     buse_debug("export \"%s\": opened, %llu bytes, flags 0x%x", name,
                (unsigned long long)conn->exp.size, conn->tflags);
@@ -77,8 +80,11 @@ void buse_close_export(struct buse_conn *conn)
     conn->opened = 0;
     if (srv->ops.open && srv->ops.close && conn->exp.handle)
         srv->ops.close(conn->exp.handle);
-    free(conn->export_name);
+    pthread_mutex_lock(&srv->lock);
+    char *name = conn->export_name;
     conn->export_name = NULL;
+    pthread_mutex_unlock(&srv->lock);
+    free(name);
 }
 
 /* Send one option reply (header + payload). */

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,10 +205,37 @@ static int pipeline(const char *path, unsigned flags, int *reordered)
     return max_inflight;
 }
 
+/* A client hammering its connection with pipelined reads until the
+ * server closes it; returns the number of replies it got. */
+static void *hammer(void *arg)
+{
+    int fd = *(int *)arg;
+    static __thread unsigned char rep[16 + 4096];
+    long replies = 0;
+    for (;;) {
+        unsigned char rq[4 * 28] = {0};
+        for (int i = 0; i < 4; i++) {
+            memcpy(rq + 28 * i, "\x25\x60\x95\x13", 4);
+            put32(rq + 28 * i + 24, 4096);
+        }
+        if (write(fd, rq, sizeof rq) != (ssize_t)sizeof rq)
+            break;
+        int i;
+        for (i = 0; i < 4; i++)
+            if (readn(fd, rep, sizeof rep) < 0)
+                break;
+        replies += i;
+        if (i < 4)
+            break;
+    }
+    return (void *)replies;
+}
+
 int main(void)
 {
     char dir[] = "/tmp/test-buse-server.XXXXXX", path[128];
     CHECK(mkdtemp(dir), "mkdtemp");
+    signal(SIGPIPE, SIG_IGN); /* our raw clients write to closed sockets */
     snprintf(path, sizeof path, "%s/sock", dir);
 
     /* Validation: read is required. */
@@ -294,6 +322,38 @@ int main(void)
     buse_server_stop(srv);
     pthread_join(th, NULL);
     buse_server_free(srv);
+
+    /* disconnect() while four clients keep requests in flight. */
+    closed_a = 0;
+    srv = buse_server_new(&ops, &fill);
+    CHECK(srv && buse_server_listen_unix(srv, path, 0) == 0, "listen 3");
+    pthread_create(&th, NULL, run_thread, srv);
+    int hfd[4];
+    pthread_t ht[4];
+    for (int i = 0; i < 4; i++) {
+        CHECK((hfd[i] = client(path, i < 3 ? "a" : "b", NULL)) >= 0,
+              "hammer client");
+        pthread_create(&ht[i], NULL, hammer, &hfd[i]);
+    }
+    wait_count(srv, "a", 3);
+    usleep(200000);
+    n = buse_server_disconnect(srv, "a");
+    CHECK(n == 3 && get(&closed_a) == 3,
+          "disconnect(a) under load: returned %d, %d close() calls", n,
+          get(&closed_a));
+    for (int i = 0; i < 3; i++) {
+        void *got;
+        pthread_join(ht[i], &got);
+        CHECK((long)got > 0, "hammer %d got no reply before disconnect", i);
+    }
+    CHECK(buse_server_connections(srv, "b") == 1, "b lost under load");
+    buse_server_stop(srv);
+    void *gotb;
+    pthread_join(ht[3], &gotb);
+    pthread_join(th, NULL);
+    buse_server_free(srv);
+    for (int i = 0; i < 4; i++)
+        close(hfd[i]);
 
     /* Pipelining: 4 workers per connection, 2 connections: callbacks run
      * concurrently and the slow first read is overtaken. */
