@@ -53,6 +53,31 @@ on_exit "kill $! $sleep_pid"
 # A client that sends half a line and vanishes.
 printf '{"op":"hel' | socat -t 0.1 - "UNIX-CONNECT:$ctl" >/dev/null || true
 
+# bsnap against a server of another protocol version, and against a
+# socket that is not a busesnap control socket: exit 1, one clear line.
+cat >"$tmp/v2.sh" <<'EOS'
+#!/bin/bash
+echo '{"busesnap":"control","version":2}'
+read -r line
+echo '{"ok":false,"error":"EPROTO","message":"control protocol version mismatch: the client speaks version 1, this server speaks version 2"}'
+EOS
+cat >"$tmp/other.sh" <<'EOS'
+#!/bin/bash
+echo 'SSH-2.0-OpenSSH_9.2'
+EOS
+chmod +x "$tmp/v2.sh" "$tmp/other.sh"
+socat "UNIX-LISTEN:$tmp/v2.sock,fork" "EXEC:$tmp/v2.sh" &
+on_exit "kill $!"
+socat "UNIX-LISTEN:$tmp/other.sock,fork" "EXEC:$tmp/other.sh" &
+on_exit "kill $!"
+wait_for_socket "$tmp/v2.sock"; wait_for_socket "$tmp/other.sock"
+rc=0; "$top/bsnap" --control "$tmp/v2.sock" list 2>"$tmp/err" || rc=$?
+assert_eq "bsnap vs. version 2: exit" 1 "$rc"
+grep -q "client speaks version 1, this server speaks version 2" "$tmp/err" || fail "bsnap vs. version 2: $(cat "$tmp/err")"
+rc=0; "$top/bsnap" --control "$tmp/other.sock" list 2>"$tmp/err" || rc=$?
+assert_eq "bsnap vs. another protocol: exit" 1 "$rc"
+assert_eq "bsnap vs. another protocol: lines" 1 "$(wc -l <"$tmp/err")"
+
 # The server still serves NBD and control clients.
 qemu-io -f raw "$uri" -c "read -P 0x5a 0 64k" >/dev/null || fail "NBD read after bad control traffic"
 talk "$hello" '{"op":"create","name":"s1"}' | sed -n 3p | jq -e '.ok and .object.name == "s1" and .elapsed_us >= 0' >/dev/null ||
