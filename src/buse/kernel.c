@@ -44,6 +44,7 @@ struct buse_kdev {
     int setup_err; /* -errno of the setup step that failed */
     const char *setup_step; /* its name */
     long tid;
+    int cancel; /* detach before NBD_DO_IT: the thread must not start it */
 };
 
 static void msg(const char *dev, const char *fmt, int err)
@@ -169,6 +170,15 @@ static void *kdev_ioctl_thread(void *arg)
         kdev_set_state(kd, 2, err);
         return NULL;
     }
+    pthread_mutex_lock(&kd->lock);
+    if (kd->cancel) { /* detach came first (attach timed out) */
+        pthread_mutex_unlock(&kd->lock);
+        ioctl(fd, NBD_CLEAR_SOCK);
+        close(fd);
+        kdev_set_state(kd, 2, -ECANCELED);
+        return NULL;
+    }
+    pthread_mutex_unlock(&kd->lock);
     kdev_set_state(kd, 1, 0);
     if (ioctl(fd, NBD_DO_IT) < 0) {
         err = -errno;
@@ -458,7 +468,8 @@ void buse_kdev_detach(struct buse_kdev *kd)
         }
     } else if (kd->thread_started) {
         pthread_mutex_lock(&kd->lock);
-        int running = kd->state != 2;
+        int running = kd->state == 1; /* state 0: it will see cancel */
+        kd->cancel = 1;
         pthread_mutex_unlock(&kd->lock);
         if (running) {
             /* NBD_DISCONNECT sends DISC; NBD_CLEAR_SOCK shuts the sockets

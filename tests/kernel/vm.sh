@@ -122,7 +122,7 @@ sleep 5
 EOF
     chmod +x "$r/init"
     (cd "$r" && find . | cpio -o -H newc --quiet | gzip -1) >"$base.tmp" && mv "$base.tmp" "$base"
-    for f in "$cache"/base-*.cpio.gz; do [ "$f" = "$base" ] || rm -f "$f"; done
+    for f in "$cache"/base-"$kver"-*.cpio.gz; do [ "$f" = "$base" ] || rm -f "$f"; done
     rm -rf "$r"
 fi
 flock -u 9
