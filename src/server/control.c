@@ -1,12 +1,10 @@
 /* control.c: the control socket of busesnap (protocol: doc/control.md).
  *
- * One accept thread and one thread per client.  Requests are newline-framed
- * JSON objects (at most CTL_MAX_LINE bytes); each gets exactly one response
- * line, preceded for "check" by progress lines.  A client is served only
- * if its SO_PEERCRED uid is ours or root's, and only after a matching
- * hello.  Store operations are short (O(1) metadata) except check, diff
- * and gc, which run in the client's own thread, so no control client can
- * stall disk I/O or another control client.  Check-then-act operations
+ * One accept thread and one thread per client (check adds a worker), so
+ * no control client can stall disk I/O or another control client.  Each
+ * newline-framed JSON request (at most CTL_MAX_LINE bytes) gets exactly one
+ * response line.  Clients are served only if their SO_PEERCRED uid is ours
+ * or root's, and only after a matching hello.  Check-then-act operations
  * (rollback, delete) hold the export registry lock (exports.h) so that no
  * NBD client opens the object between the check and the act.
  */
