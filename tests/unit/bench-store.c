@@ -61,6 +61,20 @@ static uint64_t file_bytes(struct store *st)
     return inf.file_bytes;
 }
 
+/* Bytes this process has caused to be written to disk so far. */
+static uint64_t io_written(void)
+{
+    FILE *f = fopen("/proc/self/io", "r");
+    char line[128];
+    unsigned long long v = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "write_bytes: %llu", &v) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return v;
+}
+
 static void rss(const char *when)
 {
     FILE *f = fopen("/proc/self/status", "r");
@@ -173,6 +187,7 @@ int main(int argc, char **argv)
     uint64_t base = file_bytes(st);
     uint8_t *gbuf = malloc(BATCH * STORE_BLOCK);
     uint64_t seed0 = rng;
+    uint64_t io0 = io_written();
     t0 = now();
     for (uint64_t b = 0; b < GB; b += BATCH) {
         fill_random(gbuf, BATCH * STORE_BLOCK);
@@ -186,6 +201,8 @@ int main(int argc, char **argv)
     printf("  1 GiB random data (1 MiB writes): %.0f MB/s; image grew by "
            "%.3f GiB (%.4fx)\n",
            G / dt / 1e6, used1 / (double)G, used1 / (double)G);
+    printf("  disk writes for that 1 GiB: %.3f GiB\n",
+           (io_written() - io0) / (double)G);
     rss("after 1 GiB");
     time_snap_clone(st, "1 GiB written", 1);
     /* 5. the same 1 GiB again at other offsets */
@@ -204,6 +221,7 @@ int main(int argc, char **argv)
            "(%.2f%%)\n",
            G / dt / 1e6, used2 / 1048576.0, 100.0 * used2 / G);
     /* 6. more distinct data up to gib GiB, then snapshot/clone again */
+    io0 = io_written();
     t0 = now();
     for (uint64_t b = 2 * GB; b < (uint64_t)(gib + 1) * GB; b += BATCH) {
         fill_random(gbuf, BATCH * STORE_BLOCK);
@@ -213,8 +231,8 @@ int main(int argc, char **argv)
     }
     store_flush(st);
     dt = now() - t0;
-    printf("  %d GiB more random data: %.0f MB/s\n", gib - 1,
-           (gib - 1) * G / dt / 1e6);
+    printf("  %d GiB more random data: %.0f MB/s, %.2f GiB written to disk\n",
+           gib - 1, (gib - 1) * G / dt / 1e6, (io_written() - io0) / (double)G);
     char label[64];
     snprintf(label, sizeof label, "%d GiB distinct written", gib);
     time_snap_clone(st, label, 2);
