@@ -111,6 +111,7 @@ static void time_snap_clone(struct store *st, const char *label, int i)
 
 int main(int argc, char **argv)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0);
     const char *dir = argc > 1 ? argv[1] : "/tmp";
     int gib = argc > 2 ? atoi(argv[2]) : 4;
     char tmpl[512], img[600];
