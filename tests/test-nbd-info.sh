@@ -14,10 +14,10 @@ assert_eq block_size_minimum 1 "$(j block_size_minimum)"
 assert_eq block_size_preferred 4096 "$(j block_size_preferred)"
 assert_eq block_size_maximum 33554432 "$(j block_size_maximum)"
 assert_eq description "busexmp memory disk one" "$(j description)"
-for f in can_cache can_fast_zero can_flush can_fua can_multi_conn can_trim can_zero; do
+for f in can_cache can_df can_fast_zero can_flush can_fua can_multi_conn can_trim can_zero; do
     assert_eq "$f" true "$(j $f)"
 done
-for f in is_read_only can_df is_rotational; do
+for f in is_read_only is_rotational; do
     assert_eq "$f" false "$(j $f)"
 done
 assert_eq contexts base:allocation "$(j 'contexts[0]')"

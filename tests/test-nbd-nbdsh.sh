@@ -33,7 +33,8 @@ def run(structured):
     for f in ("can_flush", "can_fua", "can_trim", "can_zero", "can_cache",
               "can_multi_conn"):
         assert getattr(h, f)(), f
-    assert h.can_fast_zero() and not h.is_read_only() and not h.can_df()
+    assert h.can_fast_zero() and not h.is_read_only()
+    assert h.can_df() == structured, "DF only with structured replies"
 
     buf = os.urandom(1 << 20)
     h.pwrite(buf, 4096)
@@ -84,7 +85,10 @@ def run(structured):
     expect_err(errno.EINVAL, h.trim, 4096, size)
     expect_err(errno.EINVAL, h.cache, 2, 1 << 63)
     expect_err(errno.EINVAL, h.pread, 512, 0, nbd.CMD_FLAG_FUA)
-    expect_err(errno.EINVAL, h.pread, 512, 0, nbd.CMD_FLAG_DF)
+    if structured:
+        assert h.pread(4096, 3 << 20, nbd.CMD_FLAG_DF) == buf[:4096], "DF read"
+    else:
+        expect_err(errno.EINVAL, h.pread, 512, 0, nbd.CMD_FLAG_DF)
     expect_err(errno.EINVAL, h.pwrite, b"x", 0, nbd.CMD_FLAG_NO_HOLE)
     expect_err(errno.EINVAL, h.trim, 512, 0, nbd.CMD_FLAG_FAST_ZERO)
     expect_err(errno.EOVERFLOW, h.pread, 33 << 20, 0)

@@ -67,6 +67,9 @@ int buse_open_export(struct buse_conn *conn, const char *name)
     conn->export_name = copy;
     pthread_mutex_unlock(&srv->lock);
     conn->tflags = buse_transmission_flags(srv, &conn->exp);
+    /* Every read is answered with one chunk: DF holds by construction. */
+    if (conn->structured)
+        conn->tflags |= NBD_FLAG_SEND_DF;
     buse_debug("export \"%s\": opened, %llu bytes, flags 0x%x", name,
                (unsigned long long)conn->exp.size, conn->tflags);
     return 0;

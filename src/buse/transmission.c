@@ -96,6 +96,8 @@ static uint16_t allowed_flags(const struct buse_conn *c, uint16_t type)
         return fua | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
     case NBD_CMD_BLOCK_STATUS:
         return NBD_CMD_FLAG_REQ_ONE;
+    case NBD_CMD_READ:
+        return (c->tflags & NBD_FLAG_SEND_DF) ? NBD_CMD_FLAG_DF : 0;
     default:
         return 0;
     }
