@@ -99,9 +99,9 @@ assert_eq() { [ "$2" = "$3" ] || fail "$1: expected '$2', got '$3'"; }
 
 # start_busesnap [SIZE] [ARGS...]: busesnap serve $image (default
 # $tmp/image.db; created when SIZE is given) on NBD socket $tmp/sock and
-# control socket $tmp/ctl (exported as BSNAP_CONTROL for bsnap); waits for
-# the control socket, which appears last.  Sets image, sock, ctl, uri,
-# server_pid.  uri_of EXPORT prints the URI of another export.
+# control socket $tmp/ctl (exported as BSNAP_CONTROL for bsnap); waits
+# until the control socket, which appears last, answers.  Sets image, sock,
+# ctl, uri, server_pid.  uri_of EXPORT prints the URI of another export.
 start_busesnap() {
     local size=${1:-}; shift || true
     image=${image:-$tmp/image.db}
@@ -112,5 +112,15 @@ start_busesnap() {
     if [ -n "$size" ]; then set -- --size "$size" "$@"; fi
     start_server "$ctl" "$top/busesnap" serve "$image" --socket "$sock" \
         --control "$ctl" "$@"
+    # The socket file may be a stale one from a killed server: wait until
+    # the new server answers.
+    local i
+    for ((i = 0; i < 1000; i++)); do
+        "$top/bsnap" --control "$ctl" info >/dev/null 2>&1 && return 0
+        kill -0 "$server_pid" 2>/dev/null ||
+            fail "busesnap died at start: $(tail -3 "$tmp/server.log")"
+        sleep 0.02
+    done
+    fail "busesnap did not answer on $ctl"
 }
 uri_of() { echo "nbd+unix:///$1?socket=$sock"; }
