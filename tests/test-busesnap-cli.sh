@@ -78,6 +78,14 @@ assert_eq "size with socket activation" 67108864 \
     "$(nbdinfo --size -- [ "$bs" serve "$img" --control "$tmp/ctl-sd" ])"
 start_busesnap
 
+# Without the nbd module (this host), DEVICE is a clear error and exit 1.
+if [ ! -e /sys/module/nbd ] && [ ! -e /dev/nbd0 ]; then
+    stop_server TERM || fail "busesnap exited $? on SIGTERM"
+    expect_rc 1 "modprobe nbd" "$bs" serve "$img" /dev/nbd0 --control "$tmp/ctl-k"
+    [ ! -e "$tmp/ctl-k" ] || fail "control socket left after a failed attach"
+    start_busesnap
+fi
+
 # Clean stop: exit 0, both sockets gone.
 stop_server TERM || fail "busesnap exited $? on SIGTERM"
 [ ! -e "$ctl" ] || fail "control socket left behind"
