@@ -1,10 +1,10 @@
 #!/bin/bash
 # Case (c): several sockets per device (NBD_FLAG_CAN_MULTI_CONN; the kernel
-# maps one blk-mq hardware queue to each).  For 1, 2 and 4 connections:
-# attach, check the kernel made that many queues (at most one per CPU), measure direct-I/O
-# throughput with one dd per vCPU (pinned, so both queues carry I/O), and
-# run the ext4 round trip on the largest.  The server is busexmp when it has
-# a --connections option, else `busesnap serve --connections`.
+# maps one blk-mq hardware queue to each, at most one per CPU).  For 1, 2
+# and 4 connections: attach and check the queue count; up to one per vCPU,
+# measure direct-I/O throughput with one dd per vCPU (pinned, so every
+# queue carries I/O); run the ext4 round trip over 4.  The server is
+# busexmp when it has --connections, else `busesnap serve --connections`.
 . /test/guest.sh
 load_nbd
 
@@ -50,9 +50,12 @@ for n in 1 2 4; do
     q=$(ls /sys/block/nbd0/mq | wc -l)
     want=$((n < ncpu ? n : ncpu))
     [ "$q" = "$want" ] || fail "$n connections: the kernel has $q hardware queues, expected $want"
-    w=$(bench write)
-    r=$(bench read)
-    note "RESULT connections=$n: write ${w} MB/s, read ${r} MB/s (dd bs=1M O_DIRECT, $ncpu streams, TCG guest)"
+    # Throughput where it can differ: up to one queue per CPU.
+    if [ $n -le $ncpu ]; then
+        w=$(bench write)
+        r=$(bench read)
+        note "RESULT connections=$n: write ${w} MB/s, read ${r} MB/s (dd bs=1M O_DIRECT, $ncpu streams, TCG guest)"
+    fi
     if [ $n = 4 ]; then
         ext4_fill /dev/nbd0 /mnt/a
         ext4_verify /dev/nbd0 /mnt/a
