@@ -77,8 +77,9 @@ def targets(res):
             out.append({"target": "%s time < 5 ms, flat over size and count" % op,
                         "ratio": round(worst / 5, 3),
                         "rule": "worst median / 5 ms < 1, spread < 1 ms or 1.5x", "met": ok,
-                        "detail": "server medians %s ms; socket round trip %s ms" % (
-                            ", ".join("%.2f" % m for m in meds),
+                        "detail": "server median ms (written/existing) %s; socket round trip %s" % (
+                            ", ".join("%.0fG/%s: %.2f" % (r["written"] / GIB, r["existing"], m)
+                                      for r, m in zip(rows, meds)),
                             ", ".join("%.2f" % r["median_ms"] for r in rows))})
         else:
             add("%s time < 5 ms, flat over size and count" % op, None, 1)
@@ -136,12 +137,15 @@ def chart(res, servers, workloads, png):
     small = [w for w in workloads if "-4k-" in w]
     large = [w for w in workloads if "-1m-" in w]
     tmp = tempfile.mkdtemp(prefix="bench-chart.")
-    for name, ws, key in (("small.dat", small, "iops"), ("large.dat", large, "mbps")):
-        with open(os.path.join(tmp, name), "w") as f:
-            f.write("workload " + " ".join(servers) + "\n")
+    colors = {}
+    for name, ws, key in (("small", small, "iops"), ("large", large, "mbps")):
+        have = [s for s in servers if any(point(res, s, w) for w in ws)]
+        colors[name] = " ".join(str(servers.index(s) + 1) for s in have)
+        with open(os.path.join(tmp, name + ".dat"), "w") as f:
+            f.write("workload " + " ".join(have) + "\n")
             for w in ws:
                 vals = []
-                for s in servers:
+                for s in have:
                     p = point(res, s, w)
                     vals.append("%.1f" % (p[key] / (1000 if key == "iops" else 1)) if p else "-")
                 f.write(w.replace("randwrite", "rw").replace("randread", "rr") + " "
@@ -149,8 +153,8 @@ def chart(res, servers, workloads, png):
     title = "busesnap benchmark, %s (%s, %s cores), %s" % (
         res.get("date", ""), res["machine"].get("kernel", ""), res["machine"].get("nproc", ""),
         res["mode"])
-    subprocess.run(["gnuplot", "-e", "dir='%s'; out='%s'; ttl='%s'; n=%d"
-                    % (tmp, png, title, len(servers)),
+    subprocess.run(["gnuplot", "-e", "dir='%s'; out='%s'; ttl='%s'; sc='%s'; lc='%s'"
+                    % (tmp, png, title, colors["small"], colors["large"]),
                     os.path.join(TOP, "bench", "chart.gp")], check=True)
     subprocess.run(["rm", "-rf", tmp])
 
@@ -217,7 +221,8 @@ def markdown(res, table, tg, servers):
                                                                res.get("total_seconds", 0), m.get("git")),
          "- machine: %s cores (%s), %s RAM, kernel %s, %s" % (m.get("nproc"), m.get("cpu"), m.get("memory"),
                                                             m.get("kernel"), m.get("os")),
-         "- disk under the images: %s; load average before the run: %s" % (m.get("disk"), m.get("load_before")),
+         "- disk under the images: %s; load average (1, 5, 15 min) before the run: %s, after: %s"
+         % (m.get("disk"), m.get("load_before"), m.get("load_after", "?")),
          "- tools: %s, %s, %s" % (m.get("fio"), m.get("nbdkit"), m.get("qemu")),
          "- servers:"]
     for k, s in res["servers"].items():
