@@ -33,6 +33,20 @@ int ctl_prepare(const char *path);
  * /tmp/busesnap-UID.ctl.  Written into buf. */
 void ctl_default_path(char *buf, size_t len);
 
+/* Responses (control.c).  err is a negative errno; the result is a new
+ * reference {"ok":false,"error":NAME,"message":...}.  ctl_store_error
+ * takes the message of this thread's last store failure. */
+json_t *ctl_error(int err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+json_t *ctl_store_error(int err);
+/* Write j and a newline to fd.  Returns 0 or -errno. */
+int ctl_send(int fd, json_t *j);
+
+/* Run op (control-ops.c) for a client after its hello; fd is the client's
+ * socket (check writes progress lines to it).  Returns the response (a
+ * new reference), or NULL for an unknown op. */
+json_t *ctl_op(struct exports *ex, const char *op, json_t *req, int fd);
+
 /* JSON views shared by the control server and `busesnap info --json`.
  * New references (the caller owns them); NULL on ENOMEM. */
 json_t *ctl_info_json(const char *image, const struct store_info *si);
