@@ -90,6 +90,7 @@ static int nl_open(struct nl_sock **skp, int *family)
 
     if (!sk)
         return -ENOMEM;
+    nl_socket_enable_msg_peek(sk); /* STATUS replies grow with nbds_max */
     err = genl_connect(sk);
     if (err < 0) {
         nl_socket_free(sk);
