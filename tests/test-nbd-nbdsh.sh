@@ -105,12 +105,16 @@ run(False)
 # Option negotiation: INFO on known and unknown exports, LIST, ABORT.
 h = nbd.NBD()
 h.set_opt_mode(True)
+h.set_full_info(True)  # ask for NBD_INFO_NAME and NBD_INFO_DESCRIPTION
 h.connect_uri(uri)
 names = []
 h.opt_list(lambda n, d: names.append((n, d)))
 assert names == [("", "busexmp memory disk")], names
 h.opt_info()
 assert h.get_size() == 16 << 20
+assert h.get_canonical_export_name() == "", "NBD_INFO_NAME"
+assert h.get_export_description() == "busexmp memory disk", "NBD_INFO_DESCRIPTION"
+assert h.get_block_size(nbd.SIZE_PREFERRED) == 4096, "NBD_INFO_BLOCK_SIZE"
 ctx = []
 h.opt_list_meta_context(lambda c: ctx.append(c))
 assert ctx == [nbd.CONTEXT_BASE_ALLOCATION], ctx
