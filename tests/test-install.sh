@@ -14,6 +14,8 @@ for f in include/buse.h lib/libbuse.a lib/libbuse.so lib/libbuse.so.2 \
 done
 export PKG_CONFIG_PATH=$dest/usr/local/lib/pkgconfig PKG_CONFIG_SYSROOT_DIR=$dest
 cflags=$(pkg-config --cflags buse) && libs=$(pkg-config --libs buse) || fail "pkg-config buse failed"
+# Under make SANITIZER=..., libbuse is instrumented: so must its users be.
+san=${SANITIZER:+-fsanitize=$SANITIZER}
 assert_eq "pkg-config version" 2.0.0 "$(pkg-config --modversion buse)"
 
 cat >"$tmp/zero.c" <<'C'
@@ -60,11 +62,11 @@ int main(int argc, char **argv)
     return r < 0;
 }
 C
-cc -std=c99 -pedantic -Wall -Werror $cflags -o "$tmp/zero-c" "$tmp/zero.c" $libs -Wl,-rpath,"$dest/usr/local/lib" ||
+cc -std=c99 -pedantic -Wall -Werror $san $cflags -o "$tmp/zero-c" "$tmp/zero.c" $libs -Wl,-rpath,"$dest/usr/local/lib" ||
     fail "C99 program does not build against the installed header"
-c++ -std=c++11 -Wall -Werror $cflags -o "$tmp/zero-cxx" "$tmp/zero.cc" $libs -Wl,-rpath,"$dest/usr/local/lib" ||
+c++ -std=c++11 -Wall -Werror $san $cflags -o "$tmp/zero-cxx" "$tmp/zero.cc" $libs -Wl,-rpath,"$dest/usr/local/lib" ||
     fail "C++ program does not build against the installed header"
-cc -std=c99 $cflags -o "$tmp/zero-static" "$tmp/zero.c" \
+cc -std=c99 $san $cflags -o "$tmp/zero-static" "$tmp/zero.c" \
     "$dest/usr/local/lib/libbuse.a" $(pkg-config --libs --static buse | sed 's/-lbuse//') ||
     fail "static link against libbuse.a failed"
 ldd "$tmp/zero-c" | grep -q "$dest/usr/local/lib/libbuse.so.2" || fail "zero-c is not linked to the installed libbuse.so.2"
