@@ -20,6 +20,16 @@ qio() { qemu-io -f raw "$@" >"$tmp/qio" 2>&1 || fail "qemu-io $*: $(tail -2 "$tm
 # pattern EXPORT BYTE: the first MiB of EXPORT reads as BYTE.
 pattern() { qio -r "$(uri_of "$1")" -c "read -P $2 0 1M"; }
 clients_of() { bsnap list --json | jq -r ".[] | select(.name==\"$1\") | .clients"; }
+# wait_clients NAME N: until object NAME has N clients (a client that
+# just disconnected is counted until the server has closed it).
+wait_clients() {
+    local i
+    for ((i = 0; i < 500; i++)); do
+        [ "$(clients_of "$1")" = "$2" ] && return 0
+        sleep 0.02
+    done
+    fail "object '$1' never got to $2 clients (has $(clients_of "$1"))"
+}
 # hold EXPORT NAME: keep one NBD connection to EXPORT (object NAME) open
 # until $tmp/release-EXPORT exists; wait until bsnap list counts it.
 hold() {
@@ -105,6 +115,7 @@ pattern vm2b 0xa1
 hold "" default
 expect_fail 1 'served to 1 NBD client (export "")' bsnap rollback s1
 pattern "" 0xb2
+wait_clients default 1 # the hold only
 bsnap rollback s1 --force >"$tmp/out" || fail "rollback --force failed"
 grep -q "disconnected 1 client" "$tmp/out" || fail "rollback --force output: $(cat "$tmp/out")"
 assert_eq "clients after force" 0 "$(clients_of default)"
@@ -116,6 +127,7 @@ expect_fail 1 "no such" bsnap rollback s1 --volume nope
 
 # delete: a served volume is refused unless --force.
 hold vm1 vm1
+wait_clients vm1 1 # the hold only
 expect_fail 1 'volume "vm1" is served to 1 NBD client (export "vm1")' bsnap delete vm1
 bsnap delete vm1 --force | grep -q "deleted volume vm1 (disconnected 1 client)" || fail "delete --force"
 nbdinfo --list --json "$uri" | jq -e '[.exports[]."export-name"] | index("vm1") == null' >/dev/null || fail "vm1 still exported"

@@ -16,8 +16,9 @@
 
 #include "control.h"
 
-#define CTL_DIFF_MAX 1000000 /* extents in one diff response */
-#define CTL_CHECK_MSGS 100   /* problem messages in one check response */
+#define CTL_DIFF_MAX 1000000    /* extents in one diff response */
+#define CTL_CHECK_MSGS 100      /* problem messages in one check response */
+#define CTL_CLOSE_GRACE_MS 1000 /* for closing clients before a refusal */
 
 /* ---- JSON views ---- */
 
@@ -219,6 +220,15 @@ static json_t *with_no_clients(struct exports *ex,
     *disconnected = 0;
     pthread_mutex_lock(&ex->lock);
     int n = exports_count_locked(ex, obj->uuid, names, sizeof names);
+    /* A client that just sent NBD_CMD_DISC (`qemu-io ...; bsnap rollback`)
+     * is still counted until libbuse has closed it: give such clients
+     * CTL_CLOSE_GRACE_MS to go before refusing. */
+    for (int ms = 0; n > 0 && !force && ms < CTL_CLOSE_GRACE_MS; ms += 10) {
+        pthread_mutex_unlock(&ex->lock);
+        nanosleep(&(struct timespec){0, 10 * 1000000}, NULL);
+        pthread_mutex_lock(&ex->lock);
+        n = exports_count_locked(ex, obj->uuid, names, sizeof names);
+    }
     if (n > 0 && force) {
         pthread_mutex_unlock(&ex->lock);
         int r = exports_disconnect(ex, obj->uuid);
