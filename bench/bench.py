@@ -35,7 +35,7 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 if QUICK:
-    CFG = dict(region="256M", dur=2, big="1G", many=100, history=20, chain=5, clones=10,
+    CFG = dict(region="256M", dur=1, big="512M", many=50, history=20, chain=5, clones=10,
                samples=3, multiconn=False)
 else:
     CFG = dict(region="1G", dur=int(os.environ.get("BENCH_DURATION", "6")), big="8G",

@@ -35,9 +35,13 @@ fio --name=prof --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$qd
     --size="$region" --refill_buffers --norandommap --randrepeat=0 --time_based \
     --runtime="$secs" | grep -E 'IOPS|clat \(' | head -3
 wait "$perf_pid" || true
+echo "== by library (self time) =="
+perf report -i "$dir/perf.data" --stdio --no-children --sort dso 2>/dev/null |
+    grep -E '^ +[0-9.]+%' | head -8
 echo "== flat profile (self time) =="
-perf report -i "$dir/perf.data" --stdio --no-children --sort symbol 2>/dev/null |
-    grep -E '^ +[0-9.]+%' | head -25
-echo "== by caller (children) =="
+perf report -i "$dir/perf.data" --stdio --no-children --sort dso,symbol 2>/dev/null |
+    grep -E '^ +[0-9.]+%' | head -20
+echo "== inclusive (children), system calls and the store's own functions =="
 perf report -i "$dir/perf.data" --stdio --children --sort symbol -g none 2>/dev/null |
-    grep -E '^ +[0-9.]+%' | head -25
+    grep -E '^ +[0-9.]+%' | grep -E '__libc_|fdatasync|fsync|sync_file_range|msync|store_|mdb_|XXH|buse_|nbd_' |
+    head -25

@@ -78,7 +78,7 @@ def targets(res):
                         "ratio": round(worst / 5, 3),
                         "rule": "worst median / 5 ms < 1, spread < 1 ms or 1.5x", "met": ok,
                         "detail": "server median ms (written/existing) %s; socket round trip %s" % (
-                            ", ".join("%.0fG/%s: %.2f" % (r["written"] / GIB, r["existing"], m)
+                            ", ".join("%s/%s: %.2f" % (human(r["written"]), r["existing"], m)
                                       for r, m in zip(rows, meds)),
                             ", ".join("%.2f" % r["median_ms"] for r in rows))})
         else:
@@ -99,10 +99,15 @@ def targets(res):
         higher=False)
     mem = [m for m in res["memory"] if m["server"] == "busesnap"]
     big = max(mem, key=lambda m: (m["written"], m["rss_anon_kib"] or 0)) if mem else None
-    add("memory: RssAnon at %.0f GiB written / 64 MiB" % (big["written"] / GIB if big else 8),
+    add("memory: RssAnon at %s written / 64 MiB" % (human(big["written"]) if big else "8G"),
         big["rss_anon_kib"] / 65536 if big and big["rss_anon_kib"] is not None else None, 1,
         higher=False, detail="%.1f MiB" % (big["rss_anon_kib"] / 1024) if big else "")
     return out
+
+
+def human(n):
+    """1073741824 -> 1G, 268435456 -> 256M."""
+    return "%gG" % (n / GIB) if n >= GIB else "%gM" % (n / MIB)
 
 
 def fmt_ratio(x):
@@ -258,6 +263,10 @@ def markdown(res, table, tg, servers):
           "file is file-backed and not counted). nbdkit memory and busexmp hold the disk in RAM by design.",
           "- `nbdkit-file` (plain `nbdkit file`) runs only the 1M points: it is the reference of the "
           "sequential targets."]
+    notes = os.path.join(TOP, "bench", "notes.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            L += ["", f.read().rstrip()]
     if res["errors"]:
         L += ["", "## Errors in this run", ""] + ["- %s" % e for e in res["errors"]]
     return "\n".join(L) + "\n"
