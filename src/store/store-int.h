@@ -26,8 +26,8 @@
 #define STORE_INDEX_MAGIC "BUSESNAP-INDEX"
 #define STORE_CHUNKS_MAGIC "BUSESNAP-CHUNKS"
 #define STORE_FIRST_SLOT 2u /* 0: hole, 1: allocated zero */
-#define STORE_COMMIT_OPS 2048u
-#define STORE_COMMIT_MS 200u
+#define STORE_COMMIT_OPS 16384u
+#define STORE_COMMIT_MS 1000u
 #define STORE_GC_BATCH 4096u
 
 /* Node states (nodes DB and st->nodes). */
