@@ -17,6 +17,7 @@
 #endif
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -36,7 +37,10 @@ struct buse_server {
     char *listen_paths[BUSE_MAX_LISTENERS]; /* unix path to unlink, or NULL */
     unsigned nlisten;
 
-    int wake[2];              /* pipe: signals, stop(), kernel conn ends */
+    int wake[2]; /* pipe: signals, stop(), kernel conn ends */
+    /* SIGINT/SIGTERM that attach_kernel blocked in its thread until run()
+     * has its handlers (a device is live before run()); empty if none. */
+    sigset_t deferred_signals;
     atomic_int stop_requests; /* stop() calls and signals received */
     atomic_int running;
 

@@ -65,6 +65,7 @@ struct buse_server *buse_server_new_sized(const struct buse_operations *ops,
         errno = ENOMEM;
         return NULL;
     }
+    sigemptyset(&srv->deferred_signals);
     /* Read no member beyond what the caller was compiled with. */
     memcpy(&srv->ops, ops,
            ops_size < sizeof srv->ops ? ops_size : sizeof srv->ops);
@@ -410,6 +411,22 @@ int buse_server_attach_kernel(struct buse_server *srv, const char *dev,
         buse_err("%s: %u connections need BUSE_CAN_MULTI_CONN", dev, n);
         return -EINVAL;
     }
+    /* The device goes live below, but SIGINT/SIGTERM are only handled
+     * once run() installs its handlers: until then keep them pending in
+     * this thread, so that a signal in between still releases the device
+     * (run() unblocks them) instead of killing the process with the device
+     * left bound. */
+    if (!atomic_load(&srv->running)) {
+        sigset_t ours, old;
+        sigemptyset(&ours);
+        sigaddset(&ours, SIGINT);
+        sigaddset(&ours, SIGTERM);
+        pthread_sigmask(SIG_BLOCK, &ours, &old);
+        if (!sigismember(&old, SIGINT))
+            sigaddset(&srv->deferred_signals, SIGINT);
+        if (!sigismember(&old, SIGTERM))
+            sigaddset(&srv->deferred_signals, SIGTERM);
+    }
     struct buse_kattach *ka = calloc(1, sizeof *ka);
     if (!ka)
         return -ENOMEM;
@@ -516,6 +533,9 @@ int buse_server_run(struct buse_server *srv)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     atomic_store(&srv->running, 1);
+    /* Signals held since attach_kernel() are delivered now, to on_signal. */
+    pthread_sigmask(SIG_UNBLOCK, &srv->deferred_signals, NULL);
+    sigemptyset(&srv->deferred_signals);
 
     for (;;) {
         if (atomic_load(&srv->stop_requests) > 0)
@@ -654,6 +674,8 @@ void buse_server_free(struct buse_server *srv)
         free(srv->kdevs);
         srv->kdevs = next;
     }
+    /* run() never came: devices released, give back the held signals. */
+    pthread_sigmask(SIG_UNBLOCK, &srv->deferred_signals, NULL);
     close(srv->wake[0]);
     close(srv->wake[1]);
     pthread_mutex_destroy(&srv->lock);

@@ -76,3 +76,15 @@ wait_exit $pid 20
 [ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
 wait_nbd_gone /dev/nbd0
 note "after kill -9 and nbd-client -d, /dev/nbd0 attached and released again"
+
+# SIGTERM the moment the device is live (before or just as the server
+# enters buse_server_run): still a clean exit that releases the device.
+for i in 1 2 3 4 5; do
+    start early$i busexmp 64M /dev/nbd0
+    wait_nbd /dev/nbd0 15 $pid
+    kill -TERM $pid
+    wait_exit $pid 20
+    [ $exit_rc -eq 0 ] || fail "SIGTERM right after attach (round $i): busexmp exited $exit_rc"
+    wait_nbd_gone /dev/nbd0
+done
+note "SIGTERM right after attach, 5 rounds: exit 0 and device released each time"
