@@ -239,6 +239,17 @@ def markdown(res, table, tg, servers):
     L += ["", "## Table", "", "IOPS, MB/s and completion-latency percentiles from fio; the last column is "
           "busesnap's IOPS divided by that server's.", ""] + table
     L += ["", "## Store-specific measures"] + store_sections(res)
+    L += ["", "## Running it", "",
+          "```sh",
+          "make bench                      # full run, < 15 min; rewrites this page and the chart",
+          "BENCH_QUICK=1 make bench        # about two minutes, 256 MiB region, 1 s points",
+          "BENCH_SERVERS=busesnap,nbdkit-memory BENCH_PHASES=standard bench/run.sh",
+          "BENCH_OUT=/tmp/r.json bench/run.sh   # results and page in /tmp, doc/ untouched",
+          "bench/report.py [RESULTS.json]  # redo the table, targets and chart from a JSON",
+          "bench/profile.sh randwrite 16 10    # perf profile of busesnap under one fio workload",
+          "```", "",
+          "Phases: `standard` (every server), `snapwrite`, `snaptime`, `clonespace` (busesnap and "
+          "qcow2), `deep` (busesnap). Raw figures: `bench/results/latest.json`."]
     L += ["", "## How each measure is taken, and what is not like for like", "",
           "- **First write after a snapshot**: two passes of 4K random writes over the pre-filled "
           "region, each pass touching every block at most once (fio's random map, capped at half a point's "
