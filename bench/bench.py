@@ -478,7 +478,7 @@ def machine(work):
                                  sh("df -h --output=size %s | tail -1" % work).strip() + " total"),
         "fio": sh("fio --version"), "nbdkit": sh("nbdkit --version"),
         "qemu": sh("qemu-nbd --version | head -1"),
-        "git": sh("git -C %s describe --always --dirty" % TOP),
+        "git": os.environ.get("BENCH_GIT") or sh("git -C %s describe --always --dirty" % TOP),
         "load_before": sh("cut -d' ' -f1-3 /proc/loadavg"),
     }
 
