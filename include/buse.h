@@ -208,9 +208,14 @@ struct buse_kernel_options {
     int force_ioctl;         /* skip netlink, use the ioctl interface */
     const char *export_name; /* export opened for the device (default "") */
 };
-/* Attach export to kernel device dev ("/dev/nbdN").  Returns 0 or -errno
+/* Attach export to kernel device dev ("/dev/nbdN"; "auto" or "/dev/nbd"
+ * for the first free one, named on stderr).  Returns 0 or -errno
  * (-ENODEV with a message pointing to socket serving when the nbd module
- * is missing).  The device is released when the server ends. */
+ * is missing, -EBUSY when the device is in use).  The device is released
+ * when the server ends.  Called before buse_server_run(), it blocks SIGINT
+ * and SIGTERM in the calling thread until run() (which handles them) or
+ * buse_server_free(), so that a signal in between still releases the
+ * device.  See doc/kernel.md. */
 int buse_server_attach_kernel(struct buse_server *srv, const char *dev,
                               const struct buse_kernel_options *opt);
 
