@@ -18,6 +18,21 @@ fail() {
     exit 1
 }
 skip() { echo "SKIP: $*"; exit 77; }
+
+# A case that passed still fails if a server logged a sanitizer report
+# (make check-kernel SANITIZER=address,undefined).
+_sanitizer_check() {
+    local rc=$? f
+    [ $rc -eq 0 ] || exit $rc
+    for f in "${_errs[@]}"; do
+        if grep -q -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$f" 2>/dev/null; then
+            echo "FAIL: sanitizer report in $f:"
+            grep -m 5 -E 'Sanitizer|runtime error' "$f"
+            exit 1
+        fi
+    done
+}
+trap _sanitizer_check EXIT
 note() { echo "  $*"; }
 
 # load_nbd [PARAMS...]: insmod the nbd module (no deps).
