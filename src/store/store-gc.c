@@ -358,15 +358,8 @@ static int check_index_l(struct store *st, struct checker *ck, uint64_t *nrefs)
         if (r.refcount != counted[s])
             problem(ck, "slot %llu: refcount %u but %u map references", (ull)s,
                     r.refcount, counted[s]);
-        uint8_t sb[8];
-        put_be64(sb, s);
-        MDB_val hk = {16, r.hash}, hd = {8, sb};
-        MDB_cursor *hc;
-        if ((mrc = mdb_cursor_open(st->txn, st->db_hashes, &hc)))
-            goto mdb_fail;
-        if (mdb_cursor_get(hc, &hk, &hd, MDB_GET_BOTH))
+        if (!store_hash_has_l(st, r.hash, s))
             problem(ck, "slot %llu: missing from the hash index", (ull)s);
-        mdb_cursor_close(hc);
     }
     mdb_cursor_close(c);
     c = NULL;
@@ -381,11 +374,16 @@ static int check_index_l(struct store *st, struct checker *ck, uint64_t *nrefs)
                     (ull)s, counted[s]);
     /* hashes */
     MDB_stat ms;
-    if ((mrc = mdb_stat(st->txn, st->db_hashes, &ms)))
+    MDB_stat ms2;
+    if ((mrc = mdb_stat(st->txn, st->db_hashes, &ms)) ||
+        (mrc = mdb_stat(st->txn, st->db_recent, &ms2)))
         goto mdb_fail;
-    if (ms.ms_entries != *nrefs)
-        problem(ck, "hash index has %llu entries for %llu chunks",
-                (ull)ms.ms_entries, (ull)*nrefs);
+    if (ms.ms_entries + ms2.ms_entries != *nrefs)
+        problem(ck, "hash index has %llu + %llu staged entries for %llu chunks",
+                (ull)ms.ms_entries, (ull)ms2.ms_entries, (ull)*nrefs);
+    if (ms2.ms_entries != st->hp_used)
+        problem(ck, "%llu staged hashes, %u in memory", (ull)ms2.ms_entries,
+                st->hp_used);
     /* free */
     if ((mrc = mdb_cursor_open(st->txn, st->db_free, &c)))
         goto mdb_fail;

@@ -29,6 +29,7 @@
 #define STORE_COMMIT_OPS 16384u
 #define STORE_COMMIT_MS 1000u
 #define STORE_GC_BATCH 4096u
+#define STORE_HASH_MERGE 32768u /* staged hashes merged at once */
 
 /* Node states (nodes DB and st->nodes). */
 enum { NODE_LIVE = 1, NODE_HIDDEN = 2, NODE_DEAD = 3 };
@@ -79,7 +80,7 @@ struct store {
     int chunk_fd; /* IMAGE-chunks */
     MDB_env *env;
     MDB_dbi db_meta, db_objects, db_names, db_nodes, db_map, db_hashes, db_refs,
-        db_free;
+        db_free, db_recent;
 
     pthread_mutex_t mu;
     pthread_rwlock_t gate;
@@ -95,6 +96,10 @@ struct store {
     uint64_t gen, next_slot, next_seq, refsum;
     uint32_t next_node;
     uint8_t uuid[16];
+
+    /* staged hashes (store-hash.c) */
+    struct hp_entry *hp;
+    uint32_t hp_used, hp_tomb;
 
     /* version tree */
     struct node *nodes; /* indexed by node id, [0, nodes_cap) */
@@ -151,6 +156,16 @@ int store_resolve_name_l(struct store *st, const char *name_or_uuid,
                          uint8_t uuid[16], struct obj_rec *rec);
 void store_wake_bg(struct store *st);
 int store_gc_pass(struct store *st);
+
+/* ---- store-hash.c ---- */
+int store_hash_lookup_l(struct store *st, const uint8_t h[16], uint64_t *out,
+                        size_t max, size_t *n);
+int store_hash_add_l(struct store *st, const uint8_t h[16], uint64_t slot);
+int store_hash_del_l(struct store *st, const uint8_t h[16], uint64_t slot);
+bool store_hash_has_l(struct store *st, const uint8_t h[16], uint64_t slot);
+int store_hash_load_l(struct store *st);
+bool store_hash_merge_due_l(struct store *st);
+int store_hash_merge_l(struct store *st);
 
 /* ---- store-io.c ---- */
 int store_resolve_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t y,

@@ -193,10 +193,8 @@ int store_decref_l(struct store *st, uint64_t slot)
     MDB_val k = {8, kb};
     if ((rc = mdb_del(st->txn, st->db_refs, &k, NULL)))
         return store_mdb_err(st, rc, "refs");
-    MDB_val hk = {16, r.hash}, hd = {8, kb};
-    rc = mdb_del(st->txn, st->db_hashes, &hk, &hd);
-    if (rc && rc != MDB_NOTFOUND)
-        return store_mdb_err(st, rc, "hashes");
+    if ((rc = store_hash_del_l(st, r.hash, slot)))
+        return rc;
     put_be64(kb, st->gen);
     put_be64(kb + 8, slot);
     MDB_val fk = {16, kb}, fd = {0, NULL};
@@ -231,27 +229,21 @@ static int alloc_slot_l(struct store *st, uint64_t *slot)
 /* Find or store the chunk for data; *slot gets a new reference. */
 static int chunk_get_l(struct store *st, const void *data, uint64_t *slot)
 {
-    uint8_t h[16], kb[8];
+    uint8_t h[16];
     uint8_t cmp[STORE_BLOCK];
-    MDB_cursor *c;
-    MDB_val k = {16, h}, d;
+    uint64_t cand[16];
+    size_t nc;
     store_hash(data, h);
-    int rc = mdb_cursor_open(st->txn, st->db_hashes, &c);
+    int rc = store_hash_lookup_l(st, h, cand, 16, &nc);
     if (rc)
-        return store_mdb_err(st, rc, "hashes");
-    for (rc = mdb_cursor_get(c, &k, &d, MDB_SET_KEY); rc == 0;
-         rc = mdb_cursor_get(c, &k, &d, MDB_NEXT_DUP)) {
-        uint64_t s = get_be64(d.mv_data);
-        if (read_slot(st, s, cmp, STORE_BLOCK) == 0 &&
+        return rc;
+    for (size_t i = 0; i < nc; i++) {
+        if (read_slot(st, cand[i], cmp, STORE_BLOCK) == 0 &&
             !memcmp(cmp, data, STORE_BLOCK)) {
-            mdb_cursor_close(c);
-            *slot = s;
-            return incref_l(st, s);
+            *slot = cand[i];
+            return incref_l(st, cand[i]);
         }
     }
-    mdb_cursor_close(c);
-    if (rc != MDB_NOTFOUND)
-        return store_mdb_err(st, rc, "hashes");
     /* new chunk (or a real hash collision: both are kept) */
     uint64_t s = 0;
     if ((rc = alloc_slot_l(st, &s)))
@@ -269,11 +261,8 @@ static int chunk_get_l(struct store *st, const void *data, uint64_t *slot)
         sync_file_range(st->chunk_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
         st->chunks_unsynced = 0;
     }
-    put_be64(kb, s);
-    k = (MDB_val){16, h};
-    d = (MDB_val){8, kb};
-    if ((rc = mdb_put(st->txn, st->db_hashes, &k, &d, 0)))
-        return store_mdb_err(st, rc, "hashes");
+    if ((rc = store_hash_add_l(st, h, s)))
+        return rc;
     struct ref_rec r = {.refcount = 1};
     memcpy(r.hash, h, 16);
     if ((rc = ref_put_l(st, s, &r)))

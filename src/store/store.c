@@ -347,6 +347,8 @@ static int reload_l(struct store *st)
     int rc = counters_get_l(st);
     if (!rc)
         rc = load_nodes_l(st);
+    if (!rc)
+        rc = store_hash_load_l(st);
     st->chunk_dirty = true; /* fdatasync anyway at the next commit */
     return rc;
 }
@@ -392,6 +394,14 @@ int store_commit_l(struct store *st)
         reload_l(st);
     if (err)
         st->lost_err = err; /* the next flush must fail too */
+    if (!err && !rc && store_hash_merge_due_l(st)) {
+        /* in a fresh txn, so its dirty pages stay well within limits */
+        rc = store_hash_merge_l(st);
+        if (!rc)
+            rc = store_commit_l(st);
+        else
+            store_abort_l(st);
+    }
     return err ? err : rc;
 }
 
@@ -496,6 +506,7 @@ static void store_free(struct store *st)
         tree_free_anc(st);
         free(st->nodes);
     }
+    free(st->hp);
     pthread_mutex_destroy(&st->mu);
     pthread_mutex_destroy(&st->gc_mu);
     pthread_rwlock_destroy(&st->gate);
@@ -518,7 +529,7 @@ static int env_open(struct store *st, bool create)
     int rc = mdb_env_create(&st->env);
     if (rc)
         return store_mdb_err(st, rc, "lmdb");
-    mdb_env_set_maxdbs(st->env, 8);
+    mdb_env_set_maxdbs(st->env, 10);
     mdb_env_set_mapsize(st->env, (size_t)1 << 40);
     unsigned fl = MDB_NOSUBDIR | MDB_NOLOCK | MDB_NOTLS;
     if (st->rdonly)
@@ -545,6 +556,7 @@ static int env_open(struct store *st, bool create)
         {"refs", &st->db_refs, 0},
         {"free", &st->db_free, 0},
         {"hashes", &st->db_hashes, MDB_DUPSORT | MDB_DUPFIXED},
+        {"recent", &st->db_recent, 0},
     };
     for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
         rc = mdb_dbi_open(st->txn, dbs[i].name,
@@ -677,7 +689,7 @@ int store_create(const char *path, const struct store_create_opts *opts,
                            strerror(errno));
         goto fail;
     }
-    if ((rc = env_open(st, true)))
+    if ((rc = env_open(st, true)) || (rc = store_hash_load_l(st)))
         goto fail;
     uint32_t ver = STORE_FORMAT_VERSION;
     int64_t now = time(NULL);
@@ -798,7 +810,7 @@ int store_open(const char *path, unsigned flags, struct store **out)
                            path);
         goto fail;
     }
-    if ((rc = load_nodes_l(st)))
+    if ((rc = load_nodes_l(st)) || (rc = store_hash_load_l(st)))
         goto fail;
     for (uint32_t i = 1; i < st->nodes_cap; i++)
         if (st->nodes[i].state && st->nodes[i].state != NODE_LIVE)

@@ -12,6 +12,55 @@ static void const_hash(const void *block, uint8_t out[16])
     memset(out, 0x42, 16);
 }
 
+/* New hashes are staged and merged into the hash index in batches of
+ * 32,768: dedup must find chunks on both sides of a merge, frees must
+ * reach both, and a reopen must reload the staged ones. */
+#define NS 70000
+static void check_staging(void)
+{
+    struct store *st;
+    struct store_vol *v;
+    struct store_info inf;
+    uint8_t *buf = malloc(256 * STORE_BLOCK);
+    struct store_create_opts o = {.size = 4ull * NS * STORE_BLOCK};
+    snprintf(t_img, sizeof t_img, "%s/staging.db", t_dir);
+    OK(store_create(t_img, &o, &st));
+    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    for (int pass = 0; pass < 2; pass++) /* the second pass dedups */
+        for (uint64_t b = 0; b < NS; b += 256) {
+            for (int i = 0; i < 256; i++)
+                t_pattern(buf + i * STORE_BLOCK, 5, b + i);
+            uint64_t n = NS - b < 256 ? NS - b : 256;
+            OK(store_write(v, buf, (pass * NS + b) * STORE_BLOCK,
+                           (uint32_t)(n * STORE_BLOCK), 0));
+        }
+    OK(store_info(st, &inf));
+    EXPECT(inf.chunks == NS, "%llu chunks for %u distinct blocks",
+           (unsigned long long)inf.chunks, NS);
+    EXPECT_CLEAN(st);
+    store_vol_close(v);
+    store_close(st);
+    OK(store_open(t_img, 0, &st));
+    EXPECT_CLEAN(st);
+    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    /* a third copy after the reopen still dedups against all of them */
+    for (uint64_t b = 0; b < NS; b += 997) {
+        t_pattern(buf, 5, b);
+        OK(store_write(v, buf, (2 * NS + b) * STORE_BLOCK, STORE_BLOCK, 0));
+    }
+    OK(store_info(st, &inf));
+    EXPECT(inf.chunks == NS, "%llu chunks after reopen",
+           (unsigned long long)inf.chunks);
+    /* free every chunk: merged and staged hashes all go */
+    OK(store_zero(v, 0, o.size, 0));
+    OK(store_info(st, &inf));
+    EXPECT(inf.chunks == 0, "%llu chunks left", (unsigned long long)inf.chunks);
+    EXPECT_CLEAN(st);
+    store_vol_close(v);
+    store_close(st);
+    free(buf);
+}
+
 int main(void)
 {
     struct store *st;
@@ -93,6 +142,10 @@ int main(void)
     EXPECT_CLEAN(st);
     store_close(st);
     store_set_hash_for_testing(NULL);
+    char saved[sizeof t_img];
+    memcpy(saved, t_img, sizeof saved);
+    check_staging();
+    memcpy(t_img, saved, sizeof saved);
     /* reopened with the real hash, the check reports the fake hashes */
     OK(store_open(t_img, 0, &st));
     int n = store_check(st, NULL, NULL, NULL);
