@@ -154,9 +154,8 @@ int store_vol_readonly(const struct store_vol *v);
 void store_vol_name(const struct store_vol *v, char buf[STORE_NAME_MAX + 1]);
 
 #define STORE_FUA 1u /* durable before return */
-#define STORE_NO_HOLE                                                          \
-    2u /* zero: keep it allocated (reads zero, not a hole)                     \
-        */
+/* zero: keep the range allocated (reads zero, reported ZERO, not HOLE) */
+#define STORE_NO_HOLE 2u
 
 /* Any offset and length within the size (unaligned ones are handled by
  * read-modify-write under the store lock).  -EROFS on a snapshot,
