@@ -410,6 +410,10 @@ static int check_index_l(struct store *st, struct checker *ck, uint64_t *nrefs)
     }
     mdb_cursor_close(c);
     c = NULL;
+    for (uint64_t s = STORE_FIRST_SLOT; s < nslots; s++)
+        if (!flags[s] && !counted[s])
+            problem(ck, "slot %llu is neither in use nor free (leaked)",
+                    (ull)s);
     /* nodes */
     for (uint32_t i = 1; i < st->nodes_cap; i++) {
         struct node *n = &st->nodes[i];

@@ -226,6 +226,20 @@ static int alloc_slot_l(struct store *st, uint64_t *slot)
     return 0;
 }
 
+/* Give back a slot from alloc_slot_l that was not used (write failed). */
+static void release_slot_l(struct store *st, uint64_t s)
+{
+    if (s + 1 == st->next_slot) {
+        st->next_slot--;
+        return;
+    }
+    uint8_t kb[16];
+    put_be64(kb, st->gen);
+    put_be64(kb + 8, s);
+    MDB_val fk = {16, kb}, fd = {0, NULL};
+    mdb_put(st->txn, st->db_free, &fk, &fd, 0); /* else leaked until check */
+}
+
 /* Find or store the chunk for data; *slot gets a new reference. */
 static int chunk_get_l(struct store *st, const void *data, uint64_t *slot)
 {
@@ -250,11 +264,13 @@ static int chunk_get_l(struct store *st, const void *data, uint64_t *slot)
         return rc;
     ssize_t w =
         pwrite(st->chunk_fd, data, STORE_BLOCK, (off_t)(s * STORE_BLOCK));
-    if (w != STORE_BLOCK)
-        return store_set_err(st, w < 0 ? -errno : -EIO,
-                             "%s-chunks: write of slot %llu failed: %s",
+    if (w != STORE_BLOCK) {
+        int e = w < 0 ? errno : EIO;
+        release_slot_l(st, s);
+        return store_set_err(st, -e, "%s-chunks: write of slot %llu failed: %s",
                              st->path, (unsigned long long)s,
-                             w < 0 ? strerror(errno) : "short write");
+                             w < 0 ? strerror(e) : "short write");
+    }
     st->chunk_dirty = true;
     /* start writeback early so that the commit's fdatasync waits less */
     if (++st->chunks_unsynced >= 256) {
