@@ -148,6 +148,7 @@ static inline void store_tree_changed_l(struct store *st)
     st->tree_version++;
 }
 bool store_is_anc_l(struct store *st, uint32_t y, uint32_t n);
+int store_check_name(struct store *st, const char *name);
 int store_obj_get_l(struct store *st, const uint8_t uuid[16],
                     struct obj_rec *out);
 int store_obj_put_l(struct store *st, const uint8_t uuid[16],

@@ -56,7 +56,7 @@ static bool uuid_shaped(const char *s)
 
 /* A new name must be 1..STORE_NAME_MAX of [A-Za-z0-9._:+-], not start with
  * '-' and not look like a UUID. */
-static int check_name(struct store *st, const char *name)
+int store_check_name(struct store *st, const char *name)
 {
     size_t n = strlen(name);
     if (n == 0 || n > STORE_NAME_MAX)
@@ -248,7 +248,7 @@ int store_snapshot(struct store *st, const char *vol, const char *snap,
     struct obj_rec vo, so;
     int rc;
     pthread_mutex_lock(&st->mu);
-    if ((rc = check_rw(st)) || (rc = check_name(st, snap)))
+    if ((rc = check_rw(st)) || (rc = store_check_name(st, snap)))
         goto out;
     if ((rc = store_resolve_name_l(st, vol, vu, &vo)))
         goto out;
@@ -300,7 +300,7 @@ int store_clone(struct store *st, const char *snap, const char *newvol,
     struct obj_rec so, no;
     int rc;
     pthread_mutex_lock(&st->mu);
-    if ((rc = check_rw(st)) || (rc = check_name(st, newvol)))
+    if ((rc = check_rw(st)) || (rc = store_check_name(st, newvol)))
         goto out;
     if ((rc = store_resolve_name_l(st, snap, su, &so)) == -ENOENT) {
         rc = store_set_err(st, rc, "no such snapshot \"%s\"", snap);
@@ -549,7 +549,7 @@ int store_rename(struct store *st, const char *name, const char *newname)
     struct obj_rec o;
     int rc;
     pthread_mutex_lock(&st->mu);
-    if ((rc = check_rw(st)) || (rc = check_name(st, newname)) ||
+    if ((rc = check_rw(st)) || (rc = store_check_name(st, newname)) ||
         (rc = store_resolve_name_l(st, name, u, &o)))
         goto out;
     if (!strcmp(o.name, newname))

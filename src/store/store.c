@@ -655,6 +655,8 @@ int store_create(const char *path, const struct store_create_opts *opts,
     const char *vname =
         opts && opts->volume_name ? opts->volume_name : STORE_DEFAULT_VOLUME;
     uint64_t size = opts ? opts->size : 0;
+    if ((rc = store_check_name(st, vname)))
+        goto fail_nofiles;
     if (size == 0 || size % STORE_BLOCK) {
         rc = store_set_err(st, -EINVAL,
                            "size %llu is not a positive multiple of %u",
@@ -711,10 +713,7 @@ int store_create(const char *path, const struct store_create_opts *opts,
                         .size = size,
                         .ctime = now,
                         .seq = st->next_seq++};
-    if (strlen(vname) > STORE_NAME_MAX) {
-        rc = store_set_err(st, -EINVAL, "volume name too long");
-        goto fail;
-    }
+
     strcpy(o.name, vname);
     if ((rc = nodes_grow(st, 2)))
         goto fail;
