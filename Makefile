@@ -33,6 +33,7 @@ endif
 BUSE_SRC   := $(sort $(wildcard src/buse/*.c))
 STORE_SRC  := $(sort $(wildcard src/store/*.c))
 SERVER_SRC := $(sort $(wildcard src/server/*.c))
+COMMON_OBJ := src/common/common.o
 BUSE_OBJ   := $(BUSE_SRC:.c=.o)
 STORE_OBJ  := $(STORE_SRC:.c=.o)
 SERVER_OBJ := $(SERVER_SRC:.c=.o)
@@ -60,17 +61,17 @@ libbuse.so: $(BUSE_OBJ)
 libstore.a: $(STORE_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
-busexmp: tools/busexmp.o libbuse.a
+busexmp: tools/busexmp.o $(COMMON_OBJ) libbuse.a
 	$(CC) -o $@ $^ $(LDFLAGS) $(LIBS_BUSE)
-busesnap: $(SERVER_OBJ) libstore.a libbuse.a
+busesnap: $(SERVER_OBJ) $(COMMON_OBJ) libstore.a libbuse.a
 	$(CC) -o $@ $^ $(LDFLAGS) $(LIBS_STORE) $(LIBS_BUSE) -ljansson
-bsnap: tools/bsnap.o
+bsnap: tools/bsnap.o $(COMMON_OBJ)
 	$(CC) -o $@ $^ $(LDFLAGS) -luuid -ljansson
 
 tests/unit/test-%: tests/unit/test-%.c libstore.a libbuse.a
 	$(CC) $(CFLAGS) -Isrc -o $@ $^ $(LDFLAGS) $(LIBS_STORE) $(LIBS_BUSE)
 
-src/server/%.o tools/%.o: CFLAGS += -Isrc
+src/server/%.o src/common/%.o tools/%.o: CFLAGS += -Isrc
 
 buse.pc: buse.pc.in Makefile
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
@@ -78,7 +79,7 @@ buse.pc: buse.pc.in Makefile
 
 # Header dependencies (kept simple: every object depends on every header).
 HEADERS := $(wildcard include/*.h src/*/*.h)
-$(BUSE_OBJ) $(STORE_OBJ) $(SERVER_OBJ) tools/bsnap.o tools/busexmp.o: $(HEADERS)
+$(BUSE_OBJ) $(STORE_OBJ) $(SERVER_OBJ) $(COMMON_OBJ) tools/bsnap.o tools/busexmp.o: $(HEADERS)
 
 # Targets users run on a fresh machine install what they need first.
 deps:

@@ -6,7 +6,7 @@
  * hello first) and formats the answer.  Exit codes: 0 ok, 1 refused or
  * failed (one line on stderr), 2 usage.  The --json forms print the
  * protocol's objects unchanged, so they are as stable as the protocol.
- * The default socket path must match ctl_default_path() in
+ * The default socket path must match common_default_control_path() in
  * src/server/control.c.
  */
 #include <errno.h>
@@ -20,6 +20,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/common.h"
 #define BSNAP_PROTOCOL_VERSION 1
 #define BSNAP_NAME_MAX 64
 
@@ -52,22 +53,6 @@ static void die(const char *fmt, ...)
     va_end(ap);
     fputc('\n', stderr);
     exit(1);
-}
-
-static void default_path(char *buf, size_t len)
-{
-    const char *e = getenv("BSNAP_CONTROL");
-    if (e && *e) {
-        snprintf(buf, len, "%s", e);
-        return;
-    }
-    e = getenv("XDG_RUNTIME_DIR");
-    if (e && *e)
-        snprintf(buf, len, "%s/busesnap.ctl", e);
-    else if (geteuid() == 0)
-        snprintf(buf, len, "/run/busesnap.ctl");
-    else
-        snprintf(buf, len, "/tmp/busesnap-%u.ctl", (unsigned)geteuid());
 }
 
 /* A name or a UUID: 1-64 bytes of [A-Za-z0-9._:+-], not starting '-'. */
@@ -712,7 +697,7 @@ int main(int argc, char **argv)
         cmd_name = cmds[k].name;
         if (!control_path) {
             /* --control may also come after the command: parse_opts. */
-            default_path(path, sizeof path);
+            common_default_control_path(path, sizeof path);
             control_path = path;
         }
         return cmds[k].run(argc - i, argv + i);

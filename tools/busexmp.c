@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "buse.h"
+#include "common/common.h"
 
 #define PAGE 4096u
 
@@ -177,45 +178,6 @@ static void usage(FILE *f)
         "SIZE takes a K, M, G or T suffix (powers of 1024).\n");
 }
 
-static int parse_size(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    unsigned shift = 0;
-    if (errno || end == s || s[0] == '-')
-        return -1;
-    switch (*end) {
-    case 'k':
-    case 'K':
-        shift = 10;
-        break;
-    case 'm':
-    case 'M':
-        shift = 20;
-        break;
-    case 'g':
-    case 'G':
-        shift = 30;
-        break;
-    case 't':
-    case 'T':
-        shift = 40;
-        break;
-    case 0:
-        break;
-    default:
-        return -1;
-    }
-    if (shift && end[1] != 0 && strcmp(end + 1, "iB") != 0 &&
-        strcmp(end + 1, "B") != 0)
-        return -1;
-    if (v == 0 || v > (UINT64_MAX >> shift))
-        return -1;
-    *out = (uint64_t)v << shift;
-    return 0;
-}
-
 static void *map(uint64_t len)
 {
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
@@ -315,7 +277,7 @@ int main(int argc, char **argv)
             return r;
     if (optind >= argc)
         return bad("missing SIZE", NULL);
-    if (parse_size(argv[optind], &size) < 0)
+    if (common_parse_size(argv[optind], &size) < 0 || size == 0)
         return bad("bad SIZE (expected a number with K, M, G or T)",
                    argv[optind]);
     optind++;

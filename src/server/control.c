@@ -49,22 +49,6 @@ struct ctl_server {
     int stopping;
 };
 
-void ctl_default_path(char *buf, size_t len)
-{
-    const char *e = getenv("BSNAP_CONTROL");
-    if (e && *e) {
-        snprintf(buf, len, "%s", e);
-        return;
-    }
-    e = getenv("XDG_RUNTIME_DIR");
-    if (e && *e)
-        snprintf(buf, len, "%s/busesnap.ctl", e);
-    else if (geteuid() == 0)
-        snprintf(buf, len, "/run/busesnap.ctl");
-    else
-        snprintf(buf, len, "/tmp/busesnap-%u.ctl", (unsigned)geteuid());
-}
-
 /* ---- responses ---- */
 
 /* err is a negative errno. */

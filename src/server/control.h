@@ -28,11 +28,6 @@ void ctl_stop(struct ctl_server *c);
  * opening or creating the image.  Returns 0 or -errno after a message. */
 int ctl_prepare(const char *path);
 
-/* The default control socket path: $BSNAP_CONTROL, else
- * $XDG_RUNTIME_DIR/busesnap.ctl, else /run/busesnap.ctl for root, else
- * /tmp/busesnap-UID.ctl.  Written into buf. */
-void ctl_default_path(char *buf, size_t len);
-
 /* Responses (control.c).  err is a negative errno; the result is a new
  * reference {"ok":false,"error":NAME,"message":...}.  ctl_store_error
  * takes the message of this thread's last store failure. */

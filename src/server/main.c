@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "common/common.h"
 #include "exports.h"
 
 #define MAX_ATTACH 16
@@ -38,54 +39,10 @@ static void usage_error(const char *cmd, const char *fmt, ...)
     exit(2);
 }
 
-/* Parse "128M", "8G", "4096" (K, M, G, T are powers of 1024).  Returns 0
- * or -EINVAL. */
-static int parse_size(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || s[0] == '-')
-        return -EINVAL;
-    unsigned shift = 0;
-    switch (*end) {
-    case 'k':
-    case 'K':
-        shift = 10;
-        break;
-    case 'm':
-    case 'M':
-        shift = 20;
-        break;
-    case 'g':
-    case 'G':
-        shift = 30;
-        break;
-    case 't':
-    case 'T':
-        shift = 40;
-        break;
-    case '\0':
-        break;
-    default:
-        return -EINVAL;
-    }
-    if (shift)
-        end++;
-    if (*end == 'i' && shift) /* accept KiB-style "Gi" / "GiB" */
-        end++;
-    if (*end == 'B' && shift)
-        end++;
-    if (*end != '\0' || (shift && v > (UINT64_MAX >> shift)))
-        return -EINVAL;
-    *out = (uint64_t)v << shift;
-    return 0;
-}
-
 static uint64_t size_arg(const char *cmd, const char *s)
 {
     uint64_t size;
-    if (parse_size(s, &size) < 0)
+    if (common_parse_size(s, &size) < 0)
         usage_error(cmd, "bad size \"%s\" (expected e.g. 512M, 8G)", s);
     if (size == 0 || size % STORE_BLOCK)
         usage_error(cmd, "size %s is not a positive multiple of %u bytes", s,
@@ -247,7 +204,7 @@ static int cmd_serve(int argc, char **argv)
     if (control)
         snprintf(ctlpath, sizeof ctlpath, "%s", control);
     else
-        ctl_default_path(ctlpath, sizeof ctlpath);
+        common_default_control_path(ctlpath, sizeof ctlpath);
     if (verbose)
         buse_set_verbose(verbose);
 
