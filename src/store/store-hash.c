@@ -7,8 +7,8 @@
  * to the `recent` DB, keyed by slot (mostly appends, so few pages), and to
  * an in-memory table (st->hp) used for lookups.  Once STORE_HASH_MERGE
  * entries are staged, right after a commit, they are merged into `hashes`
- * in one txn and `recent` is emptied.  Invariant: every refs record
- * (s, {c, h}) has exactly one of hashes[h] ∋ s or recent[s] = h, and the
+ * a bounded number per txn until `recent` is empty.  Invariant: every refs
+ * record (s, {c, h}) has exactly one of hashes[h] ∋ s or recent[s] = h, and the
  * table mirrors `recent` exactly.  All functions run under st->mu.
  */
 #include "store-int.h"
@@ -210,36 +210,75 @@ int store_hash_load_l(struct store *st)
     return rc;
 }
 
+/* A merge starts when STORE_HASH_MERGE hashes are staged and, a txn at a
+ * time, goes on until `recent` is empty (hp_clear). */
 bool store_hash_merge_due_l(struct store *st)
 {
     return st->hp_used + st->hp_tomb >= STORE_HASH_MERGE;
 }
 
-/* Move every staged hash into `hashes` (in the current txn, which the
- * caller commits). */
+/* How many random keys can go into `hashes` in one txn so that about
+ * STORE_MERGE_PAGES of its L leaf pages get dirty: a leaf escapes K random
+ * inserts with probability (1 - 1/L)^K ~ e^(-K/L), so K = L ln(L/(L - P)).
+ * With L <= P any number fits (every leaf is dirtied at most once). */
+static size_t merge_limit_l(struct store *st)
+{
+    MDB_stat ms;
+    if (mdb_stat(st->txn, st->db_hashes, &ms))
+        return STORE_MERGE_PAGES;
+    double l = (double)ms.ms_leaf_pages, p = STORE_MERGE_PAGES;
+    if (l <= p)
+        return SIZE_MAX;
+    double x = p / l, term = x, k = 0; /* ln(1/(1-x)) = sum x^i / i */
+    for (int i = 1; i < 200 && term / i > 1e-9; i++, term *= x)
+        k += term / i;
+    return (size_t)(l * k);
+}
+
+/* Move staged hashes into `hashes` (in the current txn, which the caller
+ * commits; store_commit_l calls this again after that commit while a merge
+ * is due), as many as merge_limit_l() allows.  A txn's dirty pages are
+ * malloc'd by LMDB and kept for reuse by later txns, so that limit is also
+ * what bounds the process's memory: random hash keys dirty one leaf page
+ * each until most leaves are dirty.  While the index is small, one txn
+ * takes everything (splitting it would rewrite the same leaves again). */
 int store_hash_merge_l(struct store *st)
 {
     MDB_cursor *c;
     MDB_val k, d;
+    size_t moved = 0, limit = merge_limit_l(st);
     int rc = 0, mrc = mdb_cursor_open(st->txn, st->db_recent, &c);
     if (mrc)
         return store_mdb_err(st, mrc, "recent");
-    for (mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST); mrc == 0 && !rc;
-         mrc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+    for (mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
+         mrc == 0 && !rc && moved < limit;
+         mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST)) {
         uint8_t h[16];
-        if (k.mv_size != 8 || d.mv_size != 16)
-            continue;
-        memcpy(h, d.mv_data, 16);
-        rc = hashes_put_l(st, h, get_be64(k.mv_data));
+        uint64_t slot = k.mv_size == 8 ? get_be64(k.mv_data) : 0;
+        bool ok = k.mv_size == 8 && d.mv_size == 16;
+        if (ok) {
+            memcpy(h, d.mv_data, 16);
+            rc = hashes_put_l(st, h, slot);
+        }
+        if (!rc && (mrc = mdb_cursor_del(c, 0)))
+            rc = store_mdb_err(st, mrc, "recent");
+        if (!rc && ok) {
+            struct hp_entry *e = hp_find(st, h, slot);
+            if (e) {
+                e->state = HP_TOMB;
+                st->hp_used--;
+                st->hp_tomb++;
+            }
+        }
+        moved++;
     }
     mdb_cursor_close(c);
+    st->dirty = true;
     if (rc)
         return rc;
-    if (mrc != MDB_NOTFOUND)
+    if (mrc == MDB_NOTFOUND) /* `recent` is empty: so is the table */
+        hp_clear(st);
+    else if (mrc)
         return store_mdb_err(st, mrc, "recent");
-    if ((mrc = mdb_drop(st->txn, st->db_recent, 0)))
-        return store_mdb_err(st, mrc, "recent");
-    hp_clear(st);
-    st->dirty = true;
     return 0;
 }

@@ -25,11 +25,12 @@
 #define STORE_FORMAT_VERSION 1u
 #define STORE_INDEX_MAGIC "BUSESNAP-INDEX"
 #define STORE_CHUNKS_MAGIC "BUSESNAP-CHUNKS"
-#define STORE_FIRST_SLOT 2u /* 0: hole, 1: allocated zero */
-#define STORE_COMMIT_OPS 16384u
+#define STORE_FIRST_SLOT 2u    /* 0: hole, 1: allocated zero */
+#define STORE_COMMIT_OPS 8192u /* soft; a writer commits inline at 2x */
 #define STORE_COMMIT_MS 1000u
 #define STORE_GC_BATCH 4096u
-#define STORE_HASH_MERGE 32768u /* staged hashes merged at once */
+#define STORE_HASH_MERGE 32768u /* staged hashes that start a merge */
+#define STORE_MERGE_PAGES 4096u /* hash leaves a merge txn may dirty */
 
 /* Node states (nodes DB and st->nodes). */
 enum { NODE_LIVE = 1, NODE_HIDDEN = 2, NODE_DEAD = 3 };
@@ -91,6 +92,7 @@ struct store {
     bool chunk_dirty;         /* chunk file written since last fdatasync */
     int lost_err;             /* a failed commit dropped acknowledged writes */
     unsigned chunks_unsynced; /* new chunks since the last writeback kick */
+    bool presync_busy;        /* a store_presync() is under way */
 
     /* persisted counters (meta), current values */
     uint64_t gen, next_slot, next_seq, refsum;
@@ -136,6 +138,7 @@ int store_mdb_errno(int mrc);
 int store_commit_l(struct store *st);
 int store_abort_l(struct store *st);
 int store_maybe_commit_l(struct store *st);
+int store_presync(struct store *st);
 void store_now(struct timespec *ts);
 void store_hash(const void *block, uint8_t out[16]);
 

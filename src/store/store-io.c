@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* ---- handles ---- */
@@ -92,15 +93,60 @@ static int map_cursor_l(struct store *st, MDB_cursor **c)
     return rc ? store_mdb_err(st, rc, "map") : 0;
 }
 
-/* Group commit point inside a loop holding a map cursor: the cursor dies
- * with the txn, so it is closed and reopened around the commit. */
-static int cursor_maybe_commit_l(struct store *st, MDB_cursor **c)
+/* New chunks of one store_write whose slots follow each other, written by
+ * one pwritev once the run ends, before the mutex is dropped and before
+ * any commit (invariant 5: the index names them only inside the
+ * uncommitted txn, which no reader sees until the mutex is released). */
+#define WB_MAX 256u
+struct wbatch {
+    uint64_t first; /* slot of iov[0] */
+    unsigned n;
+    bool failed; /* the txn must be dropped (by the caller) */
+    struct iovec iov[WB_MAX];
+};
+
+/* Write the pending run.  On failure the txn names slots whose bytes were
+ * never written, so wb->failed tells the caller to drop it (once its
+ * cursor is closed) and the loss is reported by the next flush, as for a
+ * failed commit. */
+static int wb_flush_l(struct store *st, struct wbatch *wb)
 {
-    if (st->txn_ops < STORE_COMMIT_OPS)
+    if (!wb || wb->n == 0)
         return 0;
+    size_t want = (size_t)wb->n * STORE_BLOCK;
+    unsigned n = wb->n;
+    wb->n = 0;
+    ssize_t w = pwritev(st->chunk_fd, wb->iov, (int)n,
+                        (off_t)(wb->first * STORE_BLOCK));
+    if (w == (ssize_t)want) {
+        st->chunk_dirty = true;
+        st->chunks_unsynced += n;
+        return 0;
+    }
+    int e = w < 0 ? errno : EIO;
+    int rc = store_set_err(
+        st, -e, "%s-chunks: write of slots %llu-%llu failed: %s", st->path,
+        (unsigned long long)wb->first, (unsigned long long)(wb->first + n - 1),
+        w < 0 ? strerror(e) : "short write");
+    wb->failed = true;
+    return rc;
+}
+
+/* Group commit point inside a loop holding a map cursor: the cursor dies
+ * with the txn, so it is closed and reopened around the commit.  Up to
+ * STORE_COMMIT_OPS a writer leaves the commit to store_presync() (chunk
+ * fdatasync outside the mutex); at twice that it commits here. */
+static int cursor_maybe_commit_l(struct store *st, MDB_cursor **c,
+                                 struct wbatch *wb)
+{
+    if (st->txn_ops < 2 * STORE_COMMIT_OPS)
+        return 0;
+    int rc = wb_flush_l(st, wb);
+    if (rc)
+        return rc;
     mdb_cursor_close(*c);
     *c = NULL;
-    int rc = store_commit_l(st);
+    rc = store_commit_l(st);
     int rc2 = map_cursor_l(st, c);
     return rc ? rc : rc2;
 }
@@ -240,20 +286,25 @@ static void release_slot_l(struct store *st, uint64_t s)
     mdb_put(st->txn, st->db_free, &fk, &fd, 0); /* else leaked until check */
 }
 
-/* Find or store the chunk for data; *slot gets a new reference. */
-static int chunk_get_l(struct store *st, const void *data, uint64_t *slot)
+/* Find or store the chunk for data (hash h); *slot gets a new reference.
+ * With a batch, a new chunk's bytes join the pending run (written by
+ * wb_flush_l); without one they are written at once. */
+static int chunk_get_l(struct store *st, struct wbatch *wb, const void *data,
+                       const uint8_t h[16], uint64_t *slot)
 {
-    uint8_t h[16];
     uint8_t cmp[STORE_BLOCK];
     uint64_t cand[16];
     size_t nc;
-    store_hash(data, h);
     int rc = store_hash_lookup_l(st, h, cand, 16, &nc);
     if (rc)
         return rc;
     for (size_t i = 0; i < nc; i++) {
-        if (read_slot(st, cand[i], cmp, STORE_BLOCK) == 0 &&
-            !memcmp(cmp, data, STORE_BLOCK)) {
+        const void *have = cmp;
+        if (wb && wb->n && cand[i] >= wb->first && cand[i] - wb->first < wb->n)
+            have = wb->iov[cand[i] - wb->first].iov_base; /* not yet written */
+        else if (read_slot(st, cand[i], cmp, STORE_BLOCK))
+            continue;
+        if (!memcmp(have, data, STORE_BLOCK)) {
             *slot = cand[i];
             return incref_l(st, cand[i]);
         }
@@ -262,20 +313,25 @@ static int chunk_get_l(struct store *st, const void *data, uint64_t *slot)
     uint64_t s = 0;
     if ((rc = alloc_slot_l(st, &s)))
         return rc;
-    ssize_t w =
-        pwrite(st->chunk_fd, data, STORE_BLOCK, (off_t)(s * STORE_BLOCK));
-    if (w != STORE_BLOCK) {
-        int e = w < 0 ? errno : EIO;
-        release_slot_l(st, s);
-        return store_set_err(st, -e, "%s-chunks: write of slot %llu failed: %s",
-                             st->path, (unsigned long long)s,
-                             w < 0 ? strerror(e) : "short write");
-    }
-    st->chunk_dirty = true;
-    /* start writeback early so that the commit's fdatasync waits less */
-    if (++st->chunks_unsynced >= 256) {
-        sync_file_range(st->chunk_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-        st->chunks_unsynced = 0;
+    if (wb) {
+        if (wb->n && (s != wb->first + wb->n || wb->n == WB_MAX) &&
+            (rc = wb_flush_l(st, wb)))
+            return rc; /* the txn is dropped, slot s with it */
+        if (wb->n == 0)
+            wb->first = s;
+        wb->iov[wb->n++] = (struct iovec){(void *)data, STORE_BLOCK};
+    } else {
+        ssize_t w =
+            pwrite(st->chunk_fd, data, STORE_BLOCK, (off_t)(s * STORE_BLOCK));
+        if (w != STORE_BLOCK) {
+            int e = w < 0 ? errno : EIO;
+            release_slot_l(st, s);
+            return store_set_err(
+                st, -e, "%s-chunks: write of slot %llu failed: %s", st->path,
+                (unsigned long long)s, w < 0 ? strerror(e) : "short write");
+        }
+        st->chunk_dirty = true;
+        st->chunks_unsynced++;
     }
     if ((rc = store_hash_add_l(st, h, s)))
         return rc;
@@ -398,16 +454,29 @@ static bool all_zero(const void *p)
     return true;
 }
 
-static int write_block_l(struct store *st, MDB_cursor *c, uint32_t head,
-                         uint64_t b, const void *data)
+/* Write one whole block; zero and h (XXH3-128) were computed by the caller,
+ * outside the mutex when it could. */
+static int write_block_l(struct store *st, MDB_cursor *c, struct wbatch *wb,
+                         uint32_t head, uint64_t b, const void *data, bool zero,
+                         const uint8_t h[16])
 {
-    if (all_zero(data))
+    if (zero)
         return zero_block_l(st, c, head, b, false);
     uint64_t slot;
-    int rc = chunk_get_l(st, data, &slot);
+    int rc = chunk_get_l(st, wb, data, h, &slot);
     if (rc)
         return rc;
     return map_set_l(st, b, head, slot);
+}
+
+static int write_block_hash_l(struct store *st, MDB_cursor *c, uint32_t head,
+                              uint64_t b, const void *data)
+{
+    uint8_t h[16];
+    bool zero = all_zero(data);
+    if (!zero)
+        store_hash(data, h);
+    return write_block_l(st, c, NULL, head, b, data, zero, h);
 }
 
 /* Current bytes of block b as node y sees it (under the mutex). */
@@ -498,6 +567,12 @@ out:
     return rc;
 }
 
+/* Per-block facts computed before the mutex is taken. */
+struct blk_pre {
+    uint8_t h[16];
+    bool zero;
+};
+
 int store_write(struct store_vol *v, const void *buf, uint64_t off,
                 uint32_t len, unsigned flags)
 {
@@ -506,36 +581,92 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
     if (rc || len == 0)
         return rc;
     const uint8_t *src = buf;
-    uint8_t tmp[STORE_BLOCK];
+    uint8_t tmp[2][STORE_BLOCK]; /* a head and a tail partial block */
+    uint64_t b0 = off / STORE_BLOCK;
+    size_t nb = (off + len + STORE_BLOCK - 1) / STORE_BLOCK - b0;
+    struct blk_pre small[16];
+    struct blk_pre *pre = nb <= 16 ? small : malloc(nb * sizeof *pre);
+    struct wbatch *wb = malloc(sizeof *wb);
+    if (!pre || !wb) {
+        rc = store_set_err(st, -ENOMEM, "out of memory");
+        goto out_free;
+    }
+    wb->n = 0;
+    wb->failed = false;
+    /* all-zero test and hash of whole blocks: no lock needed */
+    uint64_t end = off + len;
+    for (uint64_t pos = off; pos < end;) {
+        uint64_t boff = pos % STORE_BLOCK, n = STORE_BLOCK - boff;
+        if (n > end - pos)
+            n = end - pos;
+        if (n == STORE_BLOCK) {
+            struct blk_pre *p = &pre[pos / STORE_BLOCK - b0];
+            p->zero = all_zero(src + (pos - off));
+            if (!p->zero)
+                store_hash(src + (pos - off), p->h);
+        }
+        pos += n;
+    }
     MDB_cursor *c;
+    bool presync = false;
+    unsigned kick = 0;
     pthread_mutex_lock(&st->mu);
     if ((rc = map_cursor_l(st, &c)))
         goto out;
-    uint64_t end = off + len;
     for (uint64_t pos = off; pos < end && !rc;) {
         uint64_t b = pos / STORE_BLOCK, boff = pos % STORE_BLOCK;
         uint64_t n = STORE_BLOCK - boff;
         if (n > end - pos)
             n = end - pos;
+        struct blk_pre *p = &pre[b - b0];
         if (n == STORE_BLOCK) {
-            rc = write_block_l(st, c, v->node, b, src + (pos - off));
+            rc = write_block_l(st, c, wb, v->node, b, src + (pos - off),
+                               p->zero, p->h);
         } else {
-            rc = read_block_l(st, c, v->node, b, tmp);
+            uint8_t *t = tmp[pos == off ? 0 : 1];
+            rc = read_block_l(st, c, v->node, b, t);
             if (!rc) {
-                memcpy(tmp + boff, src + (pos - off), n);
-                rc = write_block_l(st, c, v->node, b, tmp);
+                memcpy(t + boff, src + (pos - off), n);
+                p->zero = all_zero(t);
+                if (!p->zero)
+                    store_hash(t, p->h);
+                rc = write_block_l(st, c, wb, v->node, b, t, p->zero, p->h);
             }
         }
         pos += n;
         if (!rc)
-            rc = cursor_maybe_commit_l(st, &c);
+            rc = cursor_maybe_commit_l(st, &c, wb);
     }
+    if (!rc)
+        rc = wb_flush_l(st, wb);
     if (c)
         mdb_cursor_close(c);
+    if (wb->failed) {
+        store_abort_l(st);
+        st->lost_err = rc;
+    }
     if (!rc && (flags & STORE_FUA))
         rc = store_commit_l(st);
+    if (!rc && st->txn_ops >= STORE_COMMIT_OPS && !st->presync_busy)
+        presync = st->presync_busy = true;
+    if (st->chunks_unsynced >= 256) {
+        kick = st->chunks_unsynced;
+        st->chunks_unsynced = 0;
+    }
 out:
     pthread_mutex_unlock(&st->mu);
+    /* start writeback early so that the commit's fdatasync waits less */
+    if (kick)
+        sync_file_range(st->chunk_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    if (presync) {
+        int rc2 = store_presync(st);
+        if (!rc)
+            rc = rc2;
+    }
+out_free:
+    if (pre != small)
+        free(pre);
+    free(wb);
     return rc;
 }
 
@@ -549,7 +680,7 @@ static int zero_range_l(struct store *st, MDB_cursor **c, uint32_t head,
         for (uint64_t b = b0; b < b1 && !rc; b++) {
             rc = zero_block_l(st, *c, head, b, true);
             if (!rc)
-                rc = cursor_maybe_commit_l(st, c);
+                rc = cursor_maybe_commit_l(st, c, NULL);
         }
         return rc;
     }
@@ -569,7 +700,7 @@ static int zero_range_l(struct store *st, MDB_cursor **c, uint32_t head,
         st->txn_ops++;
         b = blk + 1;
         if (!rc)
-            rc = cursor_maybe_commit_l(st, c);
+            rc = cursor_maybe_commit_l(st, c, NULL);
     }
     return rc;
 }
@@ -605,7 +736,7 @@ int store_zero(struct store_vol *v, uint64_t off, uint64_t len, unsigned flags)
             if (nohole && all_zero(tmp))
                 rc = zero_block_l(st, c, v->node, b, true);
             else
-                rc = write_block_l(st, c, v->node, b, tmp);
+                rc = write_block_hash_l(st, c, v->node, b, tmp);
         }
     }
     if (!rc && fb0 < fb1)

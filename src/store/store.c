@@ -417,6 +417,21 @@ int store_abort_l(struct store *st)
     return rc;
 }
 
+/* Group commit with most of the chunk fdatasync done outside the mutex:
+ * the chunks written so far are flushed while writers go on adding to the
+ * txn, then the commit (under the mutex) fdatasyncs only what came in
+ * meanwhile.  The caller has set st->presync_busy (one at a time) and does
+ * not hold st->mu. */
+int store_presync(struct store *st)
+{
+    fdatasync(st->chunk_fd); /* errors: the commit's fdatasync reports */
+    pthread_mutex_lock(&st->mu);
+    st->presync_busy = false;
+    int rc = store_commit_l(st);
+    pthread_mutex_unlock(&st->mu);
+    return rc;
+}
+
 /* Commit if the txn is big or old enough (group commit). */
 int store_maybe_commit_l(struct store *st)
 {
@@ -442,13 +457,17 @@ static void *bg_main(void *arg)
         pthread_cond_timedwait(&st->bg_cond, &st->mu, &ts);
         if (st->bg_stop)
             break;
-        if (st->dirty || st->chunk_dirty) {
+        if ((st->dirty || st->chunk_dirty) && !st->presync_busy) {
             struct timespec now;
             store_now(&now);
             long ms = (now.tv_sec - st->txn_start.tv_sec) * 1000 +
                       (now.tv_nsec - st->txn_start.tv_nsec) / 1000000;
-            if (ms >= (long)STORE_COMMIT_MS)
-                store_commit_l(st);
+            if (ms >= (long)STORE_COMMIT_MS) {
+                st->presync_busy = true;
+                pthread_mutex_unlock(&st->mu);
+                store_presync(st);
+                pthread_mutex_lock(&st->mu);
+            }
         }
         if (st->gc_wanted) {
             pthread_mutex_unlock(&st->mu);
@@ -845,6 +864,11 @@ void store_close(struct store *st)
 
 int store_flush(struct store *st)
 {
+    pthread_mutex_lock(&st->mu);
+    bool presync = st->chunk_dirty;
+    pthread_mutex_unlock(&st->mu);
+    if (presync)
+        fdatasync(st->chunk_fd); /* outside the mutex: see store_presync */
     pthread_mutex_lock(&st->mu);
     int rc = store_commit_l(st);
     if (!rc && st->lost_err) {
