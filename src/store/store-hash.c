@@ -100,8 +100,12 @@ int store_hash_lookup_l(struct store *st, const uint8_t h[16], uint64_t *out,
         }
     MDB_cursor *c;
     MDB_val k = {16, (void *)h}, d;
-    int rc = mdb_cursor_open(st->txn, st->db_hashes, &c);
+    int rc = mdb_get(st->txn, st->db_hashes, &k, &d); /* new data: no cursor */
+    if (rc == MDB_NOTFOUND)
+        return 0;
     if (rc)
+        return store_mdb_err(st, rc, "hashes");
+    if ((rc = mdb_cursor_open(st->txn, st->db_hashes, &c)))
         return store_mdb_err(st, rc, "hashes");
     for (rc = mdb_cursor_get(c, &k, &d, MDB_SET_KEY); rc == 0 && *n < max;
          rc = mdb_cursor_get(c, &k, &d, MDB_NEXT_DUP))

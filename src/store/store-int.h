@@ -93,6 +93,8 @@ struct store {
     int lost_err;             /* a failed commit dropped acknowledged writes */
     unsigned chunks_unsynced; /* new chunks since the last writeback kick */
     bool presync_busy;        /* a store_presync() is under way */
+    bool free_none;           /* no reusable free slot at free_none_gen */
+    uint64_t free_none_gen;
 
     /* persisted counters (meta), current values */
     uint64_t gen, next_slot, next_seq, refsum;

@@ -255,6 +255,12 @@ static int alloc_slot_l(struct store *st, uint64_t *slot)
 {
     MDB_cursor *c;
     MDB_val k, d;
+    /* slots freed now carry the current generation: once none is
+     * reusable, none becomes so before the generation moves on */
+    if (st->free_none && st->free_none_gen == st->gen) {
+        *slot = st->next_slot++;
+        return 0;
+    }
     int rc = mdb_cursor_open(st->txn, st->db_free, &c);
     if (rc)
         return store_mdb_err(st, rc, "free");
@@ -268,6 +274,8 @@ static int alloc_slot_l(struct store *st, uint64_t *slot)
     mdb_cursor_close(c);
     if (rc && rc != MDB_NOTFOUND)
         return store_mdb_err(st, rc, "free");
+    st->free_none = true;
+    st->free_none_gen = st->gen;
     *slot = st->next_slot++;
     return 0;
 }
@@ -344,13 +352,16 @@ static int chunk_get_l(struct store *st, struct wbatch *wb, const void *data,
     return 0;
 }
 
-/* Set map entry (b, node) to val, releasing the value it replaces. */
-static int map_set_l(struct store *st, uint64_t b, uint32_t node, uint64_t val)
+/* Set map entry (b, node) to val, releasing the value it replaces.  With
+ * the map cursor c: a failed MDB_NOOVERWRITE put leaves it on the existing
+ * entry, which MDB_CURRENT then replaces without a second search. */
+static int map_set_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t node,
+                     uint64_t val)
 {
     uint8_t kb[MAP_KEY];
     map_key(kb, b, node);
     MDB_val k = {MAP_KEY, kb}, d = {8, &val};
-    int rc = mdb_put(st->txn, st->db_map, &k, &d, MDB_NOOVERWRITE);
+    int rc = mdb_cursor_put(c, &k, &d, MDB_NOOVERWRITE);
     st->dirty = true;
     st->txn_ops++;
     if (rc == 0) {
@@ -367,7 +378,7 @@ static int map_set_l(struct store *st, uint64_t b, uint32_t node, uint64_t val)
     if (old == val) /* same chunk: drop the reference just taken */
         return store_decref_l(st, val);
     d = (MDB_val){8, &val};
-    if ((rc = mdb_put(st->txn, st->db_map, &k, &d, 0)))
+    if ((rc = mdb_cursor_put(c, &k, &d, MDB_CURRENT)))
         return store_mdb_err(st, rc, "map");
     return store_decref_l(st, old);
 }
@@ -442,7 +453,7 @@ static int zero_block_l(struct store *st, MDB_cursor *c, uint32_t head,
     uint64_t v = nohole ? 1 : 0;
     if (own && ownval == v)
         return 0;
-    return map_set_l(st, b, head, v);
+    return map_set_l(st, c, b, head, v);
 }
 
 static bool all_zero(const void *p)
@@ -466,7 +477,7 @@ static int write_block_l(struct store *st, MDB_cursor *c, struct wbatch *wb,
     int rc = chunk_get_l(st, wb, data, h, &slot);
     if (rc)
         return rc;
-    return map_set_l(st, b, head, slot);
+    return map_set_l(st, c, b, head, slot);
 }
 
 static int write_block_hash_l(struct store *st, MDB_cursor *c, uint32_t head,

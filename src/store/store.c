@@ -350,6 +350,7 @@ static int reload_l(struct store *st)
     if (!rc)
         rc = store_hash_load_l(st);
     st->chunk_dirty = true; /* fdatasync anyway at the next commit */
+    st->free_none = false;  /* the free DB is the durable one again */
     return rc;
 }
 
