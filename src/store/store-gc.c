@@ -196,7 +196,7 @@ static int gc_pass_locked(struct store *st)
             }
         }
         mdb_cursor_close(c);
-        if (!rc && st->txn_ops >= STORE_COMMIT_OPS)
+        if (!rc && store_commit_due_l(st, 1))
             rc = store_commit_l(st);
         if (!done) {
             /* let I/O in between batches */

@@ -25,8 +25,9 @@
 #define STORE_FORMAT_VERSION 1u
 #define STORE_INDEX_MAGIC "BUSESNAP-INDEX"
 #define STORE_CHUNKS_MAGIC "BUSESNAP-CHUNKS"
-#define STORE_FIRST_SLOT 2u    /* 0: hole, 1: allocated zero */
-#define STORE_COMMIT_OPS 8192u /* soft; a writer commits inline at 2x */
+#define STORE_FIRST_SLOT 2u      /* 0: hole, 1: allocated zero */
+#define STORE_COMMIT_OPS 8192u   /* soft; a writer commits inline at 2x */
+#define STORE_COMMIT_PAGES 8192u /* soft; est. pages a txn dirties */
 #define STORE_COMMIT_MS 1000u
 #define STORE_GC_BATCH 4096u
 #define STORE_HASH_MERGE 32768u /* staged hashes that start a merge */
@@ -87,6 +88,8 @@ struct store {
     pthread_rwlock_t gate;
     MDB_txn *txn; /* the one txn; write txn unless rdonly */
     uint64_t txn_ops;
+    uint64_t txn_pages; /* estimate of the pages the txn dirtied */
+    uint64_t last_map, last_ref, last_new; /* last keys touched (estimate) */
     struct timespec txn_start;
     bool dirty;               /* txn has changes */
     bool chunk_dirty;         /* chunk file written since last fdatasync */
@@ -179,6 +182,22 @@ int store_resolve_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t y,
 int store_decref_l(struct store *st, uint64_t slot);
 int store_map_del_l(struct store *st, MDB_cursor *c, uint32_t node,
                     uint64_t val);
+
+/* Count a page for the txn's dirty-page estimate unless key is next to the
+ * last key of its kind (then it most likely shares that key's leaf). */
+static inline void store_touch_l(struct store *st, uint64_t *last, uint64_t key)
+{
+    if (key != *last && key != *last + 1)
+        st->txn_pages++;
+    *last = key;
+}
+
+/* Is the txn due for a group commit (soft limits; hard = 2x)? */
+static inline bool store_commit_due_l(const struct store *st, unsigned x)
+{
+    return st->txn_ops >= x * STORE_COMMIT_OPS ||
+           st->txn_pages >= x * STORE_COMMIT_PAGES;
+}
 
 /* ---- encodings ---- */
 static inline void put_be64(uint8_t *p, uint64_t v)

@@ -139,7 +139,7 @@ static int wb_flush_l(struct store *st, struct wbatch *wb)
 static int cursor_maybe_commit_l(struct store *st, MDB_cursor **c,
                                  struct wbatch *wb)
 {
-    if (st->txn_ops < 2 * STORE_COMMIT_OPS)
+    if (!store_commit_due_l(st, 2))
         return 0;
     int rc = wb_flush_l(st, wb);
     if (rc)
@@ -216,6 +216,7 @@ static int incref_l(struct store *st, uint64_t slot)
         return rc;
     r.refcount++;
     st->refsum++;
+    store_touch_l(st, &st->last_ref, slot);
     return ref_put_l(st, slot, &r);
 }
 
@@ -232,8 +233,10 @@ int store_decref_l(struct store *st, uint64_t slot)
         return rc;
     st->refsum--;
     st->dirty = true;
+    store_touch_l(st, &st->last_ref, slot);
     if (--r.refcount > 0)
         return ref_put_l(st, slot, &r);
+    st->txn_pages++; /* the hash record's leaf (random in `hashes`) */
     uint8_t kb[16];
     put_be64(kb, slot);
     MDB_val k = {8, kb};
@@ -345,6 +348,7 @@ static int chunk_get_l(struct store *st, struct wbatch *wb, const void *data,
         return rc;
     struct ref_rec r = {.refcount = 1};
     memcpy(r.hash, h, 16);
+    store_touch_l(st, &st->last_new, s);
     if ((rc = ref_put_l(st, s, &r)))
         return rc;
     st->refsum++;
@@ -364,6 +368,7 @@ static int map_set_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t node,
     int rc = mdb_cursor_put(c, &k, &d, MDB_NOOVERWRITE);
     st->dirty = true;
     st->txn_ops++;
+    store_touch_l(st, &st->last_map, b);
     if (rc == 0) {
         struct node *n = store_node(st, node);
         if (n) {
@@ -396,6 +401,7 @@ static int map_del_key_l(struct store *st, uint64_t b, uint32_t node,
         return store_mdb_err(st, rc, "map");
     st->dirty = true;
     st->txn_ops++;
+    store_touch_l(st, &st->last_map, b);
     struct node *n = store_node(st, node);
     if (n && n->entries) {
         n->entries--;
@@ -658,7 +664,7 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
     }
     if (!rc && (flags & STORE_FUA))
         rc = store_commit_l(st);
-    if (!rc && st->txn_ops >= STORE_COMMIT_OPS && !st->presync_busy)
+    if (!rc && store_commit_due_l(st, 1) && !st->presync_busy)
         presync = st->presync_busy = true;
     if (st->chunks_unsynced >= 256) {
         kick = st->chunks_unsynced;

@@ -336,6 +336,7 @@ static int txn_begin_l(struct store *st)
         return store_mdb_err(st, rc, "begin transaction");
     }
     st->txn_ops = 0;
+    st->txn_pages = 0;
     st->dirty = false;
     store_now(&st->txn_start);
     return 0;
@@ -436,7 +437,7 @@ int store_presync(struct store *st)
 /* Commit if the txn is big or old enough (group commit). */
 int store_maybe_commit_l(struct store *st)
 {
-    if (st->txn_ops >= STORE_COMMIT_OPS)
+    if (store_commit_due_l(st, 1))
         return store_commit_l(st);
     return 0;
 }
