@@ -69,7 +69,7 @@ c++ -std=c++11 -Wall -Werror $san $cflags -o "$tmp/zero-cxx" "$tmp/zero.cc" $lib
 cc -std=c99 $san $cflags -o "$tmp/zero-static" "$tmp/zero.c" \
     "$dest/usr/local/lib/libbuse.a" $(pkg-config --libs --static buse | sed 's/-lbuse//') ||
     fail "static link against libbuse.a failed"
-ldd "$tmp/zero-c" | grep -q "$dest/usr/local/lib/libbuse.so.2" || fail "zero-c is not linked to the installed libbuse.so.2"
+ldd "$tmp/zero-c" | grep "$dest/usr/local/lib/libbuse.so.2" >/dev/null || fail "zero-c is not linked to the installed libbuse.so.2"
 
 start_server "$tmp/c.sock" "$tmp/zero-c" "$tmp/c.sock"
 assert_eq "C99 program size" 1048576 "$(nbdinfo --size "nbd+unix:///?socket=$tmp/c.sock")"
