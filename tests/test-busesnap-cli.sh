@@ -49,7 +49,7 @@ assert_eq "info volumes" 1 "$(jq -r .volumes "$tmp/out")"
 uuid=$(jq -r .uuid "$tmp/out")
 [[ $uuid =~ ^[0-9a-f-]{36}$ ]] || fail "info uuid '$uuid' is not a UUID"
 expect_rc 0 "" "$bs" info "$img"
-grep -q "logical size:.*64.0 MiB" "$tmp/out" || fail "human info: $(cat "$tmp/out")"
+grep -q "logical size: *64M (67108864 bytes)" "$tmp/out" || fail "human info: $(cat "$tmp/out")"
 expect_rc 0 "" "$bs" check "$img"
 grep -q "no problems" "$tmp/out" || fail "check did not say 'no problems'"
 

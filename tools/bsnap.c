@@ -193,22 +193,6 @@ static void print_json(json_t *j)
     putchar('\n');
 }
 
-static const char *human(unsigned long long b, char *buf, size_t len)
-{
-    static const char units[] = "BKMGTP";
-    double v = (double)b;
-    int u = 0;
-    while (v >= 1024 && u < 5) {
-        v /= 1024;
-        u++;
-    }
-    if (u == 0)
-        snprintf(buf, len, "%lluB", b);
-    else
-        snprintf(buf, len, "%.*f%c", v < 10 ? 1 : 0, v, units[u]);
-    return buf;
-}
-
 /* ---- commands ---- */
 
 struct cmd {
@@ -405,13 +389,14 @@ static void print_node(struct node *v, size_t n, size_t i, int depth)
     v[i].shown = 1;
     snprintf(label, sizeof label, "%*s%s%s", depth * 2, "", jstr(o, "name"),
              json_is_true(json_object_get(o, "default")) ? "*" : "");
-    printf(
-        "%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %lld\n", name_width, label,
-        jstr(o, "kind"), jstr(o, "uuid"),
-        *jstr(o, "parent") ? jstr(o, "parent") : "-", jstr(o, "created_iso"),
-        human((unsigned long long)jint(o, "size"), size, sizeof size),
-        human((unsigned long long)jint(o, "written"), written, sizeof written),
-        jint(o, "clients"));
+    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %lld\n", name_width,
+           label, jstr(o, "kind"), jstr(o, "uuid"),
+           *jstr(o, "parent") ? jstr(o, "parent") : "-", jstr(o, "created_iso"),
+           common_human_size((unsigned long long)jint(o, "size"), size,
+                             sizeof size),
+           common_human_size((unsigned long long)jint(o, "written"), written,
+                             sizeof written),
+           jint(o, "clients"));
     for (size_t k = 0; k < n; k++)
         if (!v[k].shown && !v[k].root && strcmp(v[k].parent, v[i].uuid) == 0)
             print_node(v, n, k, depth + 1);
@@ -487,7 +472,7 @@ static void print_info(json_t *in)
     char b[16];
 #define BYTES(label, key)                                                      \
     printf("%-18s %s (%lld bytes)\n", label,                                   \
-           human((unsigned long long)jint(in, key), b, sizeof b),              \
+           common_human_size((unsigned long long)jint(in, key), b, sizeof b),  \
            jint(in, key))
     printf("%-18s %s\n", "image:", jstr(in, "image"));
     printf("%-18s %s\n", "uuid:", jstr(in, "uuid"));
@@ -532,9 +517,10 @@ static int cmd_gc(int argc, char **argv)
         json_t *in = json_object_get(res, "info");
         printf("collected in %.1f ms; free %s, physical %s\n",
                (double)jint(res, "elapsed_us") / 1000.0,
-               human((unsigned long long)jint(in, "free_bytes"), b, sizeof b),
-               human((unsigned long long)jint(in, "physical_bytes"),
-                     (char[16]){0}, 16));
+               common_human_size((unsigned long long)jint(in, "free_bytes"), b,
+                                 sizeof b),
+               common_human_size((unsigned long long)jint(in, "physical_bytes"),
+                                 (char[16]){0}, 16));
     }
     json_decref(res);
     return 0;
@@ -586,7 +572,8 @@ static int cmd_diff(int argc, char **argv)
             printf("%lld %lld\n", jint(e, "offset"), jint(e, "length"));
         fprintf(
             stderr, "%s changed in %zu extent%s%s\n",
-            human((unsigned long long)jint(res, "changed_bytes"), b, sizeof b),
+            common_human_size((unsigned long long)jint(res, "changed_bytes"), b,
+                              sizeof b),
             json_array_size(json_object_get(res, "extents")),
             json_array_size(json_object_get(res, "extents")) == 1 ? "" : "s",
             json_is_true(json_object_get(res, "truncated"))

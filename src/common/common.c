@@ -1,5 +1,6 @@
 /* common.c: size parsing and the default control socket path, shared by
- * the busesnap, bsnap and busexmp programs (see common.h).  Pure functions,
+ * the busesnap, bsnap and busexmp programs, and the one way they print
+ * sizes (see common.h).  Pure functions,
  * any thread. */
 #include <errno.h>
 #include <stdio.h>
@@ -64,4 +65,20 @@ void common_default_control_path(char *buf, size_t len)
         snprintf(buf, len, "/run/busesnap.ctl");
     else
         snprintf(buf, len, "/tmp/busesnap-%u.ctl", (unsigned)geteuid());
+}
+
+const char *common_human_size(unsigned long long bytes, char *buf, size_t len)
+{
+    static const char units[] = "BKMGTP";
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024 && u < 5) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, len, "%lluB", bytes);
+    else
+        snprintf(buf, len, "%.*f%c", v < 10 ? 1 : 0, v, units[u]);
+    return buf;
 }

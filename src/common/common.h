@@ -18,4 +18,8 @@ int common_parse_size(const char *s, uint64_t *out);
  * /run/busesnap.ctl for root, else /tmp/busesnap-UID.ctl. */
 void common_default_control_path(char *buf, size_t len);
 
+/* Bytes for people: "512B", "4.0K", "64M", "8.0G" (powers of 1024; one
+ * decimal below 10).  Writes into buf and returns it. */
+const char *common_human_size(unsigned long long bytes, char *buf, size_t len);
+
 #endif

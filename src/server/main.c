@@ -327,18 +327,10 @@ static int cmd_check(int argc, char **argv)
 
 static void print_bytes(const char *label, uint64_t b)
 {
-    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-    double v = (double)b;
-    int u = 0;
-    while (v >= 1024 && u < 5) {
-        v /= 1024;
-        u++;
-    }
-    if (u == 0)
-        printf("%-18s %llu B\n", label, (unsigned long long)b);
-    else
-        printf("%-18s %.1f %s (%llu bytes)\n", label, v, units[u],
-               (unsigned long long)b);
+    char h[32];
+    printf("%-18s %s (%llu bytes)\n", label,
+           common_human_size((unsigned long long)b, h, sizeof h),
+           (unsigned long long)b);
 }
 
 static const char info_help[] =
