@@ -3,8 +3,8 @@
 # same data written at 7 other offsets and into 4 clones (352 MiB of
 # duplicate writes): the chunk count does not move, the chunk file grows
 # by less than 1% of the duplicate bytes (no chunk data is stored again),
-# and the whole image by less than 2% (the index holds one map entry per
-# written 4 KiB block: ~45 bytes, so ~1.1% is the measured floor here).
+# and so does the whole image (the index holds one map entry per written
+# 4 KiB block, 24 bytes of leaf page: measured 0.92-0.94%).
 . "$(dirname "$0")/functions.sh"
 requires nbdcopy jq
 bsnap() { "$top/bsnap" "$@"; }
@@ -43,6 +43,6 @@ assert_eq "chunk count after duplicate writes" "$chunks0" "$chunks1"
 growth=$((phys1 - phys0)) cfgrowth=$((cf1 - cf0))
 echo "image: $phys0 -> $phys1 (+$growth bytes), chunk file +$cfgrowth bytes, for $dup duplicate bytes; dedup ratio $(info dedup_ratio)"
 [ $((cfgrowth * 100)) -lt "$dup" ] || fail "chunk file grew by $cfgrowth bytes for $dup duplicate bytes (>= 1%)"
-[ $((growth * 50)) -lt "$dup" ] || fail "image grew by $growth bytes for $dup duplicate bytes (>= 2%)"
+[ $((growth * 100)) -lt "$dup" ] || fail "image grew by $growth bytes for $dup duplicate bytes (>= 1%)"
 bsnap check >/dev/null || fail "check"
 exit 0

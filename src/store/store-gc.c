@@ -314,7 +314,7 @@ static int check_index_l(struct store *st, struct checker *ck, uint64_t *nrefs)
         goto mdb_fail;
     for (mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST); mrc == 0;
          mrc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
-        if (k.mv_size != MAP_KEY || d.mv_size != 8) {
+        if (k.mv_size != MAP_KEY || d.mv_size != MAP_VAL) {
             problem(ck, "map: malformed entry");
             continue;
         }

@@ -22,7 +22,7 @@
 #include <string.h>
 #include <time.h>
 
-#define STORE_FORMAT_VERSION 1u
+#define STORE_FORMAT_VERSION 2u
 #define STORE_INDEX_MAGIC "BUSESNAP-INDEX"
 #define STORE_CHUNKS_MAGIC "BUSESNAP-CHUNKS"
 #define STORE_FIRST_SLOT 2u      /* 0: hole, 1: allocated zero */
@@ -223,28 +223,48 @@ static inline uint32_t get_be32(const uint8_t *p)
            p[3];
 }
 
-/* map key: block (u64 BE), ~node (u32 BE): for one block, entries sort by
- * node id descending. */
-#define MAP_KEY 12
+/* 40-bit big-endian integers: block numbers in map keys and slots in map
+ * values.  Volumes hold at most STORE_MAX_BLOCKS blocks (4 PiB) and the
+ * chunk file at most as many slots. */
+#define STORE_MAX_BLOCKS ((1ULL << 40) - 2)
+static inline void put_be40(uint8_t *p, uint64_t v)
+{
+    for (int i = 4; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+static inline uint64_t get_be40(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 5; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* map key: block (40 bits BE), ~node (u32 BE): for one block, entries sort
+ * by node id descending.  Map value: slot (40 bits BE).  Kept small because
+ * every written block of every node costs one entry: 9 + 5 bytes plus
+ * LMDB's 8-byte node header and 2-byte pointer is 24 bytes of leaf page
+ * (with a u64 block and slot it was 30), which is what a duplicated block
+ * costs (format version 2). */
+#define MAP_KEY 9
+#define MAP_VAL 5
 static inline void map_key(uint8_t k[MAP_KEY], uint64_t b, uint32_t node)
 {
-    put_be64(k, b);
-    put_be32(k + 8, ~node);
+    put_be40(k, b);
+    put_be32(k + 5, ~node);
 }
 static inline uint64_t map_key_block(const MDB_val *k)
 {
-    return get_be64(k->mv_data);
+    return get_be40(k->mv_data);
 }
 static inline uint32_t map_key_node(const MDB_val *k)
 {
-    return ~get_be32((const uint8_t *)k->mv_data + 8);
+    return ~get_be32((const uint8_t *)k->mv_data + 5);
 }
+/* The slot of a map value (0 for a malformed one). */
 static inline uint64_t val_u64(const MDB_val *v)
 {
-    uint64_t x = 0;
-    if (v->mv_size == 8)
-        memcpy(&x, v->mv_data, 8);
-    return x;
+    return v->mv_size == MAP_VAL ? get_be40(v->mv_data) : 0;
 }
 
 #endif

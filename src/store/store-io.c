@@ -252,6 +252,15 @@ int store_decref_l(struct store *st, uint64_t slot)
     return 0;
 }
 
+/* A slot at the end of the chunk file (map values hold 40-bit slots). */
+static int new_slot_l(struct store *st, uint64_t *slot)
+{
+    if (st->next_slot > STORE_MAX_BLOCKS)
+        return store_set_err(st, -ENOSPC, "%s-chunks: no slot left", st->path);
+    *slot = st->next_slot++;
+    return 0;
+}
+
 /* A slot for a new chunk: the lowest freed slot whose freeing txn is
  * durable (gen < st->gen), else a new one at the end of the chunk file. */
 static int alloc_slot_l(struct store *st, uint64_t *slot)
@@ -260,10 +269,8 @@ static int alloc_slot_l(struct store *st, uint64_t *slot)
     MDB_val k, d;
     /* slots freed now carry the current generation: once none is
      * reusable, none becomes so before the generation moves on */
-    if (st->free_none && st->free_none_gen == st->gen) {
-        *slot = st->next_slot++;
-        return 0;
-    }
+    if (st->free_none && st->free_none_gen == st->gen)
+        return new_slot_l(st, slot);
     int rc = mdb_cursor_open(st->txn, st->db_free, &c);
     if (rc)
         return store_mdb_err(st, rc, "free");
@@ -279,8 +286,7 @@ static int alloc_slot_l(struct store *st, uint64_t *slot)
         return store_mdb_err(st, rc, "free");
     st->free_none = true;
     st->free_none_gen = st->gen;
-    *slot = st->next_slot++;
-    return 0;
+    return new_slot_l(st, slot);
 }
 
 /* Give back a slot from alloc_slot_l that was not used (write failed). */
@@ -362,9 +368,10 @@ static int chunk_get_l(struct store *st, struct wbatch *wb, const void *data,
 static int map_set_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t node,
                      uint64_t val)
 {
-    uint8_t kb[MAP_KEY];
+    uint8_t kb[MAP_KEY], vb[MAP_VAL];
     map_key(kb, b, node);
-    MDB_val k = {MAP_KEY, kb}, d = {8, &val};
+    put_be40(vb, val);
+    MDB_val k = {MAP_KEY, kb}, d = {MAP_VAL, vb};
     int rc = mdb_cursor_put(c, &k, &d, MDB_NOOVERWRITE);
     st->dirty = true;
     st->txn_ops++;
@@ -382,7 +389,7 @@ static int map_set_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t node,
     uint64_t old = val_u64(&d);
     if (old == val) /* same chunk: drop the reference just taken */
         return store_decref_l(st, val);
-    d = (MDB_val){8, &val};
+    d = (MDB_val){MAP_VAL, vb};
     if ((rc = mdb_cursor_put(c, &k, &d, MDB_CURRENT)))
         return store_mdb_err(st, rc, "map");
     return store_decref_l(st, old);

@@ -684,6 +684,13 @@ int store_create(const char *path, const struct store_create_opts *opts,
                            (unsigned long long)size, STORE_BLOCK);
         goto fail_nofiles;
     }
+    if (size / STORE_BLOCK > STORE_MAX_BLOCKS) {
+        rc =
+            store_set_err(st, -EFBIG, "size %llu is over the maximum of %llu",
+                          (unsigned long long)size,
+                          (unsigned long long)(STORE_MAX_BLOCKS * STORE_BLOCK));
+        goto fail_nofiles;
+    }
     {
         char *cp = chunk_path(path);
         if (!cp) {

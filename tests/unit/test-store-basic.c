@@ -158,13 +158,13 @@ int main(void)
     EXPECT(store_open(cp, 0, &st) == -EPROTO, "chunk file opened as image");
     /* chunk header: version at offset 16, image UUID at 20 */
     fd = open(cp, O_RDWR);
-    uint32_t ver = 2;
+    uint32_t ver = 3;
     EXPECT(pwrite(fd, "BUSE", 4, 0) == 4 && pwrite(fd, &ver, 4, 16) == 4,
            "patch version");
     EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
-               strstr(store_errmsg(), "version 2"),
-           "chunk format version 2 accepted: %s", store_errmsg());
-    ver = 1;
+               strstr(store_errmsg(), "version 3"),
+           "chunk format version 3 accepted: %s", store_errmsg());
+    ver = 2;
     uint8_t u0;
     EXPECT(pwrite(fd, &ver, 4, 16) == 4 && pread(fd, &u0, 1, 20) == 1,
            "restore version");
