@@ -293,6 +293,15 @@ static int cmd_clone(int argc, char **argv)
     return 0;
 }
 
+/* End a rollback/delete line with the clients --force disconnected. */
+static void print_disconnected(json_t *res)
+{
+    long long n = jint(res, "disconnected");
+    if (n)
+        printf(" (disconnected %lld client%s)", n, n == 1 ? "" : "s");
+    putchar('\n');
+}
+
 static int cmd_rollback(int argc, char **argv)
 {
     int i = parse_opts(argc, argv, "fVj");
@@ -312,10 +321,7 @@ static int cmd_rollback(int argc, char **argv)
     } else {
         printf("rolled back %s to %s", jstr(res, "volume"),
                jstr(res, "snapshot"));
-        if (jint(res, "disconnected"))
-            printf(" (disconnected %lld client%s)", jint(res, "disconnected"),
-                   jint(res, "disconnected") == 1 ? "" : "s");
-        putchar('\n');
+        print_disconnected(res);
     }
     json_decref(res);
     return 0;
@@ -335,10 +341,7 @@ static int cmd_delete(int argc, char **argv)
         print_json(res);
     } else {
         printf("deleted %s %s", jstr(o, "kind"), jstr(o, "name"));
-        if (jint(res, "disconnected"))
-            printf(" (disconnected %lld client%s)", jint(res, "disconnected"),
-                   jint(res, "disconnected") == 1 ? "" : "s");
-        putchar('\n');
+        print_disconnected(res);
     }
     json_decref(res);
     return 0;
