@@ -7,7 +7,8 @@
 #   tools/           bsnap, busexmp                tests/       test suite
 #
 # Targets: all, check (installs test deps with apt-get when root),
-# check-kernel (VM with a real /dev/nbd0), bench, install, format-check.
+# check-reliability (crash loops, power loss, fuzzing, soak), check-kernel
+# (VM with a real /dev/nbd0), bench, install, format-check.
 # SANITIZER=address,undefined builds everything with sanitizers.
 
 PREFIX   ?= /usr/local
@@ -90,6 +91,13 @@ check:
 	$(MAKE) all
 	tests/run-tests.sh
 
+# The longer tier: crash loops, power-loss simulation, full disk, libFuzzer
+# runs, soak and valgrind (bounded; CI runs it once, without sanitizers).
+check-reliability:
+	tests/deps.sh
+	$(MAKE) all reliability-tools
+	tests/run-tests.sh --tier reliability
+
 check-kernel:
 	tests/deps.sh
 	$(MAKE) all
@@ -132,6 +140,13 @@ format-check:
 	clang-format --dry-run --Werror $(FORMAT_FILES)
 
 clean:
-	rm -f src/*/*.o tools/*.o libbuse.a libbuse.so libstore.a $(PROGRAMS) $(UNIT_BIN) buse.pc
+	rm -f src/*/*.o tools/*.o libbuse.a libbuse.so libstore.a $(PROGRAMS) $(UNIT_BIN) buse.pc \
+	    $(RELIABILITY_TOOLS)
 
-.PHONY: all deps check check-kernel bench serve install format format-check clean
+# Test tiers add their own build rules (tests/*/*.mk): each defines what it
+# builds and adds it to RELIABILITY_TOOLS.
+RELIABILITY_TOOLS :=
+-include $(sort $(wildcard tests/*/*.mk))
+reliability-tools: $(RELIABILITY_TOOLS)
+
+.PHONY: all deps check check-kernel check-reliability reliability-tools bench serve install format format-check clean

@@ -2,17 +2,26 @@
 # tests/run-tests.sh: run the unit tests (tests/unit/test-*) and the shell
 # tests (tests/test-*.sh), two at a time, each with a time limit.  Prints one
 # line per test and a closing "N passed, N failed, N skipped" line.
-# Usage: tests/run-tests.sh [PATTERN...]   (e.g. tests/run-tests.sh nbd-)
+# Usage: tests/run-tests.sh [--tier reliability] [PATTERN...]
+#   (e.g. tests/run-tests.sh nbd-).  The default tier is tests/test-*.sh and
+#   the unit tests; --tier NAME runs tests/NAME/test-*.sh instead (the longer
+#   crash-loop, power-loss, fuzzing and soak runs: make check-reliability).
 set -u
+tier=
+if [ "${1:-}" = --tier ]; then tier=$2; shift 2; fi
 cd "$(dirname "$0")/.."
 export PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 logdir=tests/logs
 rm -rf "$logdir"; mkdir -p "$logdir"
 list=()
-for t in tests/unit/test-*; do
-    [ -x "$t" ] && [[ $t != *.c ]] && list+=("$t")
-done
-for t in tests/test-*.sh; do list+=("$t"); done
+if [ -n "$tier" ]; then
+    for t in tests/"$tier"/test-*.sh; do [ -f "$t" ] && list+=("$t"); done
+else
+    for t in tests/unit/test-*; do
+        [ -x "$t" ] && [[ $t != *.c ]] && list+=("$t")
+    done
+    for t in tests/test-*.sh; do list+=("$t"); done
+fi
 if [ $# -gt 0 ]; then
     sel=()
     for t in "${list[@]}"; do for p in "$@"; do [[ $t == *$p* ]] && sel+=("$t") && break; done; done
