@@ -4,7 +4,8 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config liblmdb-dev lmdb-utils libxxhash-dev uuid-dev
       libnl-genl-3-dev libnbd-bin python3-libnbd qemu-utils fio fuse3 e2fsprogs
-      nbdkit socat jq util-linux mount clang-format libjansson-dev)
+      nbdkit socat jq util-linux mount clang-format libjansson-dev
+      clang libclang-rt-14-dev valgrind)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
