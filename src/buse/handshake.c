@@ -304,6 +304,11 @@ static int opt_export_name(struct buse_conn *conn, const unsigned char *d,
         buse_err("client: export name too long (%u bytes)", len);
         return -EINVAL;
     }
+    /* Strings never hold NUL (doc/proto.md): "\0junk" must not open "". */
+    if (memchr(d, 0, len)) {
+        buse_err("client: export name contains NUL, closing the connection");
+        return -EINVAL;
+    }
     memcpy(name, d, len);
     name[len] = 0;
     int r = buse_open_export(conn, name);
