@@ -1,0 +1,447 @@
+# hostile.py: the hostile-client table of test-nbd-hostile.sh.
+#
+# Usage: hostile.py SOCKET SERVER_PID KIND   (KIND: busesnap or busexmp,
+# which differ only in that busexmp serves any export name).
+#
+# Each row of OPTION_ROWS and REQUEST_ROWS is one bad input: what is sent
+# (bytes built by nbdraw.Conn), the reply doc/proto.md requires, and
+# whether the connection must stay usable afterwards (then a GO and/or a
+# READ must work on it).  Then the non-table abuses: FLUSH storms,
+# thousands of connections dropped at every stage, and a client that
+# pipelines reads and never reads the replies.  Throughout, a libnbd
+# client ("the survivor") writes and reads back its own area at the end of
+# the export; any wrong byte, error or stall of more than 5 s fails.
+import os
+import random
+import struct
+import sys
+import threading
+import time
+
+import nbd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from nbdraw import *  # noqa: E402,F403
+
+path, server_pid, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+M = 1 << 20
+tried = 0
+
+
+def proc_status(key):
+    with open("/proc/%d/status" % server_pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def rss_mib():
+    return proc_status("VmRSS") / 1024
+
+
+def nfds():
+    return len(os.listdir("/proc/%d/fd" % server_pid))
+
+
+# ---- the survivor: a well-behaved client running all along ----
+class Survivor(threading.Thread):
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.h = nbd.NBD()
+        self.h.connect_unix(path)
+        self.size = self.h.get_size()
+        self.base = self.size - 4 * M  # hostile rows stay below this
+        self.ops = 0
+        self.worst = 0.0
+        self.error = None
+        self.stop = False
+        self.expect = {}
+
+    def run(self):
+        rnd = random.Random(1)
+        try:
+            while not self.stop:
+                off = self.base + rnd.randrange(1024) * 4096
+                t = time.monotonic()
+                if rnd.random() < 0.5:
+                    data = os.urandom(4096)
+                    self.h.pwrite(data, off)
+                    self.expect[off] = data
+                else:
+                    got = self.h.pread(4096, off)
+                    want = self.expect.get(off, bytes(4096))
+                    if got != want:
+                        raise AssertionError("survivor read wrong data at %d"
+                                             % off)
+                self.worst = max(self.worst, time.monotonic() - t)
+                self.ops += 1
+        except Exception as e:  # reported by check()
+            self.error = repr(e)
+
+    def check(self, what):
+        if self.error:
+            sys.exit("survivor failed during %s: %s" % (what, self.error))
+        if not self.is_alive():
+            sys.exit("survivor stopped during %s" % what)
+        if self.worst > 5:
+            sys.exit("survivor stalled %.1f s during %s" % (self.worst, what))
+
+
+survivor = Survivor()
+survivor.start()
+SIZE = survivor.size
+
+
+def usable(c, in_tx):
+    """The connection still works: GO (if still negotiating), then a
+    write and a read back of one block."""
+    if not in_tx:
+        c.go()
+    data = os.urandom(4096)
+    err, _ = c.call(WRITE, 8192, 4096, payload=data)
+    assert err == 0, "write after the bad input: errno %d" % err
+    err, got = c.call(READ, 8192, 4096)
+    assert err == 0 and got == data, "read after the bad input"
+
+
+def opt(o, data=b""):
+    return struct.pack(">QII", OPT, o, len(data)) + data
+
+
+def goi(o, name, infos=b"\0\0"):
+    return opt(o, struct.pack(">I", len(name)) + name + infos)
+
+
+NAME4K = b"n" * 4096
+exmp = kind == "busexmp"
+CLOSE = "close"
+SERVED = "served"  # EXPORT_NAME answered with the export size
+
+# Option phase: (name, bytes, expected replies in order, usable after).
+OPTION_ROWS = [
+    ("bad option magic", b"IHAVEOPX" + struct.pack(">II", GO, 0), CLOSE, 0),
+    ("zero magic", bytes(16), CLOSE, 0),
+    ("unknown option 99", opt(99, b"junk"), [ERR_UNSUP], 1),
+    ("unknown option 0xffffffff", opt(0xFFFFFFFF), [ERR_UNSUP], 1),
+    ("unknown option 0 (no data)", opt(0), [ERR_UNSUP], 1),
+    ("option > 64 KiB cap", opt(99, bytes(100000)), [ERR_TOO_BIG], 1),
+    ("GO > 64 KiB cap", opt(GO, bytes(70000)), [ERR_TOO_BIG], 1),
+    ("GO shorter than its name length",
+     opt(GO, struct.pack(">I", 100) + b"ab"), [ERR_INVALID], 1),
+    ("INFO name length 2^32-1",
+     opt(INFO, struct.pack(">I", 0xFFFFFFFF) + b"\0\0"), [ERR_INVALID], 1),
+    ("GO longer than its contents", goi(GO, b"", b"\0\0junk"),
+     [ERR_INVALID], 1),
+    ("GO info count beyond the option", goi(GO, b"", b"\xff\xff\0\1"),
+     [ERR_INVALID], 1),
+    ("GO of 2 bytes", opt(GO, b"\0\0"), [ERR_INVALID], 1),
+    ("INFO empty", opt(INFO), [ERR_INVALID], 1),
+    ("INFO name 4 KiB", goi(INFO, NAME4K), [ACK if exmp else ERR_UNKNOWN], 1),
+    ("INFO name 4 KiB+1", goi(INFO, NAME4K + b"x"), [ERR_TOO_BIG], 1),
+    ("INFO name with NUL", goi(INFO, b"a\0b"), [ERR_INVALID], 1),
+    ("GO name with NUL", goi(GO, b"\0"), [ERR_INVALID], 1),
+    ("GO name 4 KiB", goi(GO, NAME4K), [ACK] if exmp else [ERR_UNKNOWN], 1),
+    ("GO unknown export", goi(GO, b"no-such-export"),
+     [ACK] if exmp else [ERR_UNKNOWN], 1),
+    ("EXPORT_NAME with NUL", opt(EXPORT_NAME, b"\0junk"), CLOSE, 0),
+    ("EXPORT_NAME 4 KiB", opt(EXPORT_NAME, NAME4K), SERVED if exmp else CLOSE,
+     1 if exmp else 0),
+    ("EXPORT_NAME 4 KiB+1", opt(EXPORT_NAME, NAME4K + b"x"), CLOSE, 0),
+    ("EXPORT_NAME 100 KB", opt(EXPORT_NAME, bytes(100000)), CLOSE, 0),
+    ("LIST with data", opt(LIST, b"x"), [ERR_INVALID], 1),
+    ("STRUCTURED_REPLY with data", opt(STRUCTURED_REPLY, b"x"),
+     [ERR_INVALID], 1),
+    ("STRUCTURED_REPLY twice", opt(STRUCTURED_REPLY) * 2,
+     [ACK, ERR_INVALID], 1),
+    ("EXTENDED_HEADERS with data", opt(EXTENDED_HEADERS, b"xy"),
+     [ERR_INVALID], 1),
+    ("STRUCTURED_REPLY after EXTENDED_HEADERS",
+     opt(EXTENDED_HEADERS) + opt(STRUCTURED_REPLY), [ACK, ERR_INVALID], 0),
+    ("SET_META before STRUCTURED_REPLY",
+     opt(SET_META, struct.pack(">II", 0, 0)), [ERR_INVALID], 1),
+    ("SET_META query beyond the option",
+     opt(STRUCTURED_REPLY)
+     + opt(SET_META, struct.pack(">III", 0, 1, 1000) + b"base:"),
+     [ACK, ERR_INVALID], 1),
+    ("SET_META trailing data",
+     opt(STRUCTURED_REPLY) + opt(SET_META, struct.pack(">II", 0, 0) + b"zz"),
+     [ACK, ERR_INVALID], 1),
+    ("LIST_META export name length 2^32-1",
+     opt(STRUCTURED_REPLY)
+     + opt(LIST_META, struct.pack(">II", 0xFFFFFFFF, 0)),
+     [ACK, ERR_INVALID], 1),
+    ("ABORT", opt(ABORT), [ACK], 0),
+]
+
+
+def run_option_row(name, data, expect, keep):
+    c = Conn(path)
+    c.send(data)
+    in_tx = False
+    try:
+        if expect == CLOSE:
+            assert c.closed(), "connection not closed"
+        elif expect == SERVED:
+            size, _ = struct.unpack(">QH", c.recvn(10))
+            assert size == SIZE, size
+            in_tx = True
+        else:
+            for want in expect:
+                typ, d = c.final_reply()
+                assert typ == want, "reply 0x%x, expected 0x%x (%r)" % (
+                    typ, want, d[:60])
+                in_tx = typ == ACK and name.startswith("GO")
+            if name == "ABORT":
+                assert c.closed(), "ABORT: connection not closed after ACK"
+        if keep:
+            usable(c, in_tx)
+    except (AssertionError, Closed) as e:
+        sys.exit("option row '%s': %s" % (name, e))
+    c.close()
+
+
+# Transmission phase: (name, request(c) -> bytes, expected errno or CLOSE,
+# usable after, modes).  Modes: s = simple replies, S = structured replies
+# with base:allocation, x = extended headers.
+BIG = 0xFFFFFFFF
+U64 = (1 << 64) - 512
+
+
+def rq(typ, off, ln, flags=0, payload=b""):
+    return lambda c: c.header(typ, off, ln, flags) + payload
+
+
+def req_row(name, build, expect, keep=1, modes="sSx"):
+    return (name, build, expect, keep, modes)
+
+
+W = os.urandom(4096)
+REQUEST_ROWS = [
+    req_row("good write", rq(WRITE, 0, 4096, 0, W), 0),
+    req_row("good read", rq(READ, 0, 4096), 0),
+    req_row("flush", rq(FLUSH, 0, 0), 0),
+    req_row("read past the end", rq(READ, SIZE, 4096), EINVAL),
+    req_row("read across the end", rq(READ, SIZE - 512, 4096), EINVAL),
+    req_row("read offset+len overflows 64 bits", rq(READ, U64, 4096), EINVAL),
+    req_row("write past the end", rq(WRITE, SIZE, 4096, 0, W), ENOSPC),
+    req_row("write offset+len overflows", rq(WRITE, U64, 4096, 0, W), ENOSPC),
+    req_row("trim past the end", rq(TRIM, SIZE, 4096), EINVAL),
+    req_row("trim offset+len overflows", rq(TRIM, U64, 4096), EINVAL),
+    req_row("write_zeroes past the end", rq(WRITE_ZEROES, SIZE, 4096), ENOSPC),
+    req_row("write_zeroes overflows", rq(WRITE_ZEROES, U64, 4096), ENOSPC),
+    req_row("cache past the end", rq(CACHE, SIZE, 4096), EINVAL),
+    req_row("block status past the end", rq(BLOCK_STATUS, SIZE, 4096),
+            EINVAL, 1, "Sx"),
+    req_row("block status overflows", rq(BLOCK_STATUS, U64, 4096), EINVAL,
+            1, "Sx"),
+    req_row("read length 0", rq(READ, 0, 0), EINVAL),
+    req_row("write length 0", rq(WRITE, 0, 0), EINVAL),
+    req_row("trim length 0", rq(TRIM, 0, 0), EINVAL),
+    req_row("write_zeroes length 0", rq(WRITE_ZEROES, 0, 0), EINVAL),
+    req_row("cache length 0", rq(CACHE, 0, 0), EINVAL),
+    req_row("block status length 0", rq(BLOCK_STATUS, 0, 0), EINVAL, 1, "Sx"),
+    req_row("read length 2^32-1", rq(READ, 0, BIG), EOVERFLOW),
+    req_row("trim length 2^32-1", rq(TRIM, 0, BIG), EINVAL),
+    req_row("write_zeroes length 2^32-1", rq(WRITE_ZEROES, 0, BIG), ENOSPC),
+    req_row("cache length 2^32-1", rq(CACHE, 0, BIG), EINVAL),
+    req_row("block status length 2^32-1", rq(BLOCK_STATUS, 0, BIG), EINVAL,
+            1, "Sx"),
+    req_row("read of 33 MiB (over the payload cap)", rq(READ, 0, 33 * M),
+            EOVERFLOW),
+    req_row("write of 33 MiB, payload sent",
+            rq(WRITE, 0, 33 * M, 0, bytes(33 * M)), EOVERFLOW),
+    req_row("block status without a meta context", rq(BLOCK_STATUS, 0, 4096),
+            EINVAL, 1, "s"),
+    req_row("unknown command 8", rq(8, 0, 4096), EINVAL),
+    req_row("unknown command 0xffff", rq(0xFFFF, 0, 4096), EINVAL),
+    req_row("read with unknown flag 0x8000", rq(READ, 0, 4096, 0x8000),
+            EINVAL),
+    req_row("write with unknown flag 0x40, payload sent",
+            rq(WRITE, 0, 4096, 0x40, W), EINVAL),
+    req_row("read with FUA", rq(READ, 0, 4096, FUA), EINVAL),
+    req_row("flush with FUA", rq(FLUSH, 0, 0, FUA), EINVAL),
+    req_row("trim with NO_HOLE", rq(TRIM, 0, 4096, NO_HOLE), EINVAL),
+    req_row("cache with REQ_ONE", rq(CACHE, 0, 4096, REQ_ONE), EINVAL),
+    req_row("read with DF, DF not advertised", rq(READ, 0, 4096, DF),
+            EINVAL, 1, "s"),
+    req_row("read with DF", rq(READ, 0, 4096, DF), 0, 1, "Sx"),
+    req_row("write_zeroes FAST_ZERO|NO_HOLE|FUA",
+            rq(WRITE_ZEROES, 0, 4096, FAST_ZERO | NO_HOLE | FUA), 0),
+    req_row("read with PAYLOAD_LEN and a payload",
+            rq(READ, 0, 8, PAYLOAD_LEN, bytes(8)), EINVAL, 1, "x"),
+    req_row("bad request magic",
+            lambda c: b"\xde\xad\xbe\xef" + c.header(READ, 0, 4096)[4:],
+            CLOSE, 0),
+    req_row("28-byte request after EXTENDED_HEADERS",
+            lambda c: struct.pack(">IHHQQI", REQ, 0, READ, 1, 0, 4096)
+            + bytes(4), CLOSE, 0, "x"),
+    req_row("DISC", rq(DISC, 0, 0), CLOSE, 0),
+]
+
+
+def tx_conn(mode):
+    c = Conn(path)
+    c.go(structured=mode == "S", meta=mode in "Sx", extended=mode == "x")
+    return c
+
+
+def run_request_row(name, build, expect, keep, mode):
+    c = tx_conn(mode)
+    try:
+        c.send(build(c))
+        if expect == CLOSE:
+            assert c.closed(), "connection not closed"
+        else:
+            cookie, err, _ = c.response(4096 if "good read" in name
+                                        or "with DF" in name else 0)
+            assert cookie == c.cookie, "reply to cookie %s, sent %s" % (
+                cookie, c.cookie)
+            assert err == expect, "errno %d, expected %d" % (err, expect)
+        if keep:
+            usable(c, True)
+    except (AssertionError, Closed) as e:
+        sys.exit("request row '%s' (mode %s): %s" % (name, mode, e))
+    c.close()
+
+
+t0 = time.monotonic()
+for row in OPTION_ROWS:
+    run_option_row(*row)
+    tried += 1
+# Unknown client flags (the 4 bytes after the greeting): the server closes.
+for cflags in (0x80, 0xFFFFFFFF):
+    c = Conn(path, cflags=None)
+    c.recvn(18)
+    c.send(struct.pack(">I", cflags))
+    assert c.closed(), "client flags 0x%x: not closed" % cflags
+    tried += 1
+nrows = 0
+for row in REQUEST_ROWS:
+    for mode in row[4]:
+        run_request_row(*row[:4], mode)
+        tried += 1
+        nrows += 1
+survivor.check("the table")
+print("table: %d option rows, %d request rows (x modes), %.1f s"
+      % (len(OPTION_ROWS) + 2, nrows, time.monotonic() - t0))
+
+# ---- FLUSH storms: thousands of FLUSH in one pipeline, all answered ----
+NFLUSH = int(os.environ.get("HOSTILE_FLUSHES", "3000"))
+for mode in "sx":
+    t = time.monotonic()
+    c = tx_conn(mode)
+    c.send(b"".join(c.header(FLUSH, 0, 0) for _ in range(NFLUSH)))
+    seen = set()
+    for _ in range(NFLUSH):
+        cookie, err, _ = c.response()
+        assert err == 0, "FLUSH storm: errno %d" % err
+        assert cookie not in seen and 1 <= cookie <= NFLUSH, cookie
+        seen.add(cookie)
+    usable(c, True)
+    c.close()
+    tried += NFLUSH
+    print("flush storm (%s): %d FLUSH answered in %.1f s"
+          % ("simple" if mode == "s" else "extended", NFLUSH,
+             time.monotonic() - t))
+survivor.check("the FLUSH storms")
+
+
+# ---- connections opened and dropped at every stage ----
+def drop(i):
+    k = i % 10
+    c = Conn(path, cflags=None)
+    if k == 0:  # before reading the greeting
+        return c.close()
+    c.recvn(18)
+    if k == 1:  # after the greeting
+        return c.close()
+    c.send(struct.pack(">I", 3))
+    if k == 2:  # half an option header
+        c.send(struct.pack(">Q", OPT))
+    elif k == 3:  # an option that announces more than is sent
+        c.send(struct.pack(">QII", OPT, GO, 1000) + bytes(10))
+    elif k == 4:  # an option announcing 4 GiB
+        c.send(struct.pack(">QII", OPT, 99, BIG) + bytes(100))
+    elif k >= 5:
+        c.go(structured=k % 2 == 0)
+        if k == 5:  # half a request header
+            c.send(c.header(READ, 0, 4096)[:13])
+        elif k == 6:  # a WRITE cut in its payload
+            c.send(c.header(WRITE, 0, M) + bytes(1000))
+        elif k == 7:  # a WRITE announcing 4 GiB - 1
+            c.send(c.header(WRITE, 0, BIG) + bytes(4096))
+        elif k == 8:  # reads in flight, replies never read
+            c.send(b"".join(c.header(READ, i * 4096 % (32 * M), 64 * 1024)
+                            for i in range(16)))
+        # k == 9: idle in transmission
+    c.close()
+
+
+NDROP = int(os.environ.get("HOSTILE_DROPS", "3000"))
+time.sleep(0.2)
+fd0, th0 = nfds(), proc_status("Threads")
+t = time.monotonic()
+for i in range(NDROP):
+    drop(i)
+tried += NDROP
+# Every dropped connection must go away: threads and descriptors return
+# to where they were (the survivor's stay).
+for _ in range(200):
+    fd1, th1 = nfds(), proc_status("Threads")
+    if fd1 <= fd0 and th1 <= th0:
+        break
+    time.sleep(0.05)
+print("dropped connections: %d in %.1f s; server fds %d -> %d, threads "
+      "%d -> %d" % (NDROP, time.monotonic() - t, fd0, fd1, th0, th1))
+assert fd1 <= fd0 and th1 <= th0, "dropped connections leaked fds or threads"
+survivor.check("the dropped connections")
+
+# ---- a client that pipelines reads and never reads the replies ----
+# Its worker threads block in send(); the other clients must go on, and the
+# server's memory must stay bounded by workers x max payload however deep
+# the pipeline (8 workers x 32 MiB here), and come back when it leaves.
+rss0 = rss_mib()
+peaks = []
+for rnd in range(3):
+    c = tx_conn("s")
+    c.s.setblocking(False)
+    sent = 0
+    hdrs = b"".join(c.header(READ, (i % 8) * 32 * M % (SIZE - 32 * M),
+                             min(32 * M, SIZE // 2)) for i in range(256))
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline and sent < len(hdrs):
+        try:
+            sent += c.s.send(hdrs[sent:])
+        except BlockingIOError:
+            time.sleep(0.01)
+    ops0, survivor.worst = survivor.ops, 0.0
+    peak = 0
+    for _ in range(20):
+        time.sleep(0.1)
+        peak = max(peak, rss_mib())
+    ops = survivor.ops - ops0
+    survivor.check("the stalled reader")
+    assert ops >= 20, "survivor did only %d ops in 2 s next to a stalled " \
+        "reader" % ops
+    peaks.append(peak)
+    print("stalled reader %d: %d requests queued (%d bytes sent), survivor "
+          "%d ops in 2 s (worst %.3f s), server RSS %.0f -> %.0f MiB"
+          % (rnd, sent // len(c.header(READ, 0, 1)), sent, ops,
+             survivor.worst, rss0, peak))
+    c.close()
+    tried += 1
+bound = 8 * 32 + 64
+assert max(peaks) - rss0 < bound, "stalled reader: RSS grew %.0f MiB " \
+    "(bound %d)" % (max(peaks) - rss0, bound)
+assert peaks[2] < peaks[0] + 32, "RSS grows with each stalled reader: %r" \
+    % peaks
+time.sleep(0.5)
+print("after the stalled readers: RSS %.0f MiB" % rss_mib())
+
+survivor.check("the end")
+survivor.stop = True
+survivor.join()
+survivor.check = None
+print("survivor: %d ops, all data correct" % survivor.ops)
+print("bad inputs tried: %d" % tried)
