@@ -51,17 +51,36 @@ struct ctl_server {
 
 /* ---- responses ---- */
 
-/* err is a negative errno. */
+/* err is a negative errno.  Never NULL: the ops return the result of
+ * resolve() (an error or NULL for success), so a NULL error would let an
+ * op go on with an object that was never looked up (found by
+ * tests/fuzz/fuzz-control: a truncated message cut a UTF-8 character in
+ * two, which json_pack refuses).  Under memory exhaustion it returns
+ * json_null(), a static value that ctl_send cannot send: the connection
+ * closes. */
 json_t *ctl_error(int err, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (n >= (int)sizeof msg) {
+        /* Truncated: end before the UTF-8 character it may have cut. */
+        size_t len = strlen(msg);
+        while (len > 0 && ((unsigned char)msg[len - 1] & 0xc0) == 0x80)
+            len--;
+        if (len > 0 && (unsigned char)msg[len - 1] >= 0xc0)
+            len--;
+        msg[len] = '\0';
+    }
     const char *name = strerrorname_np(-err);
-    return json_pack("{s:b, s:s, s:s}", "ok", 0, "error", name ? name : "EIO",
-                     "message", msg);
+    json_t *j = json_pack("{s:b, s:s, s:s}", "ok", 0, "error",
+                          name ? name : "EIO", "message", msg);
+    if (!j) /* still not UTF-8 (an argument was not): no message */
+        j = json_pack("{s:b, s:s, s:s}", "ok", 0, "error", name ? name : "EIO",
+                      "message", "(message not valid UTF-8)");
+    return j ? j : json_null();
 }
 
 /* A store failure: its message already names the image and the object. */

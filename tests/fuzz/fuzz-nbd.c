@@ -1,0 +1,320 @@
+/* fuzz-nbd.c: libFuzzer target for libbuse's NBD server (handshake.c and
+ * transmission.c), issue 7 item 4.
+ *
+ * Each input is the byte stream of one client connection.  It is served by
+ * libbuse's own code, compiled into this binary with the sanitizers: the
+ * connection thread's sequence of conn_main() in server.c (handshake, then
+ * transmission, then close of the export), on one end of a socketpair
+ * whose other end a pump thread (fuzz-pump.h) feeds with the input and
+ * drains.  The backend is a 256 KiB memory disk whose callbacks abort() if
+ * libbuse breaks a promise of buse.h (a range outside the export, a write
+ * to a read-only export, a close without an open), so that such bugs are
+ * crashes too.
+ *
+ * Input: byte 0 is a mode, the rest is what the client sends after the
+ * server's greeting.  Mode bits:
+ *   0-1  prefix sent first: 0 none (the input is the whole handshake),
+ *        1 flags + GO (simple replies), 2 flags + STRUCTURED_REPLY +
+ *        SET_META_CONTEXT base:allocation + GO, 3 the same with
+ *        EXTENDED_HEADERS; with a prefix the rest of the input reaches the
+ *        transmission phase at once
+ *   2    BUSE 1 callbacks only (read, write, flush, trim; size from
+ *        blksize * size_blocks; no open): libbuse's emulations
+ *   3    the prefix opens export "ro" (read-only) instead of "disk"
+ *   4    verbose (libbuse's debug lines, with their formatting)
+ *   5    max_block 4096 and min_block 512
+ *   6    BUSE_SERIALIZE (else threads = 1: one worker, deterministic)
+ *   7    the prefix opens export "odd" (a size that is not a multiple of
+ *        512)
+ */
+#define BUSE_INTERNAL
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "protocol.h"
+
+#include "fuzz-pump.h"
+
+#define DISK_SIZE (256u * 1024)
+#define ODD_SIZE (DISK_SIZE - 1000)
+
+static unsigned char disk[DISK_SIZE];
+
+struct handle {
+    uint64_t size;
+    int readonly;
+    int open;
+};
+static struct handle handles[4];
+static int opens, closes;
+
+static void broken(const char *what, uint64_t off, uint64_t len)
+{
+    fprintf(stderr,
+            "fuzz-nbd: libbuse broke its promise: %s (offset %llu, "
+            "length %llu)\n",
+            what, (unsigned long long)off, (unsigned long long)len);
+    abort();
+}
+
+/* userdata is a struct handle (open) or NULL (BUSE 1 ops, whole disk). */
+static void in_range(void *userdata, uint64_t off, uint64_t len, int write)
+{
+    struct handle *h = userdata;
+    uint64_t size = h ? h->size : DISK_SIZE;
+    if (h && !h->open)
+        broken("callback on a closed export", off, len);
+    if (len == 0 || off > size || len > size - off)
+        broken("callback range outside the export", off, len);
+    if (write && h && h->readonly)
+        broken("write callback on a read-only export", off, len);
+}
+
+static int m_read(void *buf, uint32_t len, uint64_t off, void *u)
+{
+    in_range(u, off, len, 0);
+    memcpy(buf, disk + off, len);
+    return 0;
+}
+
+static int m_write(const void *buf, uint32_t len, uint64_t off, void *u)
+{
+    in_range(u, off, len, 1);
+    memcpy(disk + off, buf, len);
+    /* An error path for the fuzzer: a write starting with "EIO!" fails. */
+    return len >= 4 && memcmp(buf, "EIO!", 4) == 0 ? -EIO : 0;
+}
+
+static int m_write_flags(const void *buf, uint32_t len, uint64_t off,
+                         uint32_t flags, void *u)
+{
+    if (flags & ~BUSE_FLAG_FUA)
+        broken("write flags other than FUA", off, len);
+    return m_write(buf, len, off, u);
+}
+
+static int m_flush(void *u)
+{
+    return 0;
+}
+
+static int m_trim(uint64_t off, uint32_t len, void *u)
+{
+    in_range(u, off, len, 1);
+    memset(disk + off, 0, len);
+    return 0;
+}
+
+static int m_trim_flags(uint64_t off, uint64_t len, uint32_t flags, void *u)
+{
+    in_range(u, off, len, 1);
+    memset(disk + off, 0, len);
+    return 0;
+}
+
+static int m_write_zeroes(uint64_t off, uint64_t len, uint32_t flags, void *u)
+{
+    in_range(u, off, len, 1);
+    /* FAST_ZERO is only fast on whole 4 KiB blocks. */
+    if ((flags & BUSE_FLAG_FAST_ZERO) && ((off | len) & 4095))
+        return -ENOTSUP;
+    memset(disk + off, 0, len);
+    return 0;
+}
+
+static int m_cache(uint64_t off, uint64_t len, void *u)
+{
+    in_range(u, off, len, 0);
+    return 0;
+}
+
+/* 4 KiB granules: all-zero ones are holes (and zero). */
+static int m_block_status(uint64_t off, uint64_t len, struct buse_extents *ex,
+                          void *u)
+{
+    in_range(u, off, len, 0);
+    uint64_t end = off + len;
+    while (off < end) {
+        uint64_t next = (off / 4096 + 1) * 4096;
+        if (next > end)
+            next = end;
+        int zero = 1;
+        for (uint64_t i = off; i < next && zero; i++)
+            zero = disk[i] == 0;
+        int r = buse_add_extent(ex, off, next - off,
+                                zero ? BUSE_EXTENT_HOLE | BUSE_EXTENT_ZERO : 0);
+        if (r == -E2BIG)
+            return 0;
+        if (r < 0)
+            broken("buse_add_extent refused a valid extent", off, next - off);
+        off = next;
+    }
+    return 0;
+}
+
+static int m_list_exports(struct buse_export_list *list, void *u)
+{
+    int r = buse_add_export(list, "disk", "a 256 KiB memory disk");
+    if (r == 0)
+        r = buse_add_export(list, "ro", NULL);
+    if (r == 0)
+        r = buse_add_export(list, "odd", "not a multiple of 512");
+    return r;
+}
+
+static int m_open(const char *name, struct buse_export *exp, void *u)
+{
+    static const char *names[] = {"", "disk", "ro", "odd"};
+    for (int i = 0; i < 4; i++)
+        if (strcmp(name, names[i]) == 0) {
+            struct handle *h = &handles[i];
+            if (h->open)
+                broken("second open on one connection", 0, 0);
+            h->size = i == 3 ? ODD_SIZE : DISK_SIZE;
+            h->readonly = i == 2;
+            h->open = 1;
+            exp->handle = h;
+            exp->size = h->size;
+            exp->readonly = h->readonly;
+            exp->description = i == 1 ? "memory disk" : NULL;
+            opens++;
+            return 0;
+        }
+    return strcmp(name, "eio") == 0 ? -EIO : -ENOENT;
+}
+
+static void m_close(void *handle)
+{
+    struct handle *h = handle;
+    if (!h->open)
+        broken("close of an export that is not open", 0, 0);
+    h->open = 0;
+    closes++;
+}
+
+/* Append an option (header + payload) to the prefix. */
+static size_t put_opt(unsigned char *p, uint32_t opt, const void *d,
+                      uint32_t len)
+{
+    buse_put64(p, NBD_IHAVEOPT);
+    buse_put32(p + 8, opt);
+    buse_put32(p + 12, len);
+    if (len)
+        memcpy(p + 16, d, len);
+    return 16 + len;
+}
+
+static size_t make_prefix(unsigned char *p, unsigned mode)
+{
+    size_t n = 4;
+    unsigned kind = mode & 3;
+    if (kind == 0)
+        return 0;
+    buse_put32(p, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    if (kind == 2)
+        n += put_opt(p + n, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+    if (kind == 3)
+        n += put_opt(p + n, NBD_OPT_EXTENDED_HEADERS, NULL, 0);
+    if (kind >= 2) {
+        static const char ctx[] = NBD_CONTEXT_BASE_ALLOCATION;
+        unsigned char m[8 + 4 + sizeof ctx];
+        buse_put32(m, 0); /* export name "" */
+        buse_put32(m + 4, 1);
+        buse_put32(m + 8, sizeof ctx - 1);
+        memcpy(m + 12, ctx, sizeof ctx - 1);
+        n += put_opt(p + n, NBD_OPT_SET_META_CONTEXT, m, sizeof m - 1);
+    }
+    const char *name = (mode & 0x80) ? "odd" : (mode & 8) ? "ro" : "disk";
+    unsigned char g[4 + 8 + 2];
+    uint32_t nl = (uint32_t)strlen(name);
+    buse_put32(g, nl);
+    memcpy(g + 4, name, nl);
+    buse_put16(g + 4 + nl, 0);
+    n += put_opt(p + n, NBD_OPT_GO, g, 4 + nl + 2);
+    return n;
+}
+
+static struct buse_server *make_server(unsigned mode)
+{
+    struct buse_operations ops = {.read = m_read};
+    if (mode & 4) {
+        ops.write = m_write;
+        ops.flush = m_flush;
+        ops.trim = m_trim;
+        ops.blksize = 512;
+        ops.size_blocks = DISK_SIZE / 512;
+    } else {
+        ops.write_flags = m_write_flags;
+        ops.flush = m_flush;
+        ops.trim_flags = m_trim_flags;
+        ops.write_zeroes = m_write_zeroes;
+        ops.cache = m_cache;
+        ops.block_status = m_block_status;
+        ops.list_exports = m_list_exports;
+        ops.open = m_open;
+        ops.close = m_close;
+        ops.blksize = 4096;
+    }
+    if (mode & 0x20) {
+        ops.max_block = 4096;
+        ops.min_block = 512;
+    }
+    if (mode & 0x40)
+        ops.flags |= BUSE_SERIALIZE;
+    else
+        ops.threads = 1;
+    struct buse_server *srv = buse_server_new(&ops, NULL);
+    if (!srv) {
+        fprintf(stderr, "fuzz-nbd: buse_server_new failed\n");
+        abort();
+    }
+    return srv;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    unsigned mode = data[0];
+    unsigned char pre[256];
+    size_t pre_len = make_prefix(pre, mode);
+
+    memset(disk, 0, sizeof disk);
+    memset(handles, 0, sizeof handles);
+    opens = closes = 0;
+    buse_set_verbose((mode & 0x10) ? 1 : 0);
+
+    struct buse_server *srv = make_server(mode);
+    struct buse_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        abort();
+    struct fuzz_pump pump;
+    c->srv = srv;
+    c->fd = fuzz_pump_start(&pump, pre, pre_len, data + 1, size - 1, NULL);
+    pthread_mutex_init(&c->recv_lock, NULL);
+    pthread_mutex_init(&c->send_lock, NULL);
+
+    /* What conn_main() does for a socket connection (server.c). */
+    if (buse_handshake(c) == 1)
+        buse_transmission(c);
+    buse_close_export(c);
+    if (c->export_name)
+        broken("export name left after close", 0, 0);
+    close(c->fd);
+    fuzz_pump_join(&pump);
+
+    pthread_mutex_destroy(&c->recv_lock);
+    pthread_mutex_destroy(&c->send_lock);
+    free(c);
+    buse_server_free(srv);
+    if (opens != closes)
+        broken("open and close callbacks do not pair", (uint64_t)opens,
+               (uint64_t)closes);
+    return 0;
+}
