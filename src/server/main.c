@@ -69,6 +69,9 @@ static const char serve_help[] =
     "  --size SIZE           create IMAGE with this size if it does not "
     "exist\n"
     "                        (suffixes K, M, G, T); must match if it does\n"
+    "  --map-size SIZE       index size limit (default 1T, virtual): when\n"
+    "                        the index or the disk is full, writes get\n"
+    "                        ENOSPC, reads, trims and deletes go on\n"
     "  --connections N       sockets per kernel device (default 1)\n"
     "  --timeout SECS        kernel request timeout (default: kernel's)\n"
     "  -v, --verbose         log requests to stderr\n"
@@ -78,6 +81,9 @@ static const char serve_help[] =
     "export by its name and by its UUID.  Sockets passed by systemd socket\n"
     "activation are served too.  SIGINT/SIGTERM stop cleanly.\n";
 
+/* Index size limit for serve (--map-size; 0: the store's 1 TiB). */
+static uint64_t map_size;
+
 /* Open IMAGE, creating it when size is nonzero and it does not exist. */
 static int open_image(const char *image, uint64_t size, const char *volname,
                       unsigned flags, struct store **st)
@@ -85,13 +91,14 @@ static int open_image(const char *image, uint64_t size, const char *volname,
     struct stat sb;
     int r;
     if (size && stat(image, &sb) < 0 && errno == ENOENT) {
-        struct store_create_opts o = {.size = size, .volume_name = volname};
+        struct store_create_opts o = {
+            .size = size, .volume_name = volname, .map_size = map_size};
         r = store_create(image, &o, st);
         if (r < 0)
             fprintf(stderr, "%s: %s\n", prog, store_errmsg());
         return r;
     }
-    r = store_open(image, flags, st);
+    r = store_open_map(image, flags, map_size, st);
     if (r == -ENOENT && !size) {
         fprintf(stderr,
                 "%s: %s: no such image (give --size SIZE to create it)\n", prog,
@@ -137,6 +144,7 @@ static int cmd_serve(int argc, char **argv)
         {"tcp", required_argument, 0, 't'},
         {"control", required_argument, 0, 'c'},
         {"size", required_argument, 0, 'S'},
+        {"map-size", required_argument, 0, 'M'},
         {"attach", required_argument, 0, 'a'},
         {"connections", required_argument, 0, 'n'},
         {"timeout", required_argument, 0, 'T'},
@@ -163,6 +171,11 @@ static int cmd_serve(int argc, char **argv)
             break;
         case 'S':
             size = size_arg("serve", optarg);
+            break;
+        case 'M':
+            map_size = size_arg("serve", optarg);
+            if (map_size < (1u << 20))
+                usage_error("serve", "--map-size wants at least 1M");
             break;
         case 'a':
             if (nattach == MAX_ATTACH)

@@ -135,6 +135,10 @@ static int gc_pass_locked(struct store *st)
     uint64_t next_b = 0;
     bool done = !gc_needed_l(st);
     while (!done && !rc && !st->bg_stop) {
+        /* deleting entries dirties pages too: on a full index or disk the
+         * collector runs in the reserve writes leave (store-space.c) */
+        if ((rc = store_room_l(st, 64, 16)))
+            break;
         if (st->tree_dirty)
             store_tree_rebuild_l(st);
         MDB_cursor *c;
@@ -144,7 +148,7 @@ static int gc_pass_locked(struct store *st)
             break;
         }
         unsigned seen = 0;
-        while (seen < STORE_GC_BATCH && !rc) {
+        while (seen < STORE_GC_BATCH && !rc && store_room_ok_l(st, 16, 16)) {
             map_key(kb, next_b, UINT32_MAX);
             MDB_val k = {MAP_KEY, kb}, d;
             mrc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
@@ -196,6 +200,8 @@ static int gc_pass_locked(struct store *st)
             }
         }
         mdb_cursor_close(c);
+        if (st->txn_broken)
+            store_abort_l(st);
         if (!rc && store_commit_due_l(st, 1))
             rc = store_commit_l(st);
         if (!done) {

@@ -128,8 +128,10 @@ static int hashes_put_l(struct store *st, const uint8_t h[16], uint64_t slot)
 /* Record a new chunk's hash (staged when possible). */
 int store_hash_add_l(struct store *st, const uint8_t h[16], uint64_t slot)
 {
-    if (!hp_insert(st, h, slot))
+    if (!hp_insert(st, h, slot)) {
+        st->txn_pages++; /* a random leaf of `hashes` */
         return hashes_put_l(st, h, slot);
+    }
     uint8_t sb[8];
     put_be64(sb, slot);
     MDB_val k = {8, sb}, d = {16, (void *)h};
@@ -225,18 +227,20 @@ bool store_hash_merge_due_l(struct store *st)
  * STORE_MERGE_PAGES of its L leaf pages get dirty: a leaf escapes K random
  * inserts with probability (1 - 1/L)^K ~ e^(-K/L), so K = L ln(L/(L - P)).
  * With L <= P any number fits (every leaf is dirtied at most once). */
-static size_t merge_limit_l(struct store *st)
+static size_t merge_limit_l(struct store *st, size_t pages)
 {
     MDB_stat ms;
     if (mdb_stat(st->txn, st->db_hashes, &ms))
-        return STORE_MERGE_PAGES;
-    double l = (double)ms.ms_leaf_pages, p = STORE_MERGE_PAGES;
+        return pages;
+    /* a new leaf takes ~100 keys: at most pages/2 new leaves per txn */
+    size_t grow = pages * 50;
+    double l = (double)ms.ms_leaf_pages, p = (double)pages;
     if (l <= p)
-        return SIZE_MAX;
+        return grow;
     double x = p / l, term = x, k = 0; /* ln(1/(1-x)) = sum x^i / i */
     for (int i = 1; i < 200 && term / i > 1e-9; i++, term *= x)
         k += term / i;
-    return (size_t)(l * k);
+    return (size_t)(l * k) < grow ? (size_t)(l * k) : grow;
 }
 
 /* Move staged hashes into `hashes` (in the current txn, which the caller
@@ -250,7 +254,14 @@ int store_hash_merge_l(struct store *st)
 {
     MDB_cursor *c;
     MDB_val k, d;
-    size_t moved = 0, limit = merge_limit_l(st);
+    /* on a nearly full index or disk, smaller merges (store-space.c) */
+    size_t pages = STORE_MERGE_PAGES;
+    if (pages > st->room / 8)
+        pages = st->room / 8;
+    if (pages < 16)
+        return 0; /* no room now: the table takes what it can meanwhile */
+    size_t moved = 0, limit = merge_limit_l(st, pages);
+    st->txn_pages += pages;
     int rc = 0, mrc = mdb_cursor_open(st->txn, st->db_recent, &c);
     if (mrc)
         return store_mdb_err(st, mrc, "recent");

@@ -91,13 +91,26 @@ struct store {
     uint64_t txn_pages; /* estimate of the pages the txn dirtied */
     uint64_t last_map, last_ref, last_new; /* last keys touched (estimate) */
     struct timespec txn_start;
-    bool dirty;               /* txn has changes */
-    bool chunk_dirty;         /* chunk file written since last fdatasync */
-    int lost_err;             /* a failed commit dropped acknowledged writes */
+    bool dirty;       /* txn has changes */
+    bool chunk_dirty; /* chunk file written since last fdatasync */
+    int lost_err;     /* a failed commit dropped acknowledged writes */
+    int failed; /* -errno: acknowledged writes were lost; all I/O refused */
+    bool txn_writes; /* the txn holds client writes (not only metadata) */
+    bool txn_broken; /* an LMDB call failed: the txn can only be aborted */
     unsigned chunks_unsynced; /* new chunks since the last writeback kick */
     bool presync_busy;        /* a store_presync() is under way */
     bool free_none;           /* no reusable free slot at free_none_gen */
     uint64_t free_none_gen;
+
+    /* space (store-space.c): pages the txn may still dirty without a full
+     * map or a full file system failing it mid-way */
+    uint64_t map_size;    /* bytes (LMDB map) */
+    unsigned psize;       /* LMDB page size */
+    uint64_t room;        /* pages usable by this txn (map and disk) */
+    uint64_t reserve;     /* pages writes leave to trims, deletes and GC */
+    uint64_t idx_alloc;   /* LMDB file preallocated up to this page */
+    uint64_t chunk_alloc; /* chunk file preallocated up to this slot */
+    bool no_prealloc;     /* the file system cannot fallocate */
 
     /* persisted counters (meta), current values */
     uint64_t gen, next_slot, next_seq, refsum;
@@ -166,6 +179,23 @@ int store_resolve_name_l(struct store *st, const char *name_or_uuid,
 void store_wake_bg(struct store *st);
 int store_gc_pass(struct store *st);
 
+/* ---- store-space.c ---- */
+#define STORE_MAP_SIZE_DEFAULT (1ULL << 40)
+void store_space_refresh_l(struct store *st);
+int store_space_slot_l(struct store *st, uint64_t slot);
+/* Can the txn take need more pages and still leave reserve?  The txn's own
+ * dirty pages are estimated (txn_pages counts leaves, and 1/16 page per
+ * map op; measured: 200 pages for 8,192 sequential block writes) with a
+ * factor 3 for branch pages, the free list and estimate error. */
+static inline bool store_room_ok_l(const struct store *st, uint64_t need,
+                                   uint64_t reserve)
+{
+    /* txn_pages misses runs of adjacent keys: count 1/16 page per op too */
+    return 3 * (st->txn_pages + st->txn_ops / 16) + need + reserve <= st->room;
+}
+int store_room_l(struct store *st, uint64_t need, uint64_t reserve);
+int store_failed_l(struct store *st);
+
 /* ---- store-hash.c ---- */
 int store_hash_lookup_l(struct store *st, const uint8_t h[16], uint64_t *out,
                         size_t max, size_t *n);
@@ -196,7 +226,8 @@ static inline void store_touch_l(struct store *st, uint64_t *last, uint64_t key)
 static inline bool store_commit_due_l(const struct store *st, unsigned x)
 {
     return st->txn_ops >= x * STORE_COMMIT_OPS ||
-           st->txn_pages >= x * STORE_COMMIT_PAGES;
+           st->txn_pages >= x * STORE_COMMIT_PAGES ||
+           (st->dirty && !store_room_ok_l(st, 64, st->reserve / 2));
 }
 
 /* ---- encodings ---- */

@@ -151,6 +151,23 @@ static int cursor_maybe_commit_l(struct store *st, MDB_cursor **c,
     return rc ? rc : rc2;
 }
 
+/* Room for need more pages before the next block (leaving reserve), the
+ * cursor closed and reopened around the commit that may take. */
+static int cursor_room_l(struct store *st, MDB_cursor **c, struct wbatch *wb,
+                         uint64_t need, uint64_t reserve)
+{
+    if (store_room_ok_l(st, need, reserve))
+        return 0;
+    int rc = wb_flush_l(st, wb);
+    if (rc)
+        return rc;
+    mdb_cursor_close(*c);
+    *c = NULL;
+    rc = store_room_l(st, need, reserve);
+    int rc2 = map_cursor_l(st, c);
+    return rc ? rc : rc2;
+}
+
 static int read_slot(struct store *st, uint64_t slot, void *buf, size_t n)
 {
     ssize_t r = pread(st->chunk_fd, buf, n, (off_t)(slot * STORE_BLOCK));
@@ -257,6 +274,9 @@ static int new_slot_l(struct store *st, uint64_t *slot)
 {
     if (st->next_slot > STORE_MAX_BLOCKS)
         return store_set_err(st, -ENOSPC, "%s-chunks: no slot left", st->path);
+    int rc = store_space_slot_l(st, st->next_slot);
+    if (rc)
+        return rc;
     *slot = st->next_slot++;
     return 0;
 }
@@ -557,7 +577,7 @@ int store_read(struct store_vol *v, void *buf, uint64_t off, uint32_t len)
     }
     pthread_mutex_lock(&st->mu);
     MDB_cursor *c;
-    if ((rc = map_cursor_l(st, &c))) {
+    if ((rc = store_failed_l(st)) || (rc = map_cursor_l(st, &c))) {
         pthread_mutex_unlock(&st->mu);
         goto out;
     }
@@ -635,14 +655,19 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
     bool presync = false;
     unsigned kick = 0;
     pthread_mutex_lock(&st->mu);
-    if ((rc = map_cursor_l(st, &c)))
+    c = NULL;
+    if ((rc = store_failed_l(st)) || (rc = map_cursor_l(st, &c)))
         goto out;
+    st->txn_writes = true;
     for (uint64_t pos = off; pos < end && !rc;) {
         uint64_t b = pos / STORE_BLOCK, boff = pos % STORE_BLOCK;
         uint64_t n = STORE_BLOCK - boff;
         if (n > end - pos)
             n = end - pos;
         struct blk_pre *p = &pre[b - b0];
+        /* a block dirties at most a map, a refs and a free-list leaf */
+        if ((rc = cursor_room_l(st, &c, wb, 8, st->reserve)))
+            break;
         if (n == STORE_BLOCK) {
             rc = write_block_l(st, c, wb, v->node, b, src + (pos - off),
                                p->zero, p->h);
@@ -661,12 +686,15 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
         if (!rc)
             rc = cursor_maybe_commit_l(st, &c, wb);
     }
+    /* always: the txn names the pending run's slots even if a later block
+     * failed (say, ENOSPC) */
+    int wrc = wb_flush_l(st, wb);
     if (!rc)
-        rc = wb_flush_l(st, wb);
+        rc = wrc;
     if (c)
         mdb_cursor_close(c);
-    if (wb->failed) {
-        store_abort_l(st);
+    if (wb->failed || st->txn_broken) {
+        store_abort_l(st); /* acknowledged writes went with the txn */
         st->lost_err = rc;
     }
     if (!rc && (flags & STORE_FUA))
@@ -702,6 +730,8 @@ static int zero_range_l(struct store *st, MDB_cursor **c, uint32_t head,
     int rc = 0;
     if (nohole) {
         for (uint64_t b = b0; b < b1 && !rc; b++) {
+            if ((rc = cursor_room_l(st, c, NULL, 8, st->reserve / 4)))
+                break;
             rc = zero_block_l(st, *c, head, b, true);
             if (!rc)
                 rc = cursor_maybe_commit_l(st, c, NULL);
@@ -719,6 +749,8 @@ static int zero_range_l(struct store *st, MDB_cursor **c, uint32_t head,
             return store_mdb_err(st, mrc, "map");
         uint64_t blk = map_key_block(&k);
         if (blk >= b1)
+            break;
+        if ((rc = cursor_room_l(st, c, NULL, 8, st->reserve / 8)))
             break;
         rc = zero_block_l(st, *c, head, blk, false);
         st->txn_ops++;
@@ -739,8 +771,12 @@ int store_zero(struct store_vol *v, uint64_t off, uint64_t len, unsigned flags)
     uint8_t tmp[STORE_BLOCK];
     MDB_cursor *c;
     pthread_mutex_lock(&st->mu);
-    if ((rc = map_cursor_l(st, &c)))
+    c = NULL;
+    if ((rc = store_failed_l(st)) ||
+        (rc = store_room_l(st, 16, st->reserve / 4)) ||
+        (rc = map_cursor_l(st, &c)))
         goto out;
+    st->txn_writes = true;
     uint64_t end = off + len;
     uint64_t fb0 = (off + STORE_BLOCK - 1) / STORE_BLOCK; /* full blocks */
     uint64_t fb1 = end / STORE_BLOCK;
@@ -767,6 +803,8 @@ int store_zero(struct store_vol *v, uint64_t off, uint64_t len, unsigned flags)
         rc = zero_range_l(st, &c, v->node, fb0, fb1, nohole);
     if (c)
         mdb_cursor_close(c);
+    if (st->txn_broken)
+        store_abort_l(st);
     if (!rc && (flags & STORE_FUA))
         rc = store_commit_l(st);
 out:

@@ -223,11 +223,21 @@ static bool vols_open_l(struct store *st, const uint8_t uuid[16])
     return false;
 }
 
+/* Start of a metadata operation: the image is writable and sound, the
+ * client writes so far are committed first (so that a failure of this
+ * operation, which drops the txn, drops nothing else), and there is room
+ * for it (these run in the reserve writes leave, so deletes free space on
+ * a full disk). */
 static int check_rw(struct store *st)
 {
     if (st->rdonly)
         return store_set_err(st, -EROFS, "image is open read-only");
-    return 0;
+    int rc = store_failed_l(st);
+    if (!rc && st->txn_writes)
+        rc = store_commit_l(st);
+    if (!rc)
+        rc = store_room_l(st, 64, 16);
+    return rc;
 }
 
 /* Undo the txn's changes after a failed metadata operation (keeping the
@@ -633,11 +643,20 @@ int store_info(struct store *st, struct store_info *out)
     out->referenced_bytes = st->refsum * STORE_BLOCK;
     if (mdb_stat(st->txn, st->db_free, &ms) == 0)
         out->free_slots = ms.ms_entries;
-    struct stat sb;
-    if (fstat(st->lock_fd, &sb) == 0)
-        out->file_bytes += (uint64_t)sb.st_blocks * 512;
-    if (fstat(st->chunk_fd, &sb) == 0)
-        out->file_bytes += (uint64_t)sb.st_blocks * 512;
+    int fds[2] = {st->lock_fd, st->chunk_fd};
+    for (int i = 0; i < 2; i++) {
+        struct stat sb;
+        if (fstat(fds[i], &sb))
+            continue;
+        uint64_t alloc = (uint64_t)sb.st_blocks * 512, size = sb.st_size;
+        /* past the end: space reserved by store-space.c */
+        out->file_bytes += alloc < size ? alloc : size;
+        out->reserved_bytes += alloc > size ? alloc - size : 0;
+    }
+    MDB_envinfo ei;
+    out->map_size = st->map_size;
+    if (mdb_env_info(st->env, &ei) == 0)
+        out->map_used = (uint64_t)(ei.me_last_pgno + 1) * st->psize;
     for (uint32_t i = 1; i < st->nodes_cap; i++)
         if (st->nodes[i].state == NODE_DEAD) /* HIDDEN: mostly needed */
             out->gc_pending += st->nodes[i].entries;

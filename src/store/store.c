@@ -74,6 +74,8 @@ int store_mdb_errno(int mrc)
 
 int store_mdb_err(struct store *st, int mrc, const char *what)
 {
+    if (st && mrc != MDB_NOTFOUND && mrc != MDB_KEYEXIST)
+        st->txn_broken = true; /* LMDB marks the txn failed */
     return store_set_err(st, store_mdb_errno(mrc), "%s: %s", what,
                          mdb_strerror(mrc));
 }
@@ -338,7 +340,10 @@ static int txn_begin_l(struct store *st)
     st->txn_ops = 0;
     st->txn_pages = 0;
     st->dirty = false;
+    st->txn_writes = false;
+    st->txn_broken = false;
     store_now(&st->txn_start);
+    store_space_refresh_l(st);
     return 0;
 }
 
@@ -384,6 +389,11 @@ int store_commit_l(struct store *st)
             err = store_mdb_err(st, rc, "commit");
     }
     st->txn = NULL;
+    if (err && st->txn_writes) {
+        st->failed = err; /* acknowledged writes are gone: refuse I/O */
+        fprintf(stderr, "%s: commit failed, image taken offline: %s\n",
+                st->path, store_errmsg());
+    }
     if (!err) {
         /* No pread of a slot freed by the txn just committed may still be
          * in flight once those slots become reusable. */
@@ -407,9 +417,16 @@ int store_commit_l(struct store *st)
     return err ? err : rc;
 }
 
-/* Drop every change since the last commit (after a failure mid-way). */
+/* Drop every change since the last commit (after a failure mid-way).  If
+ * the txn held client writes, those were acknowledged: the store goes
+ * offline (store_failed_l) rather than serve older blocks. */
 int store_abort_l(struct store *st)
 {
+    if (st->txn_writes && !st->rdonly && !st->failed) {
+        st->failed = -EIO;
+        fprintf(stderr, "%s: a write txn failed, image taken offline: %s\n",
+                st->path, store_errmsg());
+    }
     if (st->txn)
         mdb_txn_abort(st->txn);
     st->txn = NULL;
@@ -551,7 +568,9 @@ static int env_open(struct store *st, bool create)
     if (rc)
         return store_mdb_err(st, rc, "lmdb");
     mdb_env_set_maxdbs(st->env, 10);
-    mdb_env_set_mapsize(st->env, (size_t)1 << 40);
+    if (!st->map_size)
+        st->map_size = STORE_MAP_SIZE_DEFAULT;
+    mdb_env_set_mapsize(st->env, (size_t)st->map_size);
     unsigned fl = MDB_NOSUBDIR | MDB_NOLOCK | MDB_NOTLS;
     if (st->rdonly)
         fl |= MDB_RDONLY;
@@ -562,6 +581,15 @@ static int env_open(struct store *st, bool create)
                              mdb_strerror(rc));
     if (rc)
         return store_mdb_err(st, rc, "open");
+    MDB_stat ms;
+    MDB_envinfo ei;
+    mdb_env_stat(st->env, &ms);
+    st->psize = ms.ms_psize ? ms.ms_psize : 4096;
+    if (mdb_env_info(st->env, &ei) == 0 && ei.me_mapsize > st->map_size)
+        st->map_size = ei.me_mapsize; /* the file is already bigger */
+    struct stat sb;
+    if (fstat(st->chunk_fd, &sb) == 0)
+        st->chunk_alloc = (uint64_t)sb.st_size / STORE_BLOCK;
     if ((rc = txn_begin_l(st)))
         return rc;
     struct {
@@ -673,6 +701,7 @@ int store_create(const char *path, const struct store_create_opts *opts,
     struct store *st = store_alloc(path, 0);
     if (!st)
         return -ENOMEM;
+    st->map_size = opts ? opts->map_size : 0;
     const char *vname =
         opts && opts->volume_name ? opts->volume_name : STORE_DEFAULT_VOLUME;
     uint64_t size = opts ? opts->size : 0;
@@ -789,11 +818,18 @@ fail_nofiles : {
 
 int store_open(const char *path, unsigned flags, struct store **out)
 {
+    return store_open_map(path, flags, 0, out);
+}
+
+int store_open_map(const char *path, unsigned flags, uint64_t map_size,
+                   struct store **out)
+{
     int rc;
     *out = NULL;
     struct store *st = store_alloc(path, flags);
     if (!st)
         return -ENOMEM;
+    st->map_size = map_size;
     if ((rc = open_files(st, false)) || (rc = env_open(st, false)))
         goto fail;
     char magic[sizeof STORE_INDEX_MAGIC];
@@ -877,7 +913,9 @@ int store_flush(struct store *st)
      * fdatasync costs one more device cache flush (measured: fewer flushes
      * per second with it) */
     pthread_mutex_lock(&st->mu);
-    int rc = store_commit_l(st);
+    int rc = store_failed_l(st);
+    if (!rc)
+        rc = store_commit_l(st);
     if (!rc && st->lost_err) {
         rc = store_set_err(st, st->lost_err,
                            "an earlier commit failed: writes since the "

@@ -43,6 +43,7 @@ struct store_create_opts {
     uint64_t size;           /* logical size of the default volume, bytes,
                                 a multiple of STORE_BLOCK */
     const char *volume_name; /* default volume name (STORE_DEFAULT_VOLUME) */
+    uint64_t map_size;       /* index size limit, bytes (0: 1 TiB) */
 };
 
 /* Create a new image at path (fails with -EEXIST if it exists) and open
@@ -55,6 +56,12 @@ int store_create(const char *path, const struct store_create_opts *opts,
  * has it open; -EPROTO: not a busesnap image or an unsupported format
  * version (message says which). */
 int store_open(const char *path, unsigned flags, struct store **out);
+/* The same with an index size limit (LMDB map size, bytes; 0: 1 TiB).  When
+ * the index or the image's file system is full, writes fail with -ENOSPC
+ * (nothing acknowledged is lost) while reads, trims, deletes and the
+ * collector go on; writes work again once space is freed. */
+int store_open_map(const char *path, unsigned flags, uint64_t map_size,
+                   struct store **out);
 
 /* Commit, stop the collector and close.  Open store_vols must be closed
  * first. */
@@ -118,7 +125,12 @@ struct store_info {
     uint64_t referenced_bytes; /* sum over map entries of non-zero blocks:
                                   logical bytes those chunks serve */
     uint64_t free_slots;       /* reusable slots in the chunk file */
-    uint64_t file_bytes;       /* bytes allocated on disk by both files */
+    uint64_t file_bytes;       /* bytes allocated on disk by both files,
+                                  within their sizes */
+    uint64_t reserved_bytes;   /* preallocated past their ends, so that a
+                                  full disk fails writes cleanly */
+    uint64_t map_size;         /* index size limit (bytes) */
+    uint64_t map_used;         /* index pages in use (bytes) */
     uint64_t gc_pending; /* map entries waiting for the collector (est.) */
     unsigned volumes, snapshots;
 };
