@@ -488,6 +488,9 @@ static void print_info(json_t *in)
            json_number_value(json_object_get(in, "dedup_ratio")));
     BYTES("free:", "free_bytes");
     BYTES("reclaimable:", "reclaimable_bytes");
+    BYTES("reserved:", "reserved_bytes");
+    BYTES("index:", "index_bytes");
+    BYTES("index limit:", "index_limit");
     printf("%-18s %lld\n", "volumes:", jint(in, "volumes"));
     printf("%-18s %lld\n", "snapshots:", jint(in, "snapshots"));
 #undef BYTES
