@@ -134,8 +134,8 @@ def rewind(log, files, mode, rng):
                 first = min(unsynced)
                 size = first[3]  # the size before the first unsynced write
                 for seq, off, ln, old, dpos in writes:
-                    if synced(seq):
-                        size = max(size, off + ln if dpos else off)
+                    if synced(seq) and dpos is None:  # a synced size change
+                        size = max(size, off)
             for s, pieces in sorted(sectors.items()):
                 cur = os.pread(fd, BLOCK, s * BLOCK)
                 last = len(pieces)
@@ -159,12 +159,14 @@ def rewind(log, files, mode, rng):
                                     "last logged write (a write the shim "
                                     "did not see)" % (path, s))
                 if not tail:
+                    for p in pieces:
+                        size = max(size, p[2])
                     continue
                 stats["sectors"] += 1
                 k = 0 if mode == "all" else rng.randint(0, len(tail))
                 stats["kept"] += k
-                if k:
-                    size = max(size, tail[k - 1][2])
+                for p in pieces[:last + k]:  # durable or kept: the size too
+                    size = max(size, p[2])
                 for seq, lo, hi, off, dpos, ln in reversed(tail[k:]):
                     os.pwrite(fd, data[dpos + lo - off:dpos + hi - off], lo)
             if size < cur_size:
@@ -636,7 +638,11 @@ class Run:
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "rewind":
         log, mode, seed = sys.argv[2], sys.argv[3], int(sys.argv[4])
-        print(rewind(log, sys.argv[5:], mode, random.Random(seed)))
+        try:
+            print(rewind(log, sys.argv[5:], mode, random.Random(seed)))
+        except Violation as e:
+            print("VIOLATION: %s" % e)
+            return 1
         return 0
     p = argparse.ArgumentParser()
     p.add_argument("--top", required=True)

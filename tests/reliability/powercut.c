@@ -17,7 +17,8 @@
  * Invariant: the log is in seq order, and a write's data reaches the file
  * only after its record is in the log (one mutex around both), so rewinding
  * sector by sector from the newest record back gives every earlier state.
- * Paths the model does not cover (a shared writable mmap, copy_file_range,
+ * Paths the model does not cover (a shared writable mmap or mprotect
+ * making a shared mapping writable, copy_file_range,
  * sendfile or splice into a tracked file, fallocate that punches or zeroes,
  * shrinking truncate) abort the server with a message in the log's ".fail"
  * file: an untracked write must never pass silently.
@@ -471,12 +472,53 @@ static void refuse_fd(int fd, const char *what)
         die("%s: %s into a tracked file is not modelled", files[i].path, what);
 }
 
+/* Shared mappings of tracked files (LMDB reads through one): mprotect
+ * must not make them writable. */
+static struct {
+    char *addr;
+    size_t len;
+} maps[16];
+
 void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
     REAL(void *, mmap, void *, size_t, int, int, int, off_t);
     if (fd >= 0 && (prot & PROT_WRITE) && (flags & MAP_SHARED))
         refuse_fd(fd, "a shared writable mmap");
-    return real_mmap(addr, len, prot, flags, fd, off);
+    void *p = real_mmap(addr, len, prot, flags, fd, off);
+    if (p != MAP_FAILED && fd >= 0 && (flags & MAP_SHARED)) {
+        pthread_mutex_lock(&mu);
+        if (which(fd) >= 0)
+            for (int k = 0; k < 16; k++)
+                if (!maps[k].addr) {
+                    maps[k].addr = p;
+                    maps[k].len = len;
+                    break;
+                }
+        pthread_mutex_unlock(&mu);
+    }
+    return p;
+}
+int mprotect(void *addr, size_t len, int prot)
+{
+    REAL(int, mprotect, void *, size_t, int);
+    if (prot & PROT_WRITE)
+        for (int k = 0; k < 16; k++)
+            if (maps[k].addr && (char *)addr < maps[k].addr + maps[k].len &&
+                maps[k].addr < (char *)addr + len)
+                die("mprotect(PROT_WRITE) of a tracked file's mapping is "
+                    "not modelled");
+    return real_mprotect(addr, len, prot);
+}
+int munmap(void *addr, size_t len)
+{
+    REAL(int, munmap, void *, size_t);
+    pthread_mutex_lock(&mu);
+    for (int k = 0; k < 16; k++)
+        if (maps[k].addr == addr)
+            maps[k].addr = NULL;
+    pthread_mutex_unlock(&mu);
+    (void)len;
+    return real_munmap(addr, len);
 }
 void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
