@@ -268,8 +268,11 @@ static ssize_t do_writev(int fd, const struct iovec *iov, int cnt, int64_t off,
     REAL(ssize_t, pwritev2, int, const struct iovec *, int, off_t, int);
     REAL(ssize_t, writev, int, const struct iovec *, int);
     REAL(ssize_t, pwritev, int, const struct iovec *, int, off_t);
-    pthread_mutex_lock(&mu);
-    int i = which(fd), ds = 0;
+    struct stat sb;
+    int regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
+    if (regular) /* sockets and pipes (NBD replies) never wait for mu */
+        pthread_mutex_lock(&mu);
+    int i = regular ? which(fd) : -1, ds = 0;
     uint64_t seq = 0;
     if (i >= 0) {
         uint64_t o = (uint64_t)off;
@@ -292,7 +295,8 @@ static ssize_t do_writev(int fd, const struct iovec *iov, int cnt, int64_t off,
     int e = errno;
     if (i >= 0)
         after_write(i, seq, ds);
-    pthread_mutex_unlock(&mu);
+    if (regular)
+        pthread_mutex_unlock(&mu);
     errno = e;
     return rc;
 }
