@@ -77,9 +77,10 @@ json_t *ctl_error(int err, const char *fmt, ...)
     const char *name = strerrorname_np(-err);
     json_t *j = json_pack("{s:b, s:s, s:s}", "ok", 0, "error",
                           name ? name : "EIO", "message", msg);
-    if (!j) /* still not UTF-8 (an argument was not): no message */
+    if (!j) /* an argument was not UTF-8, or memory ran out */
         j = json_pack("{s:b, s:s, s:s}", "ok", 0, "error", name ? name : "EIO",
-                      "message", "(message not valid UTF-8)");
+                      "message",
+                      "(message lost: not valid UTF-8, or out of memory)");
     return j ? j : json_null();
 }
 
@@ -90,14 +91,26 @@ json_t *ctl_store_error(int err)
     return ctl_error(err, "%s", m && *m ? m : strerror(-err));
 }
 
+/* Send j and a newline.  json_dumpb into a buffer sized by a first pass,
+ * not json_dumps: jansson 2.14's json_dumps ignores a failed append of an
+ * object key and goes on, so an allocation failure there sent a corrupted
+ * line such as {"ok":true,":1,...} (tests/reliability/test-malloc-failure.sh);
+ * json_dumpb's buffer writer cannot fail, so the line is whole or not sent. */
 int ctl_send(int fd, json_t *j)
 {
-    char *s = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII);
+    const size_t flags = JSON_COMPACT | JSON_ENSURE_ASCII;
+    size_t len = json_dumpb(j, NULL, 0, flags);
+    if (len == 0)
+        return -ENOMEM;
+    char *s = malloc(len + 1);
     if (!s)
         return -ENOMEM;
-    size_t len = strlen(s);
+    if (json_dumpb(j, s, len, flags) != len) {
+        free(s);
+        return -ENOMEM;
+    }
+    s[len++] = '\n';
     int r = 0;
-    /* json_dumps leaves no room for the newline: send it separately. */
     for (size_t off = 0; off < len;) {
         ssize_t n = send(fd, s + off, len - off, MSG_NOSIGNAL);
         if (n < 0) {
@@ -108,8 +121,6 @@ int ctl_send(int fd, json_t *j)
         }
         off += (size_t)n;
     }
-    if (r == 0 && send(fd, "\n", 1, MSG_NOSIGNAL) != 1)
-        r = -EPIPE;
     free(s);
     return r;
 }
@@ -137,6 +148,14 @@ static json_t *ctl_dispatch(struct ctl_client *cl, const char *line, size_t len)
     json_error_t jerr;
     json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
     json_t *res;
+    /* jansson reports some allocation failures as syntax errors (and some
+     * with no text at all): a second parse tells a transient failure from
+     * a malformed line. */
+    if (!req)
+        req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!req && (json_error_code(&jerr) == json_error_out_of_memory ||
+                 jerr.text[0] == '\0'))
+        return ctl_error(-ENOMEM, "out of memory");
     if (!req)
         return ctl_error(-EINVAL, "malformed request: %s (column %d)",
                          jerr.text, jerr.column);
