@@ -130,6 +130,7 @@ int store_hash_add_l(struct store *st, const uint8_t h[16], uint64_t slot)
 {
     if (!hp_insert(st, h, slot)) {
         st->txn_pages++; /* a random leaf of `hashes` */
+        st->touch_hash++;
         return hashes_put_l(st, h, slot);
     }
     uint8_t sb[8];

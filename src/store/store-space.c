@@ -31,7 +31,8 @@
 #include <stdio.h>
 #include <sys/statvfs.h>
 
-#define ROOM_STEP 16384u    /* pages of LMDB file reserved ahead (64 MiB) */
+#define ROOM_STEP                                                              \
+    STORE_ROOM_FULL         /* pages of LMDB file reserved ahead (128 MiB) */
 #define ROOM_MIN 64u        /* smallest reservation tried */
 #define SLOT_STEP_MIN 256u  /* chunk slots reserved ahead: 1 MiB ... */
 #define SLOT_STEP_MAX 2048u /* ... to 8 MiB, 1/64 of the file */

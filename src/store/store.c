@@ -339,6 +339,16 @@ static int txn_begin_l(struct store *st)
     }
     st->txn_ops = 0;
     st->txn_pages = 0;
+    st->touch_map = st->touch_ref = st->touch_hash = 0;
+    if (!st->rdonly && st->db_map) { /* 0 while env_open opens the DBs */
+        MDB_stat ms;
+        st->leaves_map =
+            mdb_stat(st->txn, st->db_map, &ms) ? 0 : ms.ms_leaf_pages;
+        st->leaves_ref =
+            mdb_stat(st->txn, st->db_refs, &ms) ? 0 : ms.ms_leaf_pages;
+        st->leaves_hash =
+            mdb_stat(st->txn, st->db_hashes, &ms) ? 0 : ms.ms_leaf_pages;
+    }
     st->dirty = false;
     st->txn_writes = false;
     st->txn_broken = false;
