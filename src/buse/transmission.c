@@ -4,8 +4,13 @@
  * lock, read one request header (and a WRITE's payload), release the lock,
  * call the callback, then take the send lock and write the whole reply in
  * one sendmsg.  Requests are thus pipelined and replies may leave out of
- * order, but one reply is never interleaved with another.  Each worker owns
- * a buffer sized to the largest request it has seen (capped at max_block).
+ * order, but one reply is never interleaved with another.  Each worker
+ * keeps a buffer of up to BUF_KEEP bytes; a bigger one (up to max_block)
+ * comes from the connection's pool of big buffers for one request and goes
+ * back to it once the reply is sent.  Big buffers, in use or pooled, never
+ * exceed the connection's budget (CONN_BUDGET): a client that pipelines
+ * large reads and never reads the replies holds at most that, not threads
+ * x max_block, and stalls only itself (its other workers wait for room).
  * With NBD_OPT_EXTENDED_HEADERS requests and replies carry 64-bit lengths
  * and every reply is a chunk.  Anything a client can send is checked here
  * before a callback sees it: callbacks only get in-range, well-formed
@@ -16,18 +21,38 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 
 #include "internal.h"
 #include "protocol.h"
 
-#define ZERO_CHUNK (1u << 20) /* emulated WRITE_ZEROES / CACHE step */
+#define ZERO_CHUNK (1u << 20)   /* emulated WRITE_ZEROES / CACHE step */
+#define BUF_KEEP (1u << 20)     /* a worker keeps buffers up to this size */
+#define CONN_BUDGET (64u << 20) /* bigger buffers of one connection */
+
+#define POOL_MAX (2 * (NBD_MAX_PAYLOAD / BUF_KEEP))
+
+/* A connection's big buffers (all under lock): used counts the bytes of
+ * those mapped, in a worker's hands or in the pool. */
+struct budget {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    size_t used, max;
+    struct {
+        void *p;
+        size_t len;
+    } pool[POOL_MAX];
+    unsigned npool;
+};
 
 struct worker {
     struct buse_conn *conn;
+    struct budget *budget;
     pthread_t thread;
     unsigned char *buf;
     size_t cap;
+    int mapped; /* buf is a big buffer: mmap'd, charged to the budget */
     struct buse_extent *ext; /* block status, as the callback gave it */
     unsigned char *enc;      /* block status, encoded for the wire */
 };
@@ -72,15 +97,86 @@ static uint32_t errno_to_nbd(int err)
     }
 }
 
+/* Put a worker's big buffer back in the pool (after its reply is sent, or
+ * when the worker stops). */
+static void release(struct worker *w)
+{
+    struct budget *b = w->budget;
+    if (!w->mapped)
+        return;
+    pthread_mutex_lock(&b->lock);
+    if (b->npool < POOL_MAX) {
+        b->pool[b->npool].p = w->buf;
+        b->pool[b->npool++].len = w->cap;
+    } else {
+        munmap(w->buf, w->cap);
+        b->used -= w->cap;
+    }
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+    w->buf = NULL;
+    w->cap = 0;
+    w->mapped = 0;
+}
+
+/* Make w->buf hold len bytes.  Above BUF_KEEP: a pooled buffer that is big
+ * enough, else a new mapping if the budget has room (unmapping pooled ones
+ * to make it), else wait until another worker's reply is sent. */
 static int grow(struct worker *w, size_t len)
 {
+    struct budget *b = w->budget;
     if (len <= w->cap)
         return 0;
-    void *p = realloc(w->buf, len);
-    if (!p)
+    if (len <= BUF_KEEP) {
+        void *p = realloc(w->buf, len);
+        if (!p)
+            return -ENOMEM;
+        w->buf = p;
+        w->cap = len;
+        return 0;
+    }
+    release(w); /* never two big buffers in one worker's hands */
+    pthread_mutex_lock(&b->lock);
+    for (;;) {
+        unsigned best = b->npool;
+        for (unsigned i = 0; i < b->npool; i++)
+            if (b->pool[i].len >= len &&
+                (best == b->npool || b->pool[i].len < b->pool[best].len))
+                best = i;
+        if (best < b->npool) {
+            free(w->buf);
+            w->buf = b->pool[best].p;
+            w->cap = b->pool[best].len;
+            w->mapped = 1;
+            b->pool[best] = b->pool[--b->npool];
+            pthread_mutex_unlock(&b->lock);
+            return 0;
+        }
+        if (b->used == 0 || b->used + len <= b->max)
+            break;
+        if (b->npool > 0) { /* too small for this request: make room */
+            b->npool--;
+            munmap(b->pool[b->npool].p, b->pool[b->npool].len);
+            b->used -= b->pool[b->npool].len;
+            continue;
+        }
+        pthread_cond_wait(&b->cond, &b->lock);
+    }
+    b->used += len;
+    pthread_mutex_unlock(&b->lock);
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        pthread_mutex_lock(&b->lock);
+        b->used -= len;
+        pthread_cond_broadcast(&b->cond);
+        pthread_mutex_unlock(&b->lock);
         return -ENOMEM;
+    }
+    free(w->buf);
     w->buf = p;
     w->cap = len;
+    w->mapped = 1;
     return 0;
 }
 
@@ -416,7 +512,7 @@ static void *worker_main(void *arg)
 
     for (;;) {
         struct request rq;
-        int err, ok, nextents = 0;
+        int err, ok, r, nextents = 0;
 
         pthread_mutex_lock(&c->recv_lock);
         ok = receive(w, &rq, &err);
@@ -437,7 +533,7 @@ static void *worker_main(void *arg)
         if (!err) {
             if (serialize)
                 pthread_mutex_lock(&srv->serial_lock);
-            int r = run(w, &rq);
+            r = run(w, &rq);
             if (serialize)
                 pthread_mutex_unlock(&srv->serial_lock);
             if (r < 0)
@@ -448,12 +544,15 @@ static void *worker_main(void *arg)
                 buse_debug("%s at %llu: %s", cmd_name(rq.type),
                            (unsigned long long)rq.offset, strerror(err));
         }
-        if (send_reply(w, &rq, err, (unsigned)nextents) < 0) {
+        r = send_reply(w, &rq, err, (unsigned)nextents);
+        release(w);
+        if (r < 0) {
             atomic_store(&c->dead, 1);
             shutdown(c->fd, SHUT_RDWR);
             break;
         }
     }
+    release(w);
     return NULL;
 }
 
@@ -461,13 +560,20 @@ void buse_transmission(struct buse_conn *conn)
 {
     unsigned n = buse_threads(conn->srv);
     struct worker *w = calloc(n, sizeof *w);
+    struct budget budget = {.max = CONN_BUDGET};
     unsigned started = 1;
     if (!w) {
         buse_err("connection: out of memory for workers");
         return;
     }
-    for (unsigned i = 0; i < n; i++)
+    if (budget.max < 2 * (size_t)buse_max_payload(conn->srv))
+        budget.max = 2 * (size_t)buse_max_payload(conn->srv);
+    pthread_mutex_init(&budget.lock, NULL);
+    pthread_cond_init(&budget.cond, NULL);
+    for (unsigned i = 0; i < n; i++) {
         w[i].conn = conn;
+        w[i].budget = &budget;
+    }
     for (unsigned i = 1; i < n; i++) {
         if (pthread_create(&w[i].thread, NULL, worker_main, &w[i]) != 0)
             break;
@@ -477,9 +583,13 @@ void buse_transmission(struct buse_conn *conn)
     for (unsigned i = 1; i < started; i++)
         pthread_join(w[i].thread, NULL);
     for (unsigned i = 0; i < n; i++) {
-        free(w[i].buf);
+        free(w[i].buf); /* big buffers went back to the pool */
         free(w[i].ext);
         free(w[i].enc);
     }
+    for (unsigned i = 0; i < budget.npool; i++)
+        munmap(budget.pool[i].p, budget.pool[i].len);
+    pthread_mutex_destroy(&budget.lock);
+    pthread_cond_destroy(&budget.cond);
     free(w);
 }
