@@ -509,6 +509,8 @@ class Run:
                 s.parent == vol.name for s in snaps)
         if len(snaps) > 3 or len(vols) > 2:
             choices += ["delete"] * 3
+        if len(snaps) > 5 or len(vols) > 3:  # keep verification passes short
+            choices = ["delete"]
         kind = rng.choice(choices)
         name = None
         if kind == "create":
