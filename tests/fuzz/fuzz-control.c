@@ -13,7 +13,7 @@
  * The input is prefixed with a hello line, unless it begins with a NUL
  * byte (then the rest is sent as is: the pre-hello state).  The store is
  * created once per process with a few written blocks and a snapshot, and
- * recreated every FUZZ_CONTROL_RESET inputs (default 64; 1 makes every
+ * recreated every FUZZ_CONTROL_RESET inputs (default 256; 1 makes every
  * input independent, for replaying a crash), which bounds its growth.
  * No NBD client is connected: the EBUSY and --force paths are not
  * reached here (tests/test-bsnap-commands.sh covers them).
@@ -29,7 +29,7 @@ static char image[300];
 static struct store *st;
 static struct exports ex;
 static struct ctl_server srv;
-static unsigned inputs, reset_every = 64;
+static unsigned inputs, reset_every = 256;
 
 static void fail_store(const char *what)
 {
@@ -135,7 +135,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const char hello[] = "{\"op\":\"hello\",\"version\":1}\n";
     const uint8_t *pre = (const uint8_t *)hello;
     size_t pre_len = sizeof hello - 1;
-    struct fuzz_pump pump;
+    struct fuzz_pump pump = {0};
 
     if (inputs++ % reset_every == 0 && inputs > 1)
         open_store();

@@ -9,7 +9,10 @@
  * drains.  The backend is a 256 KiB memory disk whose callbacks abort() if
  * libbuse breaks a promise of buse.h (a range outside the export, a write
  * to a read-only export, a close without an open), so that such bugs are
- * crashes too.
+ * crashes too.  With structured replies or extended headers (modes 2, 3)
+ * every reply carries its length, so the reply stream is parsed as well:
+ * a bad magic, a chunk without its DONE flag, a payload too short for its
+ * type or a stream cut in the middle of a reply aborts.
  *
  * Input: byte 0 is a mode, the rest is what the client sends after the
  * server's greeting.  Mode bits:
@@ -43,6 +46,8 @@
 #define ODD_SIZE (DISK_SIZE - 1000)
 
 static unsigned char disk[DISK_SIZE];
+static const unsigned char zero_block[4096];
+static int disk_dirty; /* written since the last reset */
 
 struct handle {
     uint64_t size;
@@ -85,6 +90,7 @@ static int m_write(const void *buf, uint32_t len, uint64_t off, void *u)
 {
     in_range(u, off, len, 1);
     memcpy(disk + off, buf, len);
+    disk_dirty = 1;
     /* An error path for the fuzzer: a write starting with "EIO!" fails. */
     return len >= 4 && memcmp(buf, "EIO!", 4) == 0 ? -EIO : 0;
 }
@@ -142,9 +148,7 @@ static int m_block_status(uint64_t off, uint64_t len, struct buse_extents *ex,
         uint64_t next = (off / 4096 + 1) * 4096;
         if (next > end)
             next = end;
-        int zero = 1;
-        for (uint64_t i = off; i < next && zero; i++)
-            zero = disk[i] == 0;
+        int zero = memcmp(disk + off, zero_block, next - off) == 0;
         int r = buse_add_extent(ex, off, next - off,
                                 zero ? BUSE_EXTENT_HOLE | BUSE_EXTENT_ZERO : 0);
         if (r == -E2BIG)
@@ -275,6 +279,95 @@ static struct buse_server *make_server(unsigned mode)
     return srv;
 }
 
+/* The reply stream of modes 2 and 3, parsed as it arrives (pump thread;
+ * read by the fuzz thread after fuzz_pump_join). */
+struct reply_check {
+    int active;
+    int phase;             /* 0 greeting, 1 option replies, 2 requests */
+    unsigned char hdr[32]; /* the header being collected */
+    size_t have, need;     /* bytes of hdr held, and wanted */
+    uint64_t skip;         /* payload bytes still to skip */
+    const char *error;     /* first problem seen, or NULL */
+};
+
+static void reply_header(struct reply_check *rc)
+{
+    const unsigned char *h = rc->hdr;
+    uint64_t len = 0;
+    uint16_t type = 0;
+    if (rc->phase == 0) {
+        if (buse_get64(h) != NBD_MAGIC)
+            rc->error = "bad greeting";
+        rc->phase = 1;
+    } else if (rc->phase == 1) {
+        if (buse_get64(h) != NBD_REP_MAGIC)
+            rc->error = "bad option reply magic";
+        len = buse_get32(h + 16);
+        if (buse_get32(h + 8) == NBD_OPT_GO &&
+            buse_get32(h + 12) == NBD_REP_ACK)
+            rc->phase = 2;
+    } else {
+        uint32_t magic = buse_get32(h);
+        if (rc->have == 4) { /* the magic says how long the header is */
+            if (magic == NBD_SIMPLE_REPLY_MAGIC)
+                rc->need = 16;
+            else if (magic == NBD_STRUCTURED_REPLY_MAGIC)
+                rc->need = 20;
+            else if (magic == NBD_EXTENDED_REPLY_MAGIC)
+                rc->need = 32;
+            else
+                rc->error = "bad reply magic (stream out of sync)";
+            return;
+        }
+        if (magic == NBD_STRUCTURED_REPLY_MAGIC)
+            len = buse_get32(h + 16);
+        else if (magic == NBD_EXTENDED_REPLY_MAGIC)
+            len = buse_get64(h + 24);
+        if (magic != NBD_SIMPLE_REPLY_MAGIC) {
+            type = buse_get16(h + 6);
+            if (!(buse_get16(h + 4) & NBD_REPLY_FLAG_DONE))
+                rc->error = "reply chunk without DONE";
+            else if ((type == NBD_REPLY_TYPE_ERROR && len < 6) ||
+                     (type == NBD_REPLY_TYPE_OFFSET_DATA && len < 9) ||
+                     (type == NBD_REPLY_TYPE_BLOCK_STATUS &&
+                      (len < 12 || (len - 4) % 8)) ||
+                     (type == NBD_REPLY_TYPE_BLOCK_STATUS_EXT &&
+                      (len < 24 || (len - 8) % 16)))
+                rc->error = "reply chunk payload too short for its type";
+            else if (type != NBD_REPLY_TYPE_NONE &&
+                     type != NBD_REPLY_TYPE_ERROR &&
+                     type != NBD_REPLY_TYPE_OFFSET_DATA &&
+                     type != NBD_REPLY_TYPE_BLOCK_STATUS &&
+                     type != NBD_REPLY_TYPE_BLOCK_STATUS_EXT)
+                rc->error = "unknown reply chunk type";
+        }
+    }
+    rc->skip = len;
+    rc->have = 0;
+    rc->need = rc->phase == 0 ? 18 : rc->phase == 1 ? 20 : 4;
+}
+
+static void on_reply(void *arg, const uint8_t *buf, size_t len)
+{
+    struct reply_check *rc = arg;
+    while (len > 0 && !rc->error) {
+        if (rc->skip) {
+            size_t n = rc->skip < len ? (size_t)rc->skip : len;
+            rc->skip -= n;
+            buf += n;
+            len -= n;
+            continue;
+        }
+        size_t n = rc->need - rc->have < len ? rc->need - rc->have : len;
+        memcpy(rc->hdr + rc->have, buf, n);
+        rc->have += n;
+        buf += n;
+        len -= n;
+        if (rc->have == rc->need)
+            reply_header(rc);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -285,7 +378,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     unsigned char pre[256];
     size_t pre_len = make_prefix(pre, mode);
 
-    memset(disk, 0, sizeof disk);
+    if (disk_dirty)
+        memset(disk, 0, sizeof disk);
+    disk_dirty = 0;
     memset(handles, 0, sizeof handles);
     opens = closes = 0;
     buse_set_verbose((mode & 0x10) ? 1 : 0);
@@ -294,7 +389,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct buse_conn *c = calloc(1, sizeof *c);
     if (!c)
         abort();
-    struct fuzz_pump pump;
+    struct fuzz_pump pump = {0};
+    struct reply_check rc = {.active = (mode & 3) >= 2, .need = 18};
+    if (rc.active) {
+        pump.on_reply = on_reply;
+        pump.on_reply_arg = &rc;
+    }
     c->srv = srv;
     c->fd = fuzz_pump_start(&pump, pre, pre_len, data + 1, size - 1, NULL);
     pthread_mutex_init(&c->recv_lock, NULL);
@@ -308,6 +408,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         broken("export name left after close", 0, 0);
     close(c->fd);
     fuzz_pump_join(&pump);
+    if (rc.error)
+        broken(rc.error, pump.received, 0);
+    if (rc.active && (rc.skip || rc.have))
+        broken("reply stream ends inside a reply", pump.received, rc.skip);
 
     pthread_mutex_destroy(&c->recv_lock);
     pthread_mutex_destroy(&c->send_lock);

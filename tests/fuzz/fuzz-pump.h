@@ -8,7 +8,8 @@
  * discards every reply until the server closes its end, so the server
  * never blocks on a full socket.  Every resource is released by
  * fuzz_pump_join(): nothing leaks across inputs.  An oracle: when forbid
- * is set, the pump counts the replies that contain it (found).
+ * is set, the pump counts the replies that contain it (found); when
+ * on_reply is set, it sees every byte the server sent, in order.
  */
 #ifndef FUZZ_PUMP_H
 #define FUZZ_PUMP_H
@@ -30,6 +31,8 @@ struct fuzz_pump {
     uint64_t received;  /* reply bytes the server sent */
     const char *forbid; /* a string no reply may contain, or NULL */
     unsigned found;     /* times forbid was seen */
+    void (*on_reply)(void *arg, const uint8_t *buf, size_t len);
+    void *on_reply_arg;
     pthread_t thread;
 };
 
@@ -75,6 +78,8 @@ static void *fuzz_pump_main(void *arg)
                 recv(p->fd, junk + keep, sizeof junk - keep, MSG_DONTWAIT);
             if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
                 break;
+            if (r > 0 && p->on_reply)
+                p->on_reply(p->on_reply_arg, (uint8_t *)junk + keep, (size_t)r);
             if (r > 0 && flen) {
                 /* Search the new bytes and the tail before them, keeping
                  * flen - 1 bytes for a match across two reads. */
@@ -95,8 +100,9 @@ static void *fuzz_pump_main(void *arg)
 }
 
 /* Start a pump for pre + data (forbid: see struct fuzz_pump, at most 257
- * bytes, or NULL); returns the server's end of the socketpair (the caller
- * closes it, or lets the code under test close it). */
+ * bytes, or NULL).  p is zeroed first by the caller, who may set on_reply
+ * and on_reply_arg (kept).  Returns the server's end of the socketpair (the
+ * caller closes it, or lets the code under test close it). */
 static int fuzz_pump_start(struct fuzz_pump *p, const uint8_t *pre,
                            size_t pre_len, const uint8_t *data, size_t len,
                            const char *forbid)
@@ -106,7 +112,11 @@ static int fuzz_pump_start(struct fuzz_pump *p, const uint8_t *pre,
         perror("fuzz: socketpair");
         abort();
     }
+    void (*on_reply)(void *, const uint8_t *, size_t) = p->on_reply;
+    void *on_reply_arg = p->on_reply_arg;
     *p = (struct fuzz_pump){.fd = sv[1],
+                            .on_reply = on_reply,
+                            .on_reply_arg = on_reply_arg,
                             .forbid = forbid,
                             .pre = pre,
                             .pre_len = pre_len,

@@ -62,6 +62,11 @@ def nbd_seeds():
         opt(10, meta([CTX, b"other:ctx"])) + opt(7, go(b"odd")) + \
         req(7, 0, 65536, ext=True) + req(DISC, 0, 0, ext=True)
     s["hs-list-meta-all"] = b"\x00" + FLAGS + opt(8) + opt(9, meta([])) + opt(2)
+    # Names at the 4096-byte limit and one byte over it.
+    s["hs-info-name-4096"] = b"\x00" + FLAGS + opt(6, go(b"n" * 4096, (1,))) + opt(2)
+    s["hs-go-name-4097"] = b"\x00" + FLAGS + opt(7, go(b"n" * 4097)) + opt(2)
+    s["hs-export-name-4096"] = b"\x00" + FLAGS + opt(1, b"n" * 4096)
+    s["hs-export-name-4097"] = b"\x00" + FLAGS + opt(1, b"n" * 4097)
     s["hs-unknown-option"] = b"\x00" + FLAGS + opt(99, b"xyz") + opt(2)
     s["hs-option-too-long"] = b"\x00" + FLAGS + \
         struct.pack(">QII", IHAVEOPT, 3, 70000) + b"\x00" * 64
