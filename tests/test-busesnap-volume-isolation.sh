@@ -28,7 +28,7 @@ cat >"$tmp/t.py" <<'PY'
 import hashlib, os, random, subprocess, sys, threading, time
 import nbd
 sock, tmp, bsnap = sys.argv[1:4]
-ROUNDS = int(os.environ.get("ISOLATION_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("ISOLATION_ROUNDS", "2"))
 B, M = 4096, 1 << 20
 EXPORT = {"vol": "", "clone": "clone", "other": "other", "base": "base"}
 SNAPVOL = {"vol": "default", "clone": "clone", "other": "other"}
