@@ -26,7 +26,7 @@
 #define STORE_INDEX_MAGIC "BUSESNAP-INDEX"
 #define STORE_CHUNKS_MAGIC "BUSESNAP-CHUNKS"
 #define STORE_FIRST_SLOT 2u      /* 0: hole, 1: allocated zero */
-#define STORE_COMMIT_OPS 8192u   /* soft; a writer commits inline at 2x */
+#define STORE_COMMIT_OPS 16384u  /* soft; a writer commits inline at 2x */
 #define STORE_COMMIT_PAGES 8192u /* soft; est. pages a txn dirties */
 #define STORE_COMMIT_MS 1000u
 #define STORE_GC_BATCH 4096u
