@@ -223,18 +223,18 @@ static bool vols_open_l(struct store *st, const uint8_t uuid[16])
     return false;
 }
 
-/* Start of a metadata operation: the image is writable and sound, the
- * client writes so far are committed first (so that a failure of this
- * operation, which drops the txn, drops nothing else), and there is room
- * for it (these run in the reserve writes leave, so deletes free space on
- * a full disk). */
+/* Start of a metadata operation: the image is writable and sound, and
+ * there is room for it (these run in the reserve writes leave, so deletes
+ * free space on a full disk).  What can be refused is checked before the
+ * txn changes; a failure after that is an LMDB error (ENOMEM, EIO), and
+ * dropping the txn then also drops the client writes in it, which takes
+ * the image offline (store_abort_l).  Committing those writes first would
+ * avoid that at the price of a second commit per snapshot. */
 static int check_rw(struct store *st)
 {
     if (st->rdonly)
         return store_set_err(st, -EROFS, "image is open read-only");
     int rc = store_failed_l(st);
-    if (!rc && st->txn_writes)
-        rc = store_commit_l(st);
     if (!rc)
         rc = store_room_l(st, 64, 16);
     return rc;
