@@ -451,13 +451,17 @@ for rnd in range(3):
     c.close()
     tried += 1
     wait_idle()
+# Sanitizer allocators keep freed memory in quarantine: no bound then.
+check_mem = os.environ.get("HOSTILE_CHECK_MEMORY", "1") != "0"
 bound = 64 + 32  # the connection budget, plus slack
-assert max(peaks) - rss0 < bound, "stalled reader: RSS grew %.0f MiB " \
-    "(bound %d)" % (max(peaks) - rss0, bound)
-assert peaks[2] < peaks[0] + 32, "RSS grows with each stalled reader: %r" \
-    % peaks
-print("after the stalled readers: RssAnon %.0f MiB" % rss_mib())
-assert rss_mib() < rss0 + 16, "memory not given back after the stalled readers"
+assert not check_mem or max(peaks) - rss0 < bound, \
+    "stalled reader: RSS grew %.0f MiB (bound %d)" % (max(peaks) - rss0, bound)
+assert not check_mem or peaks[2] < peaks[0] + 32, \
+    "RSS grows with each stalled reader: %r" % peaks
+print("after the stalled readers: RssAnon %.0f MiB%s" % (
+    rss_mib(), "" if check_mem else " (not judged: sanitizer build)"))
+assert not check_mem or rss_mib() < rss0 + 16, \
+    "memory not given back after the stalled readers"
 
 survivor.check("the end")
 survivor.stop = True
