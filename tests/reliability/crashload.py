@@ -211,7 +211,7 @@ class Run:
         self.c = dict(iterations=0, blocks=0, snapshots=0, bsnap_ops=0,
                       writes=0, flushes=0, fua=0, zeroes=0, uncertain=0,
                       unsynced_lost=0, sectors_rewound=0, kept=0,
-                      online_checks=0, offline_checks=0)
+                      online_checks=0, offline_checks=0, inflight_at_kill=0)
         d = Obj("default", "volume", self.new_vol(), self.nblocks)
         d.cand = [[(0, 0)] for _ in range(self.nblocks)]
         self.objs["default"] = d
@@ -485,6 +485,7 @@ class Run:
                                  flags=nbd.CMD_FLAG_FUA if kind == "fua" else 0)
             inflight[c] = (kind, info)
             harvest(False)
+        self.c["inflight_at_kill"] += len(inflight) > 0
         self.kill()
         h = None  # the handle closes when dropped
 
@@ -575,6 +576,9 @@ class Run:
         if os.path.exists(self.pclog + ".fail"):
             raise Violation("powercut shim refused a write path: "
                             + open(self.pclog + ".fail").read().strip())
+        if not os.path.exists(self.pclog):
+            raise Violation("no powercut log %s: powercut.so was not loaded"
+                            % self.pclog)
         mode = self.a.powercut
         if mode == "mixed":
             mode = "all" if i % 2 == 0 else "subset"
@@ -623,6 +627,11 @@ class Run:
                 print("iteration %d: %s" % (i + 1, self.counts()), flush=True)
         self.kill_clean()
         self.c["seconds"] = round(time.monotonic() - t_start, 1)
+        if self.a.powercut and self.a.iterations >= 4 and not self.c["unsynced_lost"]:
+            raise Violation("the power cuts took back no write at all: the "
+                            "simulation is blind")
+        if self.a.iterations >= 10 and not self.c["inflight_at_kill"]:
+            raise Violation("no kill ever found a request in flight")
         print("survived: " + self.counts(), flush=True)
 
     def kill_clean(self):
