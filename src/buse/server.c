@@ -284,6 +284,18 @@ static void wake(struct buse_server *srv)
     errno = e;
 }
 
+/* Idle limit on a socket during the handshake: a client that connects and
+ * says nothing (or stops half-way) would otherwise keep its thread for
+ * ever.  Seconds; BUSE_HANDSHAKE_TIMEOUT overrides (0: none).  In
+ * transmission a connection may be idle as long as it likes. */
+#define HANDSHAKE_TIMEOUT 30
+static void set_idle_limit(int fd, int secs)
+{
+    struct timeval tv = {.tv_sec = secs};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
 static void *conn_main(void *arg)
 {
     struct buse_conn *c = arg;
@@ -291,7 +303,15 @@ static void *conn_main(void *arg)
     int r = 1;
 
     if (!c->kernel) {
+        const char *env = getenv("BUSE_HANDSHAKE_TIMEOUT");
+        int limit = env ? atoi(env) : HANDSHAKE_TIMEOUT;
+        if (limit > 0)
+            set_idle_limit(c->fd, limit);
         r = buse_handshake(c);
+        if (r == -EAGAIN || r == -EWOULDBLOCK)
+            buse_debug("handshake: client idle for %d s, closed", limit);
+        if (r == 1 && limit > 0)
+            set_idle_limit(c->fd, 0);
         if (r < 0)
             buse_debug("handshake ended: %s", strerror(-r));
     }
