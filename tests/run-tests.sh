@@ -11,7 +11,8 @@ tier=
 if [ "${1:-}" = --tier ]; then tier=$2; shift 2; fi
 cd "$(dirname "$0")/.."
 export PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
-logdir=tests/logs
+logdir=tests/logs${tier:+-$tier}   # each tier keeps its own logs
+export logdir
 rm -rf "$logdir"; mkdir -p "$logdir"
 list=()
 if [ -n "$tier" ]; then
@@ -31,12 +32,12 @@ run_one() {
     local t=$1 name rc start end
     name=$(basename "$t" .sh)
     start=$(date +%s)
-    timeout -k 10 "${TEST_TIMEOUT:-600}" "$t" >"tests/logs/$name.log" 2>&1; rc=$?
+    timeout -k 10 "${TEST_TIMEOUT:-600}" "$t" >"$logdir/$name.log" 2>&1; rc=$?
     end=$(date +%s)
     case $rc in
         0) echo "PASS $name ($((end - start))s)" ;;
-        77) echo "SKIP $name: $(grep -m1 '^SKIP' "tests/logs/$name.log" || true)" ;;
-        *) echo "FAIL $name (rc=$rc, $((end - start))s)"; tail -n 25 "tests/logs/$name.log" | sed 's/^/    /' ;;
+        77) echo "SKIP $name: $(grep -m1 '^SKIP' "$logdir/$name.log" || true)" ;;
+        *) echo "FAIL $name (rc=$rc, $((end - start))s)"; tail -n 25 "$logdir/$name.log" | sed 's/^/    /' ;;
     esac
 }
 export -f run_one
