@@ -137,7 +137,7 @@ def rewind(log, files, mode, rng):
                     if synced(seq) and dpos is None:  # a synced size change
                         size = max(size, off)
             for s, pieces in sorted(sectors.items()):
-                cur = os.pread(fd, BLOCK, s * BLOCK)
+                cur = os.pread(fd, BLOCK, s * BLOCK).ljust(BLOCK, b"\0")
                 last = len(pieces)
                 while last > 0 and not synced(pieces[last - 1][0]):
                     last -= 1
@@ -154,7 +154,7 @@ def rewind(log, files, mode, rng):
                             data[dpos + ln + lo - off:dpos + ln + hi - off]
                 # the redo check: the file holds what the log says was
                 # written last (a write the shim missed would show here)
-                if bytes(expect[:len(cur)]) != cur:
+                if bytes(expect) != cur:
                     raise Violation("powercut: %s sector %d differs from its "
                                     "last logged write (a write the shim "
                                     "did not see)" % (path, s))

@@ -346,7 +346,7 @@ ssize_t pwritev64v2(int fd, const struct iovec *iov, int cnt, off_t off, int fl)
 
 /* ---- size changes ---- */
 
-static int size_change(int fd, uint64_t newsize, int grow_only)
+static int size_change(int fd, uint64_t newsize)
 {
     int i = which(fd);
     if (i < 0)
@@ -354,7 +354,6 @@ static int size_change(int fd, uint64_t newsize, int grow_only)
     uint64_t old = file_size(fd);
     if (newsize < old)
         die("%s: shrinking a tracked file is not modelled", files[i].path);
-    (void)grow_only;
     struct rec r = {MAGIC,      REC_SIZE, (uint32_t)i, 0,
                     next_seq++, newsize,  0,           old};
     log_all(&r, sizeof r);
@@ -366,7 +365,7 @@ int ftruncate(int fd, off_t len)
 {
     REAL(int, ftruncate, int, off_t);
     pthread_mutex_lock(&mu);
-    size_change(fd, (uint64_t)len, 0);
+    size_change(fd, (uint64_t)len);
     int rc = real_ftruncate(fd, len), e = errno;
     pthread_mutex_unlock(&mu);
     errno = e;
@@ -400,7 +399,7 @@ int fallocate(int fd, int mode, off_t off, off_t len)
         die("%s: fallocate mode %#x is not modelled", files[i].path, mode);
     if (i >= 0 && !(mode & FALLOC_FL_KEEP_SIZE) &&
         (uint64_t)(off + len) > file_size(fd))
-        size_change(fd, (uint64_t)(off + len), 1);
+        size_change(fd, (uint64_t)(off + len));
     int rc = real_fallocate(fd, mode, off, len), e = errno;
     pthread_mutex_unlock(&mu);
     errno = e;
