@@ -109,6 +109,8 @@ echo "calls on the image files (strace):"; sed 's/^/    /' "$tmp/calls.txt"
 grep -qE ' (pwritev|writev|pwrite64)$' "$tmp/calls.txt" || fail "strace saw no write to the image: the check is blind"
 unmodelled=$(awk '{print $2}' "$tmp/calls.txt" | grep -vxE "$modelled|openat|open" || true)
 [ -z "$unmodelled" ] || fail "busesnap uses calls powercut.so does not model on its image: $unmodelled"
+grep -E "^[0-9]+ +open(at)?\(.*$st\.db(-chunks)?\".*O_TRUNC" "$tmp/strace.txt" &&
+    fail "busesnap opens its image with O_TRUNC (not modelled)"
 grep -E "<$st\.db(-chunks)?>" "$tmp/strace.txt" | grep -E '^[0-9]+ +mmap\(' |
     grep -E 'PROT_WRITE.*MAP_SHARED|MAP_SHARED.*PROT_WRITE' && fail "busesnap maps its image writable"
 grep -qE '^[0-9]+ +(io_uring_setup|io_submit|copy_file_range|sendfile|splice)\(' "$tmp/strace.txt" &&
