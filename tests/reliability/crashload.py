@@ -3,7 +3,7 @@
 
 It drives `busesnap serve` through libnbd (asynchronous writes, write
 zeroes, trims, FUA writes and flushes, several in flight) and bsnap
-(create, clone, rollback --force, delete --force), kills the server with
+(create, clone, rollback --force, delete --force, gc), kills the server with
 SIGKILL at a random moment, optionally takes back every write the store
 had not synced (the powercut.so log: `--powercut all|subset|mixed`), checks
 the image offline, restarts the server and verifies every block of every
@@ -444,7 +444,9 @@ class Run:
                 c = h.aio_flush()
                 inflight[c] = ("flush", dict(dirty))
                 continue
-            n = rng.randint(1, 4)
+            # mostly 1-4 blocks; some runs of up to 64 (one pwritev of
+            # many chunk slots, torn at 4 KiB by a power cut)
+            n = rng.randint(1, 4) if rng.random() < 0.9 else rng.randint(8, 64)
             start = rng.randrange(0, nb - n + 1)
             blocks = range(start, start + n)
             if any(b in busy for b in blocks):
@@ -512,6 +514,8 @@ class Run:
             choices += ["delete"] * 3
         if len(snaps) > 5 or len(vols) > 3:  # keep verification passes short
             choices = ["delete"]
+        if rng.random() < 0.1:
+            choices = ["gc"]  # the collector, killed or not as it runs
         kind = rng.choice(choices)
         name = None
         if kind == "create":
@@ -527,6 +531,8 @@ class Run:
             obj = Obj(name, "volume", self.new_vol(), self.nblocks)
             obj.cand = [[(self.wid(), v)] for v in snap.exp]
             args, op = ["clone", snap.name, name], ("clone", obj)
+        elif kind == "gc":
+            args, op = ["gc"], ("gc",)
         elif kind == "rollback":
             snap = rng.choice([s for s in snaps if s.parent == vol.name])
             args, op = ["rollback", snap.name, "--volume", vol.name, "--force"], \
