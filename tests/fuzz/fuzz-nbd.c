@@ -9,10 +9,12 @@
  * drains.  The backend is a 256 KiB memory disk whose callbacks abort() if
  * libbuse breaks a promise of buse.h (a range outside the export, a write
  * to a read-only export, a close without an open), so that such bugs are
- * crashes too.  With structured replies or extended headers (modes 2, 3)
- * every reply carries its length, so the reply stream is parsed as well:
- * a bad magic, a chunk without its DONE flag, a payload too short for its
- * type or a stream cut in the middle of a reply aborts.
+ * crashes too.  With a prefix (modes 1-3) the reply stream is parsed as
+ * well, beside the requests of the input (one worker answers them in
+ * order): a bad magic, a reply kind not negotiated, a cookie that is not
+ * the next request's, a reply after DISC, a chunk without DONE, a payload
+ * that does not fit its type or its READ, or a stream cut in the middle
+ * of a reply aborts.
  *
  * Input: byte 0 is a mode, the rest is what the client sends after the
  * server's greeting.  Mode bits:
@@ -283,12 +285,52 @@ static struct buse_server *make_server(unsigned mode)
  * read by the fuzz thread after fuzz_pump_join). */
 struct reply_check {
     int active;
-    int phase;             /* 0 greeting, 1 option replies, 2 requests */
-    unsigned char hdr[32]; /* the header being collected */
-    size_t have, need;     /* bytes of hdr held, and wanted */
-    uint64_t skip;         /* payload bytes still to skip */
-    const char *error;     /* first problem seen, or NULL */
+    unsigned kind;             /* mode & 3: 1 simple, 2 structured, 3 ext */
+    const uint8_t *reqs;       /* the requests the client sent */
+    size_t reqs_len, reqs_off; /* and where the next one starts */
+    int phase;                 /* 0 greeting, 1 option replies, 2 requests */
+    unsigned char hdr[32];     /* the header being collected */
+    size_t have, need;         /* bytes of hdr held, and wanted */
+    uint64_t skip;             /* payload bytes still to skip */
+    const char *error;         /* first problem seen, or NULL */
 };
+
+/* One worker serves the requests in order, so the k-th reply answers the
+ * k-th request of the input: check its cookie, and return the request's
+ * command and length (a READ's data follows a simple reply).  Requests
+ * are walked as the server reads them: a WRITE's payload (and, with
+ * extended headers, any payload announced by PAYLOAD_LEN) follows its
+ * header; DISC gets no reply and ends the stream. */
+static int next_request(struct reply_check *rc, uint16_t *type, uint64_t *len,
+                        uint64_t cookie)
+{
+    size_t hsize = rc->kind == 3 ? NBD_EXTENDED_REQUEST_SIZE : NBD_REQUEST_SIZE;
+    const uint8_t *q = rc->reqs + rc->reqs_off;
+    if (rc->reqs_len - rc->reqs_off < hsize) {
+        rc->error = "reply to a request the client never sent";
+        return -1;
+    }
+    uint16_t flags = buse_get16(q + 4);
+    *type = buse_get16(q + 6);
+    *len = rc->kind == 3 ? buse_get64(q + 24) : buse_get32(q + 24);
+    if (*type == NBD_CMD_DISC) {
+        rc->error = "reply after NBD_CMD_DISC";
+        return -1;
+    }
+    if (buse_get64(q + 8) != cookie) {
+        rc->error = "reply cookie is not the next request's";
+        return -1;
+    }
+    uint64_t payload = 0;
+    if (*type == NBD_CMD_WRITE ||
+        (rc->kind == 3 && (flags & NBD_CMD_FLAG_PAYLOAD_LEN)))
+        payload = *len;
+    rc->reqs_off += hsize;
+    rc->reqs_off += payload < rc->reqs_len - rc->reqs_off
+                        ? (size_t)payload
+                        : rc->reqs_len - rc->reqs_off;
+    return 0;
+}
 
 static void reply_header(struct reply_check *rc)
 {
@@ -319,21 +361,41 @@ static void reply_header(struct reply_check *rc)
                 rc->error = "bad reply magic (stream out of sync)";
             return;
         }
-        if (magic == NBD_STRUCTURED_REPLY_MAGIC)
-            len = buse_get32(h + 16);
-        else if (magic == NBD_EXTENDED_REPLY_MAGIC)
-            len = buse_get64(h + 24);
-        if (magic != NBD_SIMPLE_REPLY_MAGIC) {
+        if ((magic == NBD_SIMPLE_REPLY_MAGIC && rc->kind == 3) ||
+            (magic == NBD_STRUCTURED_REPLY_MAGIC && rc->kind != 2) ||
+            (magic == NBD_EXTENDED_REPLY_MAGIC && rc->kind != 3)) {
+            rc->error = "reply of a kind that was not negotiated";
+            return;
+        }
+        uint16_t rtype;
+        uint64_t rlen;
+        if (next_request(rc, &rtype, &rlen, buse_get64(h + 8)) < 0)
+            return;
+        if (magic == NBD_SIMPLE_REPLY_MAGIC) {
+            if (rc->kind == 2 &&
+                (rtype == NBD_CMD_READ || rtype == NBD_CMD_BLOCK_STATUS))
+                rc->error = "simple reply to a structured READ/BLOCK_STATUS";
+            else if (rtype == NBD_CMD_READ && buse_get32(h + 4) == 0)
+                len = rlen; /* the data follows */
+        } else {
+            len = magic == NBD_STRUCTURED_REPLY_MAGIC ? buse_get32(h + 16)
+                                                      : buse_get64(h + 24);
             type = buse_get16(h + 6);
             if (!(buse_get16(h + 4) & NBD_REPLY_FLAG_DONE))
                 rc->error = "reply chunk without DONE";
             else if ((type == NBD_REPLY_TYPE_ERROR && len < 6) ||
-                     (type == NBD_REPLY_TYPE_OFFSET_DATA && len < 9) ||
                      (type == NBD_REPLY_TYPE_BLOCK_STATUS &&
                       (len < 12 || (len - 4) % 8)) ||
                      (type == NBD_REPLY_TYPE_BLOCK_STATUS_EXT &&
                       (len < 24 || (len - 8) % 16)))
                 rc->error = "reply chunk payload too short for its type";
+            else if (type == NBD_REPLY_TYPE_OFFSET_DATA &&
+                     (rtype != NBD_CMD_READ || len != 8 + rlen))
+                rc->error = "OFFSET_DATA chunk not one whole READ";
+            else if ((type == NBD_REPLY_TYPE_BLOCK_STATUS ||
+                      type == NBD_REPLY_TYPE_BLOCK_STATUS_EXT) &&
+                     rtype != NBD_CMD_BLOCK_STATUS)
+                rc->error = "BLOCK_STATUS chunk for another command";
             else if (type != NBD_REPLY_TYPE_NONE &&
                      type != NBD_REPLY_TYPE_ERROR &&
                      type != NBD_REPLY_TYPE_OFFSET_DATA &&
@@ -390,7 +452,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!c)
         abort();
     struct fuzz_pump pump = {0};
-    struct reply_check rc = {.active = (mode & 3) >= 2, .need = 18};
+    struct reply_check rc = {.active = (mode & 3) != 0,
+                             .kind = mode & 3,
+                             .reqs = data + 1,
+                             .reqs_len = size - 1,
+                             .need = 18};
     if (rc.active) {
         pump.on_reply = on_reply;
         pump.on_reply_arg = &rc;
