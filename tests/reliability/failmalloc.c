@@ -12,9 +12,10 @@
  * Policy (environment, read at start-up; nothing fails until armed, so
  * start-up succeeds):
  *   FAILMALLOC_CTL=PATH  a watcher thread polls PATH every 2 ms.  Its
- *                        contents arm the shim: "ID nth N" fails the Nth
- *                        allocation call after arming (once), "ID prob P
- *                        SEED" fails each call with probability P; "ID off"
+ *                        contents arm the shim: "ID nth N [K]" fails the
+ *                        Nth allocation call after arming and the K-1 after
+ *                        it (K = 1 if absent), "ID prob P SEED" fails each
+ *                        call with probability P; "ID off"
  *                        or removing the file disarms.  After each change
  *                        the shim writes "ID armed" or "ID off calls=C
  *                        failed=F" to PATH.ack (C = calls while armed).
@@ -48,6 +49,7 @@ static _Atomic int fm_mode;             /* MODE_* */
 static _Atomic unsigned long fm_calls;  /* allocation calls while armed */
 static _Atomic unsigned long fm_failed; /* failures injected while armed */
 static _Atomic unsigned long fm_nth;    /* MODE_NTH: the call to fail */
+static _Atomic unsigned long fm_count;  /* MODE_NTH: how many calls fail */
 static _Atomic uint64_t fm_rng;         /* MODE_PROB: xorshift state */
 static _Atomic uint64_t fm_threshold;   /* MODE_PROB: fail if rand < this */
 static int fm_log_fd = -1;
@@ -90,7 +92,8 @@ static int fm_should_fail(const char *fn, size_t size)
     unsigned long call = atomic_fetch_add(&fm_calls, 1) + 1;
     int fail = 0;
     if (mode == MODE_NTH) {
-        fail = call == atomic_load(&fm_nth);
+        unsigned long nth = atomic_load(&fm_nth);
+        fail = call >= nth && call - nth < atomic_load(&fm_count);
     } else {
         uint64_t x = atomic_load(&fm_rng), y;
         do {
@@ -189,7 +192,7 @@ static void fm_apply(const char *buf)
 {
     char id[64], what[16];
     double p = 0;
-    unsigned long n = 0, seed = 1;
+    unsigned long n = 0, count = 1, seed = 1;
     int k = sscanf(buf, "%63s %15s", id, what);
     if (k < 2) {
         snprintf(what, sizeof what, "off");
@@ -197,11 +200,13 @@ static void fm_apply(const char *buf)
             snprintf(id, sizeof id, "-");
     }
     char line[200];
-    if (strcmp(what, "nth") == 0 && sscanf(buf, "%*s %*s %lu", &n) == 1) {
+    if (strcmp(what, "nth") == 0 &&
+        sscanf(buf, "%*s %*s %lu %lu", &n, &count) >= 1) {
         atomic_store(&fm_mode, MODE_OFF);
         atomic_store(&fm_calls, 0);
         atomic_store(&fm_failed, 0);
         atomic_store(&fm_nth, n);
+        atomic_store(&fm_count, count);
         atomic_store(&fm_mode, MODE_NTH);
         snprintf(line, sizeof line, "%s armed\n", id);
     } else if (strcmp(what, "prob") == 0 &&
@@ -289,6 +294,7 @@ __attribute__((constructor)) static void fm_init(void)
     }
     if (nth) {
         atomic_store(&fm_nth, strtoul(nth, NULL, 10));
+        atomic_store(&fm_count, 1);
         atomic_store(&fm_mode, MODE_NTH);
     }
 }

@@ -18,7 +18,7 @@
 # SIGTERM exit and an offline `busesnap check`.  The counts are printed.
 # Budget: 120 s on 2 shared cores (FM_BUDGET seconds per server; default
 # 10 s for busexmp, 90 s for busesnap).  FM_POINTS=5,17: only those N;
-# FM_KINDS=busesnap: one server only.
+# FM_KINDS=busesnap: one server only; FM_NTH_COUNT=2: fail calls N and N+1.
 . "$(dirname "$0")/../functions.sh"
 # a sanitizer build has its own allocator: neither an LD_PRELOAD allocator
 # nor valgrind can run under it (make check SANITIZER=... covers that build)
@@ -295,6 +295,8 @@ def leftovers():
 
 def one_round(i, policy, h, rng):
     """Arm, work, disarm, check; returns the (possibly new) handle."""
+    with open(tmp + "/failmalloc.log", "a") as f:
+        f.write("failmalloc: === round %d (%s)\n" % (i, policy))
     arm(policy)
     deleted.clear()
     oplog.clear()
@@ -397,13 +399,14 @@ limit = calls + calls // 4 + 2
 # sweep N over 1..limit (one failure per round) within 70% of the budget:
 # the stride grows if the rounds are too slow to try every point
 only = [int(x) for x in os.environ.get("FM_POINTS", "").split(",") if x]
+nth_count = int(os.environ.get("FM_NTH_COUNT", "1"))  # failures in a row
 points = only or list(range(1, limit + 1))
 i = 1
 pos = 0.0
 t_sweep = time.time()
 while int(pos) < len(points):
     n = points[int(pos)]
-    h, _ = one_round(i, "nth %d" % n, h, rng)
+    h, _ = one_round(i, "nth %d %d" % (n, nth_count), h, rng)
     stats["points"] += 1
     i += 1
     left = budget * 0.7 - (time.time() - t0)
@@ -448,13 +451,13 @@ log("%s: swept N up to %d (%d allocation points tried, %d calls per round), "
 EOF
 
 fm_fail() {
-    # name the code that did not cope: the last injected failure's stack,
-    # program frames resolved to function and line
+    # name the code that did not cope: the stacks of the failures injected
+    # in the last round, program frames resolved to function and line
     local line obj off
     if [ -s "$tmp/failmalloc.log" ]; then
-        echo "last injected failure:" >&2
-        tail -n 40 "$tmp/failmalloc.log" |
-            awk '/failed \(call/{b=""} {b=b $0 "\n"} END{printf "%s", b}' |
+        echo "failures injected in the last round:" >&2
+        awk '/^failmalloc: === round/{b=""} {b=b $0 "\n"} END{printf "%s", b}' \
+            "$tmp/failmalloc.log" | grep -v -e '^/.*failmalloc\.so' -e '/libc\.so' |
             while IFS= read -r line; do
                 if [[ $line =~ ^(/[^\(]+)\(\+(0x[0-9a-f]+)\) ]]; then
                     obj=${BASH_REMATCH[1]} off=${BASH_REMATCH[2]}
