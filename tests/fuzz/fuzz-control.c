@@ -15,8 +15,10 @@
  * created once per process with a few written blocks and a snapshot, and
  * recreated every FUZZ_CONTROL_RESET inputs (default 256; 1 makes every
  * input independent, for replaying a crash), which bounds its growth.
- * No NBD client is connected: the EBUSY and --force paths are not
- * reached here (tests/test-bsnap-commands.sh covers them).
+ * Oracles: no response may be an ENOMEM error (nothing runs out of memory
+ * here), and every non-blank request line gets exactly one response line
+ * (expected_responses).  No NBD client is connected: the EBUSY and --force
+ * paths are not reached here (tests/test-bsnap-commands.sh covers them).
  */
 #include "../../src/server/control.c"
 
@@ -105,6 +107,54 @@ static void cleanup(void)
     rmdir(store_dir);
 }
 
+/* The framing promise of doc/control.md: one response line per non-blank
+ * request line (after the greeting; check adds progress lines), and one
+ * E2BIG error, then the end, for a line longer than CTL_MAX_LINE - 1. */
+static unsigned expected_responses(const uint8_t *s, size_t n)
+{
+    unsigned count = 1; /* the greeting */
+    size_t start = 0;
+    for (;;) {
+        const uint8_t *nl = memchr(s + start, '\n', n - start);
+        size_t len = nl ? (size_t)(nl - (s + start)) : n - start;
+        if (len >= CTL_MAX_LINE)
+            return count + 1; /* E2BIG, then the connection closes */
+        if (!nl)
+            return count; /* an unfinished line gets no answer */
+        if (len && s[start + len - 1] == '\r')
+            len--;
+        for (size_t i = 0; i < len; i++)
+            if (s[start + i] != ' ' && s[start + i] != '\t') {
+                count++;
+                break;
+            }
+        start = (size_t)(nl - s) + 1;
+    }
+}
+
+struct response_count {
+    unsigned lines, progress;
+    size_t pos;    /* bytes into the current line */
+    char head[11]; /* its first bytes */
+};
+
+static void on_reply(void *arg, const uint8_t *buf, size_t len)
+{
+    static const char progress[] = "{\"progress\"";
+    struct response_count *rc = arg;
+    for (size_t i = 0; i < len; i++) {
+        if (buf[i] == '\n') {
+            rc->lines++;
+            if (rc->pos >= sizeof rc->head &&
+                memcmp(rc->head, progress, sizeof rc->head) == 0)
+                rc->progress++;
+            rc->pos = 0;
+        } else if (rc->pos++ < sizeof rc->head) {
+            rc->head[rc->pos - 1] = (char)buf[i];
+        }
+    }
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -136,6 +186,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *pre = (const uint8_t *)hello;
     size_t pre_len = sizeof hello - 1;
     struct fuzz_pump pump = {0};
+    struct response_count rc = {0};
 
     if (inputs++ % reset_every == 0 && inputs > 1)
         open_store();
@@ -144,9 +195,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         data++;
         size--;
     }
+    uint8_t *all = malloc(pre_len + size + 1);
     struct ctl_client *cl = calloc(1, sizeof *cl);
-    if (!cl)
+    if (!cl || !all)
         abort();
+    memcpy(all, pre, pre_len);
+    if (size)
+        memcpy(all + pre_len, data, size);
+    unsigned expected = expected_responses(all, pre_len + size);
+    free(all);
+    pump.on_reply = on_reply;
+    pump.on_reply_arg = &rc;
     cl->c = &srv;
     /* No allocation fails here: an ENOMEM response is a bug (a response
      * that could not be built, reported as out of memory). */
@@ -161,6 +220,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_pump_join(&pump);
     if (pump.found) {
         fprintf(stderr, "fuzz-control: %u ENOMEM responses\n", pump.found);
+        abort();
+    }
+    if (rc.lines - rc.progress != expected) {
+        fprintf(stderr,
+                "fuzz-control: %u response lines (%u progress), expected "
+                "%u\n",
+                rc.lines, rc.progress, expected);
         abort();
     }
     if (srv.nclients != 0 || srv.clients) {
