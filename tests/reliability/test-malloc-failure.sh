@@ -32,7 +32,7 @@ shim=$top/tests/reliability/failmalloc.so
 
 cat >"$tmp/driver.py" <<'EOF'
 # The sweep: see the header of test-malloc-failure.sh.
-import json, os, random, signal, subprocess, sys, time
+import atexit, json, os, random, signal, subprocess, sys, time
 import nbd
 
 kind, top, tmp, bindir = sys.argv[1:5]
@@ -70,6 +70,14 @@ hist = {}                  # block -> contents since the last good flush
 
 server = None
 gen = 0
+
+def kill_server():
+    # a failing run leaves no server behind
+    if server is not None and server.poll() is None:
+        server.kill()
+        server.wait()
+
+atexit.register(kill_server)
 deleted = set()            # names bsnap said it deleted in this round
 
 def start_server(first=False):
