@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# test-valgrind.sh: the store and libbuse unit tests (tests/unit/test-*) and
-# a short busesnap session (nbdsh + bsnap) under valgrind memcheck: no
+# test-valgrind.sh: the store and libbuse unit tests (tests/unit/test-*), a
+# short busesnap session (nbdsh + bsnap) and a busexmp one under memcheck: no
 # invalid access, no use of uninitialised memory in a branch or a syscall,
 # no definite leak, and a clean exit on SIGTERM.
 #
@@ -35,7 +35,7 @@ for t in "$top"/tests/unit/test-*; do
     [ -x "$t" ] && [[ $t != *.c ]] || continue
     cp "$t" "$tmp/bin/" && units+=("$(basename "$t")")
 done
-cp "$top/busesnap" "$top/bsnap" "$tmp/bin/" || fail "make first"
+cp "$top/busesnap" "$top/bsnap" "$top/busexmp" "$tmp/bin/" || fail "make first"
 [ ${#units[@]} -gt 0 ] || fail "no unit tests built (make first)"
 
 # run_unit NAME: one unit test under memcheck; prints "NAME rc=RC Ns".
@@ -119,6 +119,32 @@ echo "busesnap serve under memcheck: exit $rc"
 [ $rc = 0 ] || fail "busesnap under valgrind exited $rc on SIGTERM (99: memcheck errors): $(head -40 "$tmp/vg-busesnap.log")"
 "$tmp/bin/busesnap" check "$image" >/dev/null || fail "busesnap check after the session"
 
+# ---- busexmp (libbuse's example) under memcheck: a short session ----
+(vg "$tmp/vg-busexmp.log" "$tmp/bin/busexmp" 8M --socket "$tmp/xsock") \
+    >"$tmp/busexmp.log" 2>&1 &
+xmp_pid=$!
+on_exit "kill $xmp_pid"
+for ((i = 0; i < 1500; i++)); do
+    [ -S "$tmp/xsock" ] && break
+    sleep 0.02
+done
+nbdsh --base-allocation -u "nbd+unix:///?socket=$tmp/xsock" -c '
+import os
+a = os.urandom(65536)
+h.pwrite(a, 4096)
+h.flush()
+assert h.pread(65536, 4096) == a
+h.trim(8192, 4096)
+h.zero(4096, 16384)
+h.block_status(1 << 20, 0, lambda *args: 0)
+assert h.pread(8192, 4096) == bytes(8192)
+' || fail "nbdsh session on busexmp failed"
+kill -TERM $xmp_pid
+rc=0
+wait $xmp_pid || rc=$?
+echo "busexmp under memcheck: exit $rc"
+[ $rc = 0 ] || fail "busexmp under valgrind exited $rc on SIGTERM (99: memcheck errors): $(head -40 "$tmp/vg-busexmp.log")"
+
 if [ -n "${slow_pid:-}" ]; then
     wait $slow_pid
     cat "$tmp/slow.result" | tee -a "$tmp/units.result"
@@ -128,4 +154,4 @@ if [ -n "$bad" ]; then
     t=$(echo "$bad" | head -1 | cut -d' ' -f1)
     fail "under memcheck: $bad; $(head -40 "$tmp/vg-$t.log" "$tmp/out-$t.log")"
 fi
-echo "$(wc -l <"$tmp/units.result") unit tests and one busesnap session clean under memcheck ($SECONDS s)"
+echo "$(wc -l <"$tmp/units.result") unit tests, a busesnap and a busexmp session clean under memcheck ($SECONDS s)"
