@@ -99,8 +99,9 @@ struct store {
     bool chunk_dirty; /* chunk file written since last fdatasync */
     int lost_err;     /* a failed commit dropped acknowledged writes */
     int failed; /* -errno: acknowledged writes were lost; all I/O refused */
-    bool txn_writes; /* the txn holds client writes (not only metadata) */
-    bool txn_broken; /* an LMDB call failed: the txn can only be aborted */
+    bool txn_writes;      /* the txn holds client writes (not only metadata) */
+    bool txn_broken;      /* an LMDB call failed: the txn can only be aborted */
+    char broken_msg[160]; /* what broke it */
     unsigned chunks_unsynced; /* new chunks since the last writeback kick */
     bool presync_busy;        /* a store_presync() is under way */
     bool free_none;           /* no reusable free slot at free_none_gen */

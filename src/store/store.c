@@ -74,10 +74,14 @@ int store_mdb_errno(int mrc)
 
 int store_mdb_err(struct store *st, int mrc, const char *what)
 {
-    if (st && mrc != MDB_NOTFOUND && mrc != MDB_KEYEXIST)
+    int rc = store_set_err(st, store_mdb_errno(mrc), "%s: %s", what,
+                           mdb_strerror(mrc));
+    if (st && mrc != MDB_NOTFOUND && mrc != MDB_KEYEXIST && !st->txn_broken) {
         st->txn_broken = true; /* LMDB marks the txn failed */
-    return store_set_err(st, store_mdb_errno(mrc), "%s: %s", what,
-                         mdb_strerror(mrc));
+        snprintf(st->broken_msg, sizeof st->broken_msg, "%s: %s", what,
+                 mdb_strerror(mrc));
+    }
+    return rc;
 }
 
 void store_now(struct timespec *ts)
@@ -357,7 +361,9 @@ static int txn_begin_l(struct store *st)
     return 0;
 }
 
-/* Reload the in-memory state from the txn (after an abort). */
+/* Reload the in-memory state from the txn (after an abort).  If that
+ * fails (ENOMEM), memory no longer matches the index and a later commit
+ * would write wrong counts: the store goes offline. */
 static int reload_l(struct store *st)
 {
     int rc = counters_get_l(st);
@@ -367,6 +373,13 @@ static int reload_l(struct store *st)
         rc = store_hash_load_l(st);
     st->chunk_dirty = true; /* fdatasync anyway at the next commit */
     st->free_none = false;  /* the free DB is the durable one again */
+    if (rc && !st->failed) {
+        st->failed = rc;
+        fprintf(stderr,
+                "%s: cannot reload after a failed txn, image taken "
+                "offline: %s\n",
+                st->path, store_errmsg());
+    }
     return rc;
 }
 
@@ -378,6 +391,8 @@ int store_commit_l(struct store *st)
     int rc, err = 0;
     if (st->rdonly || !st->txn)
         return st->txn ? 0 : store_set_err(st, -EIO, "no transaction");
+    if (st->failed) /* offline: what is in memory may be wrong; never write */
+        return store_failed_l(st);
     if (!st->dirty && !st->chunk_dirty)
         return 0;
     for (uint32_t i = 1; i < st->nodes_cap && !err; i++) {
@@ -435,7 +450,7 @@ int store_abort_l(struct store *st)
     if (st->txn_writes && !st->rdonly && !st->failed) {
         st->failed = -EIO;
         fprintf(stderr, "%s: a write txn failed, image taken offline: %s\n",
-                st->path, store_errmsg());
+                st->path, st->txn_broken ? st->broken_msg : store_errmsg());
     }
     if (st->txn)
         mdb_txn_abort(st->txn);
