@@ -14,7 +14,7 @@
 . "$(dirname "$0")/../functions.sh"
 requires nbdsh nbdcopy
 # Sanitizer builds keep freed memory in quarantine: memory is not judged.
-if ldd "$top/busesnap" | grep -q libasan; then export SOAK_CHECK_MEMORY=0; fi
+if [[ $(ldd "$top/busesnap") == *libasan* ]]; then export SOAK_CHECK_MEMORY=0; fi
 bsnap() { "$top/bsnap" "$@"; }
 
 start_busesnap 64M
