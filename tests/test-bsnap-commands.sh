@@ -39,7 +39,8 @@ import os, time
 while not os.path.exists('$tmp/release-$1'):
     time.sleep(0.02)
 " >/dev/null 2>&1 &
-    on_exit "touch $tmp/release-$1"
+    # at exit: stop it (a release file may come too late: $tmp goes away)
+    on_exit "kill $!"
     local i
     for ((i = 0; i < 500; i++)); do
         [ "$(clients_of "$2")" = 1 ] && return 0
