@@ -97,7 +97,6 @@ struct store {
     struct timespec txn_start;
     bool dirty;       /* txn has changes */
     bool chunk_dirty; /* chunk file written since last fdatasync */
-    int lost_err;     /* a failed commit dropped acknowledged writes */
     int failed; /* -errno: acknowledged writes were lost; all I/O refused */
     bool txn_writes;      /* the txn holds client writes (not only metadata) */
     bool txn_broken;      /* an LMDB call failed: the txn can only be aborted */
@@ -208,6 +207,8 @@ static inline bool store_room_ok_l(const struct store *st, uint64_t need,
 }
 int store_room_l(struct store *st, uint64_t need, uint64_t reserve);
 int store_failed_l(struct store *st);
+void store_offline_l(struct store *st, int err, const char *what,
+                     const char *why);
 
 /* ---- store-hash.c ---- */
 int store_hash_lookup_l(struct store *st, const uint8_t h[16], uint64_t *out,

@@ -107,8 +107,8 @@ struct wbatch {
 
 /* Write the pending run.  On failure the txn names slots whose bytes were
  * never written, so wb->failed tells the caller to drop it (once its
- * cursor is closed) and the loss is reported by the next flush, as for a
- * failed commit. */
+ * cursor is closed), which takes the image offline as a failed commit
+ * does. */
 static int wb_flush_l(struct store *st, struct wbatch *wb)
 {
     if (!wb || wb->n == 0)
@@ -694,10 +694,8 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
         rc = wrc;
     if (c)
         mdb_cursor_close(c);
-    if (wb->failed || st->txn_broken) {
+    if (wb->failed || st->txn_broken)
         store_abort_l(st); /* acknowledged writes went with the txn */
-        st->lost_err = rc;
-    }
     if (!rc && (flags & STORE_FUA))
         rc = store_commit_l(st);
     if (!rc && store_commit_due_l(st, 1) && !st->presync_busy)

@@ -191,6 +191,18 @@ int store_space_slot_l(struct store *st, uint64_t slot)
     return 0;
 }
 
+/* Acknowledged writes were lost (err: -errno): from now on every request
+ * is refused (store_failed_l) and nothing is committed; said once on
+ * stderr as "IMAGE: what, image taken offline: why". */
+void store_offline_l(struct store *st, int err, const char *what,
+                     const char *why)
+{
+    if (st->failed)
+        return;
+    st->failed = err;
+    fprintf(stderr, "%s: %s, image taken offline: %s\n", st->path, what, why);
+}
+
 /* Refuse I/O once acknowledged writes were lost (see the top). */
 int store_failed_l(struct store *st)
 {

@@ -373,13 +373,9 @@ static int reload_l(struct store *st)
         rc = store_hash_load_l(st);
     st->chunk_dirty = true; /* fdatasync anyway at the next commit */
     st->free_none = false;  /* the free DB is the durable one again */
-    if (rc && !st->failed) {
-        st->failed = rc;
-        fprintf(stderr,
-                "%s: cannot reload after a failed txn, image taken "
-                "offline: %s\n",
-                st->path, store_errmsg());
-    }
+    if (rc)
+        store_offline_l(st, rc, "cannot reload after a failed txn",
+                        store_errmsg());
     return rc;
 }
 
@@ -414,11 +410,8 @@ int store_commit_l(struct store *st)
             err = store_mdb_err(st, rc, "commit");
     }
     st->txn = NULL;
-    if (err && st->txn_writes) {
-        st->failed = err; /* acknowledged writes are gone: refuse I/O */
-        fprintf(stderr, "%s: commit failed, image taken offline: %s\n",
-                st->path, store_errmsg());
-    }
+    if (err && st->txn_writes) /* acknowledged writes are gone */
+        store_offline_l(st, err, "commit failed", store_errmsg());
     if (!err) {
         /* No pread of a slot freed by the txn just committed may still be
          * in flight once those slots become reusable. */
@@ -429,8 +422,6 @@ int store_commit_l(struct store *st)
     rc = txn_begin_l(st);
     if (err && !rc)
         reload_l(st);
-    if (err)
-        st->lost_err = err; /* the next flush must fail too */
     if (!err && !rc && store_hash_merge_due_l(st)) {
         /* in a fresh txn, so its dirty pages stay well within limits */
         rc = store_hash_merge_l(st);
@@ -447,11 +438,9 @@ int store_commit_l(struct store *st)
  * offline (store_failed_l) rather than serve older blocks. */
 int store_abort_l(struct store *st)
 {
-    if (st->txn_writes && !st->rdonly && !st->failed) {
-        st->failed = -EIO;
-        fprintf(stderr, "%s: a write txn failed, image taken offline: %s\n",
-                st->path, st->txn_broken ? st->broken_msg : store_errmsg());
-    }
+    if (st->txn_writes && !st->rdonly)
+        store_offline_l(st, -EIO, "a write txn failed",
+                        st->txn_broken ? st->broken_msg : store_errmsg());
     if (st->txn)
         mdb_txn_abort(st->txn);
     st->txn = NULL;
@@ -938,15 +927,7 @@ int store_flush(struct store *st)
      * fdatasync costs one more device cache flush (measured: fewer flushes
      * per second with it) */
     pthread_mutex_lock(&st->mu);
-    int rc = store_failed_l(st);
-    if (!rc)
-        rc = store_commit_l(st);
-    if (!rc && st->lost_err) {
-        rc = store_set_err(st, st->lost_err,
-                           "an earlier commit failed: writes since the "
-                           "previous flush were lost");
-        st->lost_err = 0;
-    }
+    int rc = store_commit_l(st); /* EIO once offline (store_failed_l) */
     pthread_mutex_unlock(&st->mu);
     return rc;
 }
