@@ -132,38 +132,27 @@ static int wb_flush_l(struct store *st, struct wbatch *wb)
     return rc;
 }
 
-/* Group commit point inside a loop holding a map cursor: the cursor dies
- * with the txn, so it is closed and reopened around the commit.  Up to
- * STORE_COMMIT_OPS a writer leaves the commit to store_presync() (chunk
- * fdatasync outside the mutex); at twice that it commits here. */
-static int cursor_maybe_commit_l(struct store *st, MDB_cursor **c,
-                                 struct wbatch *wb)
+/* Before each block of a loop holding a map cursor: the group commit point
+ * and the space check.  Up to STORE_COMMIT_OPS a writer leaves the commit
+ * to store_presync() (chunk fdatasync outside the mutex); at twice that it
+ * commits here.  Then there must be room for need more pages, leaving
+ * reserve (store-space.c), which may commit too.  The cursor dies with the
+ * txn, so it is closed and reopened around them. */
+static int cursor_checkpoint_l(struct store *st, MDB_cursor **c,
+                               struct wbatch *wb, uint64_t need,
+                               uint64_t reserve)
 {
-    if (!store_commit_due_l(st, 2))
+    bool due = store_commit_due_l(st, 2);
+    if (!due && store_room_ok_l(st, need, reserve))
         return 0;
     int rc = wb_flush_l(st, wb);
     if (rc)
         return rc;
     mdb_cursor_close(*c);
     *c = NULL;
-    rc = store_commit_l(st);
-    int rc2 = map_cursor_l(st, c);
-    return rc ? rc : rc2;
-}
-
-/* Room for need more pages before the next block (leaving reserve), the
- * cursor closed and reopened around the commit that may take. */
-static int cursor_room_l(struct store *st, MDB_cursor **c, struct wbatch *wb,
-                         uint64_t need, uint64_t reserve)
-{
-    if (store_room_ok_l(st, need, reserve))
-        return 0;
-    int rc = wb_flush_l(st, wb);
-    if (rc)
-        return rc;
-    mdb_cursor_close(*c);
-    *c = NULL;
-    rc = store_room_l(st, need, reserve);
+    rc = due ? store_commit_l(st) : 0;
+    if (!rc)
+        rc = store_room_l(st, need, reserve);
     int rc2 = map_cursor_l(st, c);
     return rc ? rc : rc2;
 }
@@ -667,7 +656,7 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
             n = end - pos;
         struct blk_pre *p = &pre[b - b0];
         /* a block dirties at most a map, a refs and a free-list leaf */
-        if ((rc = cursor_room_l(st, &c, wb, 8, st->reserve)))
+        if ((rc = cursor_checkpoint_l(st, &c, wb, 8, st->reserve)))
             break;
         if (n == STORE_BLOCK) {
             rc = write_block_l(st, c, wb, v->node, b, src + (pos - off),
@@ -684,8 +673,6 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
             }
         }
         pos += n;
-        if (!rc)
-            rc = cursor_maybe_commit_l(st, &c, wb);
     }
     /* always: the txn names the pending run's slots even if a later block
      * failed (say, ENOSPC) */
@@ -729,11 +716,9 @@ static int zero_range_l(struct store *st, MDB_cursor **c, uint32_t head,
     int rc = 0;
     if (nohole) {
         for (uint64_t b = b0; b < b1 && !rc; b++) {
-            if ((rc = cursor_room_l(st, c, NULL, 8, st->reserve / 4)))
+            if ((rc = cursor_checkpoint_l(st, c, NULL, 8, st->reserve / 4)))
                 break;
             rc = zero_block_l(st, *c, head, b, true);
-            if (!rc)
-                rc = cursor_maybe_commit_l(st, c, NULL);
         }
         return rc;
     }
@@ -749,13 +734,11 @@ static int zero_range_l(struct store *st, MDB_cursor **c, uint32_t head,
         uint64_t blk = map_key_block(&k);
         if (blk >= b1)
             break;
-        if ((rc = cursor_room_l(st, c, NULL, 8, st->reserve / 8)))
+        if ((rc = cursor_checkpoint_l(st, c, NULL, 8, st->reserve / 8)))
             break;
         rc = zero_block_l(st, *c, head, blk, false);
         st->txn_ops++;
         b = blk + 1;
-        if (!rc)
-            rc = cursor_maybe_commit_l(st, c, NULL);
     }
     return rc;
 }
