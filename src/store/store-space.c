@@ -66,21 +66,19 @@ static bool no_space(int e)
     return e == ENOSPC || e == EDQUOT || e == EFBIG;
 }
 
-/* Free and total bytes of fd's file system (large if unknown). */
-static uint64_t fs_free(int fd)
+/* Free bytes of fd's file system, and *size its total (large if unknown):
+ * one fstatvfs. */
+static uint64_t fs_free(int fd, uint64_t *size)
 {
     struct statvfs sv;
-    if (fstatvfs(fd, &sv) < 0)
+    if (fstatvfs(fd, &sv) < 0) {
+        if (size)
+            *size = UINT64_MAX / 2;
         return UINT64_MAX / 2;
+    }
+    if (size)
+        *size = (uint64_t)sv.f_blocks * sv.f_frsize;
     return (uint64_t)sv.f_bavail * sv.f_frsize;
-}
-
-static uint64_t fs_size(int fd)
-{
-    struct statvfs sv;
-    if (fstatvfs(fd, &sv) < 0)
-        return UINT64_MAX / 2;
-    return (uint64_t)sv.f_blocks * sv.f_frsize;
 }
 
 /* Reserve [from, from + *n) pages of size unit in fd, halving *n on
@@ -114,9 +112,10 @@ void store_space_refresh_l(struct store *st)
     uint64_t map_pages = st->map_size / st->psize;
     uint64_t base = ei.me_last_pgno + 1; /* pages in use in the file */
     uint64_t map_room = map_pages > base ? map_pages - base : 0;
-    /* reserve ahead 64 MiB, or an eighth of the free space on a small or
+    /* reserve ahead 128 MiB, or an eighth of the free space on a small or
      * nearly full disk, never more than the map allows */
-    uint64_t want = fs_free(st->lock_fd) / 8 / st->psize;
+    uint64_t fs_size;
+    uint64_t want = fs_free(st->lock_fd, &fs_size) / 8 / st->psize;
     want = want < ROOM_MIN ? ROOM_MIN : want > ROOM_STEP ? ROOM_STEP : want;
     uint64_t have = st->idx_alloc > base ? st->idx_alloc - base : 0;
     if (!st->no_prealloc && have < want) {
@@ -132,7 +131,7 @@ void store_space_refresh_l(struct store *st)
         room += freelist_pages_l(st);
     st->room = room;
     /* writes stop while this much is left, for what frees space */
-    uint64_t r = map_pages / 64, fs = fs_size(st->lock_fd) / 256 / st->psize;
+    uint64_t r = map_pages / 64, fs = fs_size / 256 / st->psize;
     if (r > fs)
         r = fs;
     st->reserve = r < 128 ? 128 : r > 4096 ? 4096 : r;
@@ -179,7 +178,7 @@ int store_space_slot_l(struct store *st, uint64_t slot)
     n = n < SLOT_STEP_MIN   ? SLOT_STEP_MIN
         : n > SLOT_STEP_MAX ? SLOT_STEP_MAX
                             : n;
-    uint64_t eighth = fs_free(st->chunk_fd) / 8 / STORE_BLOCK;
+    uint64_t eighth = fs_free(st->chunk_fd, NULL) / 8 / STORE_BLOCK;
     if (n > eighth)
         n = eighth ? eighth : 1;
     int rc = reserve(st, st->chunk_fd, STORE_BLOCK, slot, &n, 1);
