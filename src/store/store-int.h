@@ -188,23 +188,6 @@ int store_gc_pass(struct store *st);
 #define STORE_ROOM_FULL 32768u /* pages reserved ahead with space to spare */
 void store_space_refresh_l(struct store *st);
 int store_space_slot_l(struct store *st, uint64_t slot);
-/* Can the txn take need more pages and still leave reserve?  The txn's own
- * dirty pages are estimated (txn_pages counts leaves, and 1/16 page per
- * map op; measured: 200 pages for 8,192 sequential block writes) with a
- * factor 3 for branch pages, the free list and estimate error. */
-static inline uint64_t store_dirty_est_l(const struct store *st);
-static inline bool store_room_ok_l(const struct store *st, uint64_t need,
-                                   uint64_t reserve)
-{
-    /* txn_pages misses runs of adjacent keys: count 1/16 page per op too.
-     * With room to spare (the usual case) the saturating estimate is used
-     * with a factor 2, so that space never commits earlier than the group
-     * commit limits; when space is short, the upper bound with a factor 3 */
-    uint64_t used = st->room >= STORE_ROOM_FULL
-                        ? 2 * (store_dirty_est_l(st) + st->txn_ops / 16)
-                        : 3 * (st->txn_pages + st->txn_ops / 16);
-    return used + need + reserve <= st->room;
-}
 int store_room_l(struct store *st, uint64_t need, uint64_t reserve);
 int store_failed_l(struct store *st);
 void store_offline_l(struct store *st, int err, const char *what,
@@ -266,6 +249,22 @@ static inline uint64_t store_dirty_est_l(const struct store *st)
     return rest + store_saturate(st->touch_map, st->leaves_map) +
            store_saturate(st->touch_ref, st->leaves_ref) +
            store_saturate(st->touch_hash, st->leaves_hash);
+}
+
+/* Can the txn take need more pages and still leave reserve (store-space.c)?
+ * txn_pages misses runs of adjacent keys, so 1/16 page per op counts too
+ * (measured: 200 pages for 8,192 sequential block writes).  With room to
+ * spare (the usual case) the saturating estimate is used with a factor 2,
+ * so that space never commits earlier than the group commit limits; when
+ * space is short, the upper bound txn_pages with a factor 3 (branch pages,
+ * the free list, estimate error). */
+static inline bool store_room_ok_l(const struct store *st, uint64_t need,
+                                   uint64_t reserve)
+{
+    uint64_t used = st->room >= STORE_ROOM_FULL
+                        ? 2 * (store_dirty_est_l(st) + st->txn_ops / 16)
+                        : 3 * (st->txn_pages + st->txn_ops / 16);
+    return used + need + reserve <= st->room;
 }
 
 /* Is the txn due for a group commit (soft limits; hard = 2x)? */
