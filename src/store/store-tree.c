@@ -251,6 +251,25 @@ static int fail_l(struct store *st, int rc)
     return rc;
 }
 
+/* Record a new object u (kind, its node, size, made from parent) and its
+ * name: creation time now, the next creation sequence number.  The common
+ * last step of a snapshot and a clone. */
+static int obj_create_l(struct store *st, const uint8_t u[16],
+                        enum store_kind kind, uint32_t node, uint64_t size,
+                        const uint8_t parent[16], const char *name,
+                        struct obj_rec *rec)
+{
+    *rec = (struct obj_rec){.kind = kind,
+                            .node = node,
+                            .size = size,
+                            .ctime = time(NULL),
+                            .seq = st->next_seq++};
+    memcpy(rec->parent, parent, 16);
+    strcpy(rec->name, name);
+    int rc = store_obj_put_l(st, u, rec);
+    return rc ? rc : name_put_l(st, name, u);
+}
+
 int store_snapshot(struct store *st, const char *vol, const char *snap,
                    struct store_obj_info *out)
 {
@@ -279,16 +298,10 @@ int store_snapshot(struct store *st, const char *vol, const char *snap,
     memcpy(st->nodes[h].obj, su, 16);
     if ((rc = store_node_put_l(st, h)))
         goto fail;
-    so = (struct obj_rec){.kind = STORE_SNAPSHOT,
-                          .node = h,
-                          .size = vo.size,
-                          .ctime = time(NULL),
-                          .seq = st->next_seq++};
-    memcpy(so.parent, vu, 16);
-    strcpy(so.name, snap);
     vo.node = h2;
-    if ((rc = store_obj_put_l(st, su, &so)) ||
-        (rc = store_obj_put_l(st, vu, &vo)) || (rc = name_put_l(st, snap, su)))
+    if ((rc =
+             obj_create_l(st, su, STORE_SNAPSHOT, h, vo.size, vu, snap, &so)) ||
+        (rc = store_obj_put_l(st, vu, &vo)))
         goto fail;
     if ((rc = store_commit_l(st)))
         goto out;
@@ -333,15 +346,7 @@ int store_clone(struct store *st, const char *snap, const char *newvol,
     uint32_t c;
     if ((rc = new_node_l(st, so.node, nu, &c)))
         goto fail;
-    no = (struct obj_rec){.kind = STORE_VOLUME,
-                          .node = c,
-                          .size = so.size,
-                          .ctime = time(NULL),
-                          .seq = st->next_seq++};
-    memcpy(no.parent, su, 16);
-    strcpy(no.name, newvol);
-    if ((rc = store_obj_put_l(st, nu, &no)) ||
-        (rc = name_put_l(st, newvol, nu)))
+    if ((rc = obj_create_l(st, nu, STORE_VOLUME, c, so.size, su, newvol, &no)))
         goto fail;
     if ((rc = store_commit_l(st)))
         goto out;
