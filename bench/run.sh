@@ -16,21 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH"   # Debian's python3 and tools
 
-pkgs=(fio nbdkit qemu-utils libnbd-bin gnuplot-nox python3)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "bench/run.sh: missing packages: ${missing[*]} (run as root to install them)" >&2
-        exit 1
-    fi
-    echo "bench/run.sh: apt-get install ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+tests/deps.sh fio nbdkit qemu-utils libnbd-bin gnuplot-nox python3
 
 out=${BENCH_OUT:-bench/results/latest.json}
 if [ -n "${BENCH_OUT:-}" ] && [ -z "${BENCH_DOC:-}" ]; then
