@@ -71,10 +71,7 @@ ext4_verify /dev/nbd0 /mnt/a
 ext4_verify /dev/nbd1 /mnt/b /tmp/sums.nbd1
 nbd-client -d /dev/nbd1 >/dev/null 2>&1 || fail "nbd-client -d /dev/nbd1"
 wait_nbd_gone /dev/nbd1
-term $pid
-wait_exit $pid 30
-[ $exit_rc -eq 0 ] || fail "busesnap exited $exit_rc after SIGTERM"
-wait_nbd_gone /dev/nbd0
+term_released $pid /dev/nbd0 30 "busesnap"
 note "both filesystems fsck clean; SIGTERM: exit 0, /dev/nbd0 released"
 
 # Restart on the same image: the volume on nbd0, the clone on nbd1.
@@ -86,9 +83,6 @@ mount -t ext4 /dev/nbd1 /mnt/b || fail "mount /dev/nbd1 (clone) after restart"
 ext4_verify /dev/nbd0 /mnt/a
 ext4_verify /dev/nbd1 /mnt/b /tmp/sums.nbd1
 bs check >/tmp/check.out 2>&1 || fail "bsnap check: $(tail -n 3 /tmp/check.out)"
-term $pid
-wait_exit $pid 30
-[ $exit_rc -eq 0 ] || fail "busesnap (restarted) exited $exit_rc after SIGTERM"
-wait_nbd_gone /dev/nbd0
+term_released $pid /dev/nbd0 30 "busesnap (restarted)"
 wait_nbd_gone /dev/nbd1
 note "restart re-attached nbd0 and the clone on nbd1: files intact, fsck clean, bsnap check ok; SIGTERM released both"

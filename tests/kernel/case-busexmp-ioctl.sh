@@ -19,10 +19,7 @@ srv_pid=$pid
 start auto env BUSE_FORCE_IOCTL=1 busexmp 64M auto
 wait_nbd /dev/nbd1 15 $pid
 [ -d /proc/$pid/task/$(cat /sys/block/nbd1/pid) ] || fail "busexmp 64M auto (ioctl): nbd1 is not served by it"
-term $pid
-wait_exit $pid 20
-[ $exit_rc -eq 0 ] || fail "busexmp (ioctl) on /dev/nbd1 exited $exit_rc after SIGTERM"
-wait_nbd_gone /dev/nbd1
+term_released $pid /dev/nbd1 20 "busexmp (ioctl) on /dev/nbd1"
 pid=$srv_pid
 note "auto (ioctl) took the free /dev/nbd1 while nbd0 was busy: $(head -n 1 /tmp/auto.err)"
 
@@ -41,19 +38,13 @@ wait_nbd /dev/nbd0 15 $pid
 dd if=/dev/urandom of=/tmp/r bs=1M count=4 2>/dev/null
 dd if=/tmp/r of=/dev/nbd0 bs=1M oflag=direct 2>/dev/null || fail "write after ioctl re-attach"
 cmp -n 4194304 /tmp/r /dev/nbd0 || fail "data read back differs after ioctl re-attach"
-term $pid
-wait_exit $pid 20
-[ $exit_rc -eq 0 ] || fail "busexmp (ioctl) exited $exit_rc after SIGTERM"
-wait_nbd_gone /dev/nbd0
+term_released $pid /dev/nbd0 20 "busexmp (ioctl)"
 note "ioctl re-attach, I/O, SIGTERM: exit 0, device released"
 
 start srv3 busexmp 256M /dev/nbd0
 wait_nbd /dev/nbd0 15 $pid
 [ "$(cat /sys/block/nbd0/pid)" = "$pid" ] || fail "netlink attach after ioctl use: pid file $(cat /sys/block/nbd0/pid) != $pid"
-term $pid
-wait_exit $pid 20
-[ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
-wait_nbd_gone /dev/nbd0
+term_released $pid /dev/nbd0 20 "busexmp"
 note "netlink attach of the same device after ioctl use works"
 
 # kill -9 of an ioctl server: NBD_DO_IT is interrupted and the device freed.
@@ -69,8 +60,5 @@ nbd-client -d /dev/nbd0 >/dev/null 2>&1
 wait_nbd_gone /dev/nbd0
 start srv5 env BUSE_FORCE_IOCTL=1 busexmp 64M /dev/nbd0
 wait_nbd /dev/nbd0 15 $pid
-term $pid
-wait_exit $pid 20
-[ $exit_rc -eq 0 ] || fail "busexmp (ioctl) exited $exit_rc after SIGTERM"
-wait_nbd_gone /dev/nbd0
+term_released $pid /dev/nbd0 20 "busexmp (ioctl)"
 note "ioctl attach after kill -9 works"

@@ -61,9 +61,6 @@ for n in 1 2 4; do
         ext4_verify /dev/nbd0 /mnt/a
         note "ext4 round trip over 4 connections clean and verified"
     fi
-    term $pid
-    wait_exit $pid 30
-    [ $exit_rc -eq 0 ] || fail "$server ($n connections) exited $exit_rc after SIGTERM"
-    wait_nbd_gone /dev/nbd0
+    term_released $pid /dev/nbd0 30 "$server ($n connections)"
 done
 note "every connection count attached, served and released cleanly"

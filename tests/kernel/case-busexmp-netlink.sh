@@ -29,10 +29,7 @@ start auto busexmp 64M /dev/nbd
 wait_nbd /dev/nbd1 15 $pid
 [ "$(cat /sys/block/nbd1/pid)" = "$pid" ] || fail "busexmp 64M /dev/nbd: nbd1's pid file is not the server's"
 grep -q 'attached /dev/nbd1' /tmp/auto.err || fail "busexmp 64M /dev/nbd did not say it attached /dev/nbd1: $(cat /tmp/auto.err)"
-term $pid
-wait_exit $pid 20
-[ $exit_rc -eq 0 ] || fail "busexmp on /dev/nbd1 exited $exit_rc after SIGTERM"
-wait_nbd_gone /dev/nbd1
+term_released $pid /dev/nbd1 20 "busexmp on /dev/nbd1"
 pid=$srv_pid
 note "/dev/nbd (auto) took the free /dev/nbd1 while nbd0 was busy: $(head -n 1 /tmp/auto.err)"
 
@@ -40,10 +37,7 @@ ext4_fill /dev/nbd0 /mnt/a
 ext4_verify /dev/nbd0 /mnt/a
 note "ext4 round trip clean and verified"
 
-term $pid
-wait_exit $pid 20
-[ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
-wait_nbd_gone /dev/nbd0
+term_released $pid /dev/nbd0 20 "busexmp"
 note "SIGTERM: exit 0, /dev/nbd0 released"
 
 start srv2 busexmp 256M /dev/nbd0
@@ -71,10 +65,7 @@ nbd-client -d /dev/nbd0 >/dev/null 2>&1
 wait_nbd_gone /dev/nbd0
 start srv5 busexmp 64M /dev/nbd0
 wait_nbd /dev/nbd0 15 $pid
-term $pid
-wait_exit $pid 20
-[ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
-wait_nbd_gone /dev/nbd0
+term_released $pid /dev/nbd0 20 "busexmp"
 note "after kill -9 and nbd-client -d, /dev/nbd0 attached and released again"
 
 # SIGTERM the moment the device is live (before or just as the server

@@ -16,8 +16,5 @@ grep -q -- '--socket' /tmp/nomod.err || fail "no '--socket' hint in: $(cat /tmp/
 load_nbd
 start srv busexmp 64M /dev/nbd0
 wait_nbd /dev/nbd0 15 $pid
-term $pid
-wait_exit $pid
-[ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
-wait_nbd_gone /dev/nbd0
+term_released $pid /dev/nbd0 15 "busexmp"
 note "after insmod nbd: attached, SIGTERM, released"

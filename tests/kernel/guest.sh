@@ -87,6 +87,15 @@ term() {
     kill -TERM "$1"
 }
 
+# term_released PID DEV SECS WHAT: SIGTERM the server WHAT, which must
+# exit 0 within SECS and release DEV.
+term_released() {
+    term "$1"
+    wait_exit "$1" "$3"
+    [ $exit_rc -eq 0 ] || fail "$4 exited $exit_rc after SIGTERM"
+    wait_nbd_gone "$2"
+}
+
 # start NAME CMD...: run CMD in the background, stderr+stdout to
 # /tmp/NAME.err; sets $pid.
 start() {
