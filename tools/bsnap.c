@@ -491,6 +491,7 @@ static void print_info(json_t *in)
     BYTES("reserved:", "reserved_bytes");
     BYTES("index:", "index_bytes");
     BYTES("index limit:", "index_limit");
+    BYTES("journal:", "journal_bytes");
     printf("%-18s %lld\n", "volumes:", jint(in, "volumes"));
     printf("%-18s %lld\n", "snapshots:", jint(in, "snapshots"));
 #undef BYTES

@@ -250,6 +250,12 @@ int store_gc(struct store *st)
             break;
         rc = gc_pass_locked(st);
     }
+    /* then a checkpoint: what the journal holds goes into the index, and
+     * the slots freed become reusable */
+    pthread_mutex_lock(&st->mu);
+    if (!rc)
+        rc = store_commit_l(st);
+    pthread_mutex_unlock(&st->mu);
     pthread_mutex_unlock(&st->gc_mu);
     return rc;
 }

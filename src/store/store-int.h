@@ -28,7 +28,11 @@
 #define STORE_FIRST_SLOT 2u      /* 0: hole, 1: allocated zero */
 #define STORE_COMMIT_OPS 16384u  /* soft; a writer commits inline at 2x */
 #define STORE_COMMIT_PAGES 8192u /* soft; est. pages a txn dirties */
-#define STORE_COMMIT_MS 1000u
+#define STORE_COMMIT_MS 1000u    /* commit (no journal) or sync the journal */
+/* with a journal: a txn whose first record is this old is committed */
+#define STORE_CHECKPOINT_MS 5000u
+/* journal bytes that make a commit due */
+#define STORE_JOURNAL_MAX (64u << 20)
 #define STORE_GC_BATCH 4096u
 #define STORE_HASH_MERGE 32768u /* staged hashes that start a merge */
 #define STORE_MERGE_PAGES 4096u /* hash leaves a merge txn may dirty */
@@ -121,6 +125,20 @@ struct store {
     uint32_t next_node;
     uint8_t uuid[16];
 
+    /* the journal (store-journal.c) */
+    int jfd;       /* IMAGE-journal, -1: none (read-only open) */
+    uint8_t *jbuf; /* records not yet handed to the kernel */
+    size_t jbuf_used;
+    uint64_t jbuf_off;        /* file offset of jbuf[0] */
+    uint64_t jepoch;          /* epoch of the records not in the index */
+    uint64_t jwritten;        /* bytes ever written to the file (atomic) */
+    uint64_t jsynced;         /* of which durable (atomic) */
+    uint64_t jrecs;           /* records this epoch */
+    struct timespec jfirst;   /* when the epoch's first record came */
+    bool jbroken;             /* a write or sync failed: flushes commit */
+    bool jreplay;             /* replaying: no records, epoch kept */
+    pthread_mutex_t jsync_mu; /* one journal fdatasync at a time */
+
     /* staged hashes (store-hash.c) */
     struct hp_entry *hp;
     uint32_t hp_used, hp_tomb;
@@ -203,6 +221,24 @@ int store_hash_load_l(struct store *st);
 bool store_hash_merge_due_l(struct store *st);
 int store_hash_merge_l(struct store *st);
 
+/* ---- store-journal.c ---- */
+enum { JR_WRITE = 1, JR_ZERO = 2 };
+int store_journal_open(struct store *st, bool create);
+void store_journal_close(struct store *st);
+bool store_journal_usable_l(const struct store *st);
+int store_journal_write_l(struct store *st, uint64_t *upto);
+void store_journal_add_l(struct store *st, uint32_t type, uint32_t node,
+                         uint64_t off, uint64_t len, uint32_t flags,
+                         const void *data);
+int store_journal_sync(struct store *st, uint64_t upto);
+int store_journal_flush(struct store *st);
+int store_sync_begin_l(struct store *st, uint64_t *upto);
+int store_sync_end(struct store *st, uint64_t upto);
+void store_journal_checkpointed_l(struct store *st);
+uint64_t store_journal_next_epoch_l(const struct store *st);
+bool store_journal_pending(struct store *st);
+int store_journal_replay(struct store *st);
+
 /* ---- store-io.c ---- */
 int store_resolve_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t y,
                     uint64_t *val);
@@ -271,6 +307,7 @@ static inline bool store_room_ok_l(const struct store *st, uint64_t need,
 static inline bool store_commit_due_l(const struct store *st, unsigned x)
 {
     return st->txn_ops >= x * STORE_COMMIT_OPS ||
+           st->jbuf_off + st->jbuf_used >= x * (uint64_t)STORE_JOURNAL_MAX ||
            store_dirty_est_l(st) >= x * STORE_COMMIT_PAGES ||
            (st->dirty && !store_room_ok_l(st, 64, st->reserve / 2));
 }

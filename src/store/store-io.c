@@ -642,7 +642,8 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
         pos += n;
     }
     MDB_cursor *c;
-    bool presync = false;
+    bool presync = false, fua = false;
+    uint64_t fua_upto = 0;
     unsigned kick = 0;
     pthread_mutex_lock(&st->mu);
     c = NULL;
@@ -683,8 +684,14 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
         mdb_cursor_close(c);
     if (wb->failed || st->txn_broken)
         store_abort_l(st); /* acknowledged writes went with the txn */
+    if (!rc)
+        store_journal_add_l(st, JR_WRITE, v->node, off, len, 0, buf);
     if (!rc && (flags & STORE_FUA))
-        rc = store_commit_l(st);
+        rc = store_sync_begin_l(st, &fua_upto);
+    if (rc == 1) {
+        fua = true;
+        rc = 0;
+    }
     if (!rc && store_commit_due_l(st, 1) && !st->presync_busy)
         presync = st->presync_busy = true;
     if (st->chunks_unsynced >= 256) {
@@ -701,6 +708,8 @@ out:
         if (!rc)
             rc = rc2;
     }
+    if (fua && !rc)
+        rc = store_sync_end(st, fua_upto);
 out_free:
     if (pre != small)
         free(pre);
@@ -787,10 +796,16 @@ int store_zero(struct store_vol *v, uint64_t off, uint64_t len, unsigned flags)
         mdb_cursor_close(c);
     if (st->txn_broken)
         store_abort_l(st);
+    if (!rc)
+        store_journal_add_l(st, JR_ZERO, v->node, off, len,
+                            flags & STORE_NO_HOLE, NULL);
+    uint64_t fua_upto = 0;
     if (!rc && (flags & STORE_FUA))
-        rc = store_commit_l(st);
+        rc = store_sync_begin_l(st, &fua_upto);
 out:
     pthread_mutex_unlock(&st->mu);
+    if (rc == 1)
+        rc = store_sync_end(st, fua_upto);
     return rc;
 }
 

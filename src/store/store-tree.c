@@ -648,15 +648,17 @@ int store_info(struct store *st, struct store_info *out)
     out->referenced_bytes = st->refsum * STORE_BLOCK;
     if (mdb_stat(st->txn, st->db_free, &ms) == 0)
         out->free_slots = ms.ms_entries;
-    int fds[2] = {st->lock_fd, st->chunk_fd};
-    for (int i = 0; i < 2; i++) {
+    int fds[3] = {st->lock_fd, st->chunk_fd, st->jfd};
+    for (int i = 0; i < 3; i++) {
         struct stat sb;
-        if (fstat(fds[i], &sb))
+        if (fds[i] < 0 || fstat(fds[i], &sb))
             continue;
         uint64_t alloc = (uint64_t)sb.st_blocks * 512, size = sb.st_size;
         /* past the end: space reserved by store-space.c */
         out->file_bytes += alloc < size ? alloc : size;
         out->reserved_bytes += alloc > size ? alloc - size : 0;
+        if (i == 2)
+            out->journal_bytes = alloc < size ? alloc : size;
     }
     MDB_envinfo ei;
     out->map_size = st->map_size;

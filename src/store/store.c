@@ -141,7 +141,8 @@ static int counters_put_l(struct store *st, uint64_t gen)
         (rc = meta_put_l(st, "refsum", &st->refsum, 8)) ||
         (rc = meta_put_l(st, "gen", &gen, 8)))
         return rc;
-    return 0;
+    uint64_t je = store_journal_next_epoch_l(st);
+    return st->jfd >= 0 ? meta_put_l(st, "jepoch", &je, 8) : 0;
 }
 
 static int counters_get_l(struct store *st)
@@ -153,6 +154,10 @@ static int counters_get_l(struct store *st)
         (rc = meta_get_l(st, "refsum", &st->refsum, 8)) ||
         (rc = meta_get_l(st, "gen", &st->gen, 8)))
         return rc;
+    /* images from before the journal have no "jepoch": epoch 0 */
+    MDB_val k = {6, "jepoch"}, d;
+    if (mdb_get(st->txn, st->db_meta, &k, &d) == 0 && d.mv_size == 8)
+        memcpy(&st->jepoch, d.mv_data, 8);
     return 0;
 }
 
@@ -418,6 +423,7 @@ int store_commit_l(struct store *st)
         pthread_rwlock_wrlock(&st->gate);
         st->gen++;
         pthread_rwlock_unlock(&st->gate);
+        store_journal_checkpointed_l(st);
     }
     rc = txn_begin_l(st);
     if (err && !rc)
@@ -490,17 +496,31 @@ static void *bg_main(void *arg)
         pthread_cond_timedwait(&st->bg_cond, &st->mu, &ts);
         if (st->bg_stop)
             break;
+        /* Writes reach the disk within about a second even if the client
+         * never flushes: by a journal sync, or a commit without one.  With
+         * the journal, older txns are committed too (checkpoints bound the
+         * replay and let freed slots be reused). */
+        bool journal = store_journal_usable_l(st);
         if ((st->dirty || st->chunk_dirty) && !st->presync_busy) {
-            struct timespec now;
+            struct timespec now,
+                *t0 = journal && st->jrecs ? &st->jfirst : &st->txn_start;
             store_now(&now);
-            long ms = (now.tv_sec - st->txn_start.tv_sec) * 1000 +
-                      (now.tv_nsec - st->txn_start.tv_nsec) / 1000000;
-            if (ms >= (long)STORE_COMMIT_MS) {
+            long ms = (now.tv_sec - t0->tv_sec) * 1000 +
+                      (now.tv_nsec - t0->tv_nsec) / 1000000;
+            if (ms >= (long)(journal ? STORE_CHECKPOINT_MS : STORE_COMMIT_MS)) {
                 st->presync_busy = true;
                 pthread_mutex_unlock(&st->mu);
                 store_presync(st);
                 pthread_mutex_lock(&st->mu);
+                journal = false; /* committed */
             }
+        }
+        uint64_t upto;
+        if (journal && st->jwritten + st->jbuf_used > st->jsynced &&
+            store_journal_write_l(st, &upto) == 0) {
+            pthread_mutex_unlock(&st->mu);
+            store_journal_sync(st, upto);
+            pthread_mutex_lock(&st->mu);
         }
         if (st->gc_wanted) {
             pthread_mutex_unlock(&st->mu);
@@ -531,8 +551,9 @@ static struct store *store_alloc(const char *path, unsigned flags)
     st->name = slash ? slash + 1 : st->path;
     st->flags = flags;
     st->rdonly = flags & STORE_OPEN_RDONLY;
-    st->lock_fd = st->chunk_fd = -1;
+    st->lock_fd = st->chunk_fd = st->jfd = -1;
     pthread_mutex_init(&st->mu, NULL);
+    pthread_mutex_init(&st->jsync_mu, NULL);
     pthread_mutex_init(&st->gc_mu, NULL);
     pthread_rwlock_init(&st->gate, NULL);
     pthread_condattr_t ca;
@@ -552,6 +573,7 @@ static void store_free(struct store *st)
         mdb_env_close(st->env);
     if (st->chunk_fd >= 0)
         close(st->chunk_fd);
+    store_journal_close(st);
     if (st->lock_fd >= 0)
         close(st->lock_fd); /* releases the flock */
     if (st->nodes) {
@@ -561,6 +583,7 @@ static void store_free(struct store *st)
     free(st->hp);
     pthread_mutex_destroy(&st->mu);
     pthread_mutex_destroy(&st->gc_mu);
+    pthread_mutex_destroy(&st->jsync_mu);
     pthread_rwlock_destroy(&st->gate);
     pthread_cond_destroy(&st->bg_cond);
     free(st->path);
@@ -762,7 +785,8 @@ int store_create(const char *path, const struct store_create_opts *opts,
                            strerror(errno));
         goto fail;
     }
-    if ((rc = env_open(st, true)) || (rc = store_hash_load_l(st)))
+    if ((rc = store_journal_open(st, true)) || (rc = env_open(st, true)) ||
+        (rc = store_hash_load_l(st)))
         goto fail;
     uint32_t ver = STORE_FORMAT_VERSION;
     int64_t now = time(NULL);
@@ -815,6 +839,10 @@ fail : {
     if (cp && st->chunk_fd >= 0)
         unlink(cp);
     free(cp);
+    if (st->jfd >= 0 && asprintf(&cp, "%s-journal", path) >= 0) {
+        unlink(cp);
+        free(cp);
+    }
     char msg[sizeof errbuf];
     strcpy(msg, errbuf);
     store_free(st);
@@ -887,7 +915,21 @@ int store_open_map(const char *path, unsigned flags, uint64_t map_size,
                            path);
         goto fail;
     }
-    if ((rc = load_nodes_l(st)) || (rc = store_hash_load_l(st)))
+    if ((rc = load_nodes_l(st)) || (rc = store_hash_load_l(st)) ||
+        (rc = store_journal_open(st, false)))
+        goto fail;
+    if (st->rdonly && store_journal_pending(st)) {
+        /* writes the journal holds are part of the image: a read-write
+         * open replays them, then this one starts again */
+        store_free(st);
+        struct store *rw;
+        if ((rc = store_open_map(path, flags & ~STORE_OPEN_RDONLY, map_size,
+                                 &rw)))
+            return rc;
+        store_close(rw);
+        return store_open_map(path, flags, map_size, out);
+    }
+    if (!st->rdonly && (rc = store_journal_replay(st)))
         goto fail;
     for (uint32_t i = 1; i < st->nodes_cap; i++)
         if (st->nodes[i].state && st->nodes[i].state != NODE_LIVE)
@@ -923,11 +965,5 @@ void store_close(struct store *st)
 
 int store_flush(struct store *st)
 {
-    /* no presync here: a flush usually has little to write, and a second
-     * fdatasync costs one more device cache flush (measured: fewer flushes
-     * per second with it) */
-    pthread_mutex_lock(&st->mu);
-    int rc = store_commit_l(st); /* EIO once offline (store_failed_l) */
-    pthread_mutex_unlock(&st->mu);
-    return rc;
+    return store_journal_flush(st); /* EIO once offline (store_failed_l) */
 }

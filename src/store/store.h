@@ -125,8 +125,10 @@ struct store_info {
     uint64_t referenced_bytes; /* sum over map entries of non-zero blocks:
                                   logical bytes those chunks serve */
     uint64_t free_slots;       /* reusable slots in the chunk file */
-    uint64_t file_bytes;       /* bytes allocated on disk by both files,
-                                  within their sizes */
+    uint64_t file_bytes;       /* bytes allocated on disk by the three
+                                  files, within their sizes */
+    uint64_t journal_bytes;    /* of which the journal's (a bounded work
+                                  area, reused after each checkpoint) */
     uint64_t reserved_bytes;   /* preallocated past their ends, so that a
                                   full disk fails writes cleanly */
     uint64_t map_size;         /* index size limit (bytes) */

@@ -77,6 +77,9 @@ REC_WRITE, REC_SYNC, REC_DSYNC_DONE, REC_SIZE = 1, 2, 3, 4
 REC_MAGIC = 0x54435750
 
 
+# The files of an image (suffixes of IMAGE) that powercut.so tracks.
+IMAGE_FILES = ("", "-chunks", "-journal")
+
 def rewind(log, files, mode, rng):
     """Take back the unsynced writes of files (mode "all": every one;
     "subset": per 4 KiB sector, keep a random prefix of its unsynced
@@ -235,7 +238,7 @@ class Run:
                 if os.path.exists(p):
                     os.unlink(p)
             env["LD_PRELOAD"] = os.path.join(self.a.top, "tests/reliability/powercut.so")
-            env["POWERCUT_FILES"] = self.image + ":" + self.image + "-chunks"
+            env["POWERCUT_FILES"] = ":".join(self.image + x for x in IMAGE_FILES)
             env["POWERCUT_LOG"] = self.pclog
             if self.a.ignore_sync is not None:
                 env["POWERCUT_IGNORE_SYNC"] = str(self.a.ignore_sync)
@@ -588,7 +591,7 @@ class Run:
         mode = self.a.powercut
         if mode == "mixed":
             mode = "all" if i % 2 == 0 else "subset"
-        st = rewind(self.pclog, [self.image, self.image + "-chunks"], mode, self.rng)
+        st = rewind(self.pclog, [self.image + x for x in IMAGE_FILES], mode, self.rng)
         self.c["unsynced_lost"] += st["unsynced"]
         self.c["sectors_rewound"] += st["sectors"]
         self.c["kept"] += st["kept"]

@@ -2,9 +2,9 @@
  * power cut of busesnap: after SIGKILL, every write the store did not sync
  * can be taken back (crashload.py rewind).
  *
- * For the files named in POWERCUT_FILES (colon-separated: IMAGE and
- * IMAGE-chunks; matched by device and inode, so every fd of them counts,
- * whatever path or dup it came from), every write is first appended to the
+ * For the files named in POWERCUT_FILES (colon-separated: IMAGE,
+ * IMAGE-chunks and IMAGE-journal; matched by device and inode, so every
+ * fd of them counts, whatever path or dup it came from), every write is first appended to the
  * log POWERCUT_LOG as one record {seq, offset, old content, new content},
  * then let through; the log is an ordinary file, so it survives SIGKILL of
  * the server.  A successful fsync/fdatasync/syncfs/sync appends a SYNC
@@ -24,7 +24,7 @@
  * file: an untracked write must never pass silently.
  *
  * POWERCUT_IGNORE_SYNC=I (test of the test): fdatasyncs of the I-th
- * tracked file (0: IMAGE, 1: IMAGE-chunks) are performed but not recorded,
+ * tracked file (0: IMAGE, 1: IMAGE-chunks, 2: IMAGE-journal) are performed but not recorded,
  * as if the store skipped them (its fsync at image creation still counts).
  */
 #define _GNU_SOURCE

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Power loss: as test-crash-loop.sh, but at each cut every write busesnap
 # had not synced is lost too.  powercut.so (LD_PRELOAD) logs every write to
-# IMAGE and IMAGE-chunks with its old content before letting it through,
+# IMAGE, IMAGE-chunks and IMAGE-journal with its old content before letting it through,
 # and every successful fsync/fdatasync (O_DSYNC writes count for their own
 # bytes; sync_file_range does not count); after SIGKILL, crashload.py takes
 # back the unsynced writes: all of them ("all") or, per 4 KiB sector, a
@@ -103,15 +103,15 @@ bpid=$(ps -o pid= --ppid $spid | tr -d ' ')
 kill -TERM "$bpid"
 wait $spid || true
 # syscall names whose arguments name one of the image files (strace -y)
-grep -E "<$st\.db(-chunks)?>" "$tmp/strace.txt" | sed -E 's/^[0-9]+ +//; s/\(.*//' |
+grep -E "<$st\.db(-chunks|-journal)?>" "$tmp/strace.txt" | sed -E 's/^[0-9]+ +//; s/\(.*//' |
     sort | uniq -c >"$tmp/calls.txt"
 echo "calls on the image files (strace):"; sed 's/^/    /' "$tmp/calls.txt"
 grep -qE ' (pwritev|writev|pwrite64)$' "$tmp/calls.txt" || fail "strace saw no write to the image: the check is blind"
 unmodelled=$(awk '{print $2}' "$tmp/calls.txt" | grep -vxE "$modelled|openat|open" || true)
 [ -z "$unmodelled" ] || fail "busesnap uses calls powercut.so does not model on its image: $unmodelled"
-grep -E "^[0-9]+ +open(at)?\(.*$st\.db(-chunks)?\".*O_TRUNC" "$tmp/strace.txt" &&
+grep -E "^[0-9]+ +open(at)?\(.*$st\.db(-chunks|-journal)?\".*O_TRUNC" "$tmp/strace.txt" &&
     fail "busesnap opens its image with O_TRUNC (not modelled)"
-grep -E "<$st\.db(-chunks)?>" "$tmp/strace.txt" | grep -E '^[0-9]+ +mmap\(' |
+grep -E "<$st\.db(-chunks|-journal)?>" "$tmp/strace.txt" | grep -E '^[0-9]+ +mmap\(' |
     grep -E 'PROT_WRITE.*MAP_SHARED|MAP_SHARED.*PROT_WRITE' && fail "busesnap maps its image writable"
 grep -qE '^[0-9]+ +(io_uring_setup|io_submit|copy_file_range|sendfile|splice)\(' "$tmp/strace.txt" &&
     fail "busesnap uses a write path powercut.so does not model: $(grep -m1 -E 'io_uring_setup|io_submit|copy_file_range|sendfile|splice' "$tmp/strace.txt")"
