@@ -4,7 +4,8 @@
 # next open replays them into the index.  Shown here with kill -9 between
 # the flush and any checkpoint:
 #   1. flushed writes, an unaligned write, zero, trim and a FUA write come
-#      back byte-exact; an offline `busesnap check` replays them first
+#      back byte-exact; an offline `busesnap check` replays them first;
+#      a big write (512 KiB or more, not journaled) makes the flush commit
 #   2. a record damaged on disk ends the replay there: the records before
 #      it are applied, it and those after are not
 #   3. records of an older epoch left further in the file after a
@@ -25,7 +26,8 @@ img = bytearray(64 << 20)
 def w(off, data, flags=0):
     h.pwrite(data, off, flags)
     img[off:off + len(data)] = data
-w(0, r.randbytes(1 << 20))
+for i in range(4):
+    w(i << 18, r.randbytes(1 << 18))             # 256 KiB: journaled
 w(3 * (1 << 20) + 100, r.randbytes(5000))        # unaligned
 h.zero(65536, 256 << 10); img[256 << 10:(256 << 10) + 65536] = bytes(65536)
 h.trim(65536, 512 << 10); img[512 << 10:(512 << 10) + 65536] = bytes(65536)
@@ -35,11 +37,24 @@ open('$tmp/expect', 'wb').write(img)
 " || fail "writes"
 stop_server KILL || true
 "$top/busesnap" check "$image" >"$tmp/check" 2>&1 || fail "offline check: $(tail -3 "$tmp/check")"
-grep -q "journal: replayed 5 records" "$tmp/check" ||
-    fail "the offline check did not replay the 5 journal records: $(cat "$tmp/check")"
+grep -q "journal: replayed 8 records" "$tmp/check" ||
+    fail "the offline check did not replay the 8 journal records: $(cat "$tmp/check")"
 start_busesnap
 nbdcopy "$uri" "$tmp/back" || fail "read back"
 cmp "$tmp/expect" "$tmp/back" || fail "volume differs after kill -9 and replay"
+nbdsh -u "$uri" -c "
+h.pwrite(b'\x44' * (1 << 20), 8 << 20)    # big: not journaled
+h.pwrite(b'\x45' * 4096, 9 << 20)
+h.flush()
+" || fail "big write"
+stop_server KILL || true
+: >"$tmp/server.log"
+start_busesnap
+grep -q "journal: replayed" "$tmp/server.log" && fail "a flush after a big write did not commit: $(grep journal "$tmp/server.log")"
+nbdsh -u "$uri" -c "
+assert h.pread(1 << 20, 8 << 20) == b'\x44' * (1 << 20), 'big write lost'
+assert h.pread(4096, 9 << 20) == b'\x45' * 4096, 'small write after it lost'
+" || fail "writes around a big one lost after kill -9"
 
 # 2. A damaged record ends the replay.  Records start at 4096 in an epoch
 # that the open just began: X1 at 4096, X2 right after (40-byte header +

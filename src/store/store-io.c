@@ -684,7 +684,9 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
         mdb_cursor_close(c);
     if (wb->failed || st->txn_broken)
         store_abort_l(st); /* acknowledged writes went with the txn */
-    if (!rc)
+    if (!rc && len >= STORE_JOURNAL_BIG && !st->jreplay)
+        st->jskip = true;
+    else if (!rc)
         store_journal_add_l(st, JR_WRITE, v->node, off, len, 0, buf);
     if (!rc && (flags & STORE_FUA))
         rc = store_sync_begin_l(st, &fua_upto);

@@ -28,6 +28,9 @@
  * replayed are a prefix of those appended, and everything before the last
  * journal fdatasync is in that prefix.
  *
+ * Writes of STORE_JOURNAL_BIG bytes or more are not journaled (they would
+ * reach the disk twice); the next flush commits instead (st->jskip).
+ *
  * If the journal cannot be written or synced (a full disk, an I/O error),
  * the epoch's journal is marked broken and FLUSH falls back to a full
  * commit, as without a journal (store-space.c keeps room for commits).
@@ -269,7 +272,8 @@ int store_sync_begin_l(struct store *st, uint64_t *upto)
     int rc = store_failed_l(st);
     if (rc)
         return rc;
-    if (store_journal_usable_l(st) && store_journal_write_l(st, upto) == 0)
+    if (store_journal_usable_l(st) && !st->jskip &&
+        store_journal_write_l(st, upto) == 0)
         return 1;
     return store_commit_l(st);
 }
@@ -306,6 +310,7 @@ void store_journal_checkpointed_l(struct store *st)
     st->jbuf_used = 0;
     st->jbuf_off = JR_START;
     st->jbroken = false;
+    st->jskip = false;
     st->jrecs = 0;
 }
 

@@ -500,7 +500,7 @@ static void *bg_main(void *arg)
          * never flushes: by a journal sync, or a commit without one.  With
          * the journal, older txns are committed too (checkpoints bound the
          * replay and let freed slots be reused). */
-        bool journal = store_journal_usable_l(st);
+        bool journal = store_journal_usable_l(st) && !st->jskip;
         if ((st->dirty || st->chunk_dirty) && !st->presync_busy) {
             struct timespec now,
                 *t0 = journal && st->jrecs ? &st->jfirst : &st->txn_start;
