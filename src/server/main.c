@@ -401,6 +401,7 @@ static int cmd_info(int argc, char **argv)
                    : 1.0);
         print_bytes("free:", si.free_slots * STORE_BLOCK);
         print_bytes("reclaimable:", si.gc_pending * STORE_BLOCK);
+        print_bytes("journal:", si.journal_bytes);
         printf("%-18s %u\n", "volumes:", si.volumes);
         printf("%-18s %u\n", "snapshots:", si.snapshots);
     }
