@@ -251,9 +251,23 @@ static size_t merge_limit_l(struct store *st, size_t pages)
  * what bounds the process's memory: random hash keys dirty one leaf page
  * each until most leaves are dirty.  While the index is small, one txn
  * takes everything (splitting it would rewrite the same leaves again). */
+struct merge_ent {
+    uint8_t h[16];
+    uint64_t slot;
+};
+
+static int merge_cmp(const void *a, const void *b)
+{
+    const struct merge_ent *x = a, *y = b;
+    int c = memcmp(x->h, y->h, 16);
+    if (c)
+        return c;
+    return x->slot < y->slot ? -1 : x->slot > y->slot;
+}
+
 int store_hash_merge_l(struct store *st)
 {
-    MDB_cursor *c;
+    MDB_cursor *c, *hc;
     MDB_val k, d;
     /* on a nearly full index or disk, smaller merges (store-space.c) */
     size_t pages = STORE_MERGE_PAGES;
@@ -261,37 +275,66 @@ int store_hash_merge_l(struct store *st)
         pages = st->room / 8;
     if (pages < 16)
         return 0; /* no room now: the table takes what it can meanwhile */
-    size_t moved = 0, limit = merge_limit_l(st, pages);
+    size_t n = 0, limit = merge_limit_l(st, pages);
+    if (limit > (size_t)st->hp_used + st->hp_tomb)
+        limit = (size_t)st->hp_used + st->hp_tomb; /* `recent` holds fewer */
+    struct merge_ent *ents = malloc((limit ? limit : 1) * sizeof *ents);
+    if (!ents)
+        return store_set_err(st, -ENOMEM, "out of memory (hash merge)");
     st->txn_pages += pages;
+    /* The batch goes into `hashes` in key order through one cursor: LMDB
+     * then finds each key on the page of the previous one instead of
+     * descending from the root (measured: the merge was 18% of the CPU of
+     * sequential overwrites, inserted in slot order). */
     int rc = 0, mrc = mdb_cursor_open(st->txn, st->db_recent, &c);
-    if (mrc)
+    if (mrc) {
+        free(ents);
         return store_mdb_err(st, mrc, "recent");
-    for (mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
-         mrc == 0 && !rc && moved < limit;
-         mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST)) {
-        uint8_t h[16];
-        uint64_t slot = k.mv_size == 8 ? get_be64(k.mv_data) : 0;
-        bool ok = k.mv_size == 8 && d.mv_size == 16;
-        if (ok) {
-            memcpy(h, d.mv_data, 16);
-            rc = hashes_put_l(st, h, slot);
-        }
-        if (!rc && (mrc = mdb_cursor_del(c, 0)))
-            rc = store_mdb_err(st, mrc, "recent");
-        if (!rc && ok) {
-            struct hp_entry *e = hp_find(st, h, slot);
-            if (e) {
-                e->state = HP_TOMB;
-                st->hp_used--;
-                st->hp_tomb++;
-            }
-        }
-        moved++;
     }
-    mdb_cursor_close(c);
+    size_t taken = 0; /* entries of `recent` read (malformed ones too) */
+    for (mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST); mrc == 0 && taken < limit;
+         mrc = mdb_cursor_get(c, &k, &d, MDB_NEXT), taken++) {
+        if (k.mv_size == 8 && d.mv_size == 16) {
+            memcpy(ents[n].h, d.mv_data, 16);
+            ents[n++].slot = get_be64(k.mv_data);
+        }
+    }
+    if (mrc && mrc != MDB_NOTFOUND)
+        rc = store_mdb_err(st, mrc, "recent");
+    qsort(ents, n, sizeof *ents, merge_cmp);
+    if (!rc && (mrc = mdb_cursor_open(st->txn, st->db_hashes, &hc)))
+        rc = store_mdb_err(st, mrc, "hashes");
+    for (size_t i = 0; i < n && !rc; i++) {
+        uint8_t sb[8];
+        put_be64(sb, ents[i].slot);
+        MDB_val hk = {16, ents[i].h}, hd = {8, sb};
+        if ((mrc = mdb_cursor_put(hc, &hk, &hd, 0)))
+            rc = store_mdb_err(st, mrc, "hashes");
+    }
+    if (!rc)
+        mdb_cursor_close(hc);
+    /* then drop the same entries, the first `taken` of `recent` */
+    for (size_t i = 0; i < taken && !rc; i++) {
+        if ((mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST)) ||
+            (mrc = mdb_cursor_del(c, 0)))
+            rc = store_mdb_err(st, mrc, "recent");
+    }
+    for (size_t i = 0; i < n && !rc; i++) {
+        struct hp_entry *e = hp_find(st, ents[i].h, ents[i].slot);
+        if (e) {
+            e->state = HP_TOMB;
+            st->hp_used--;
+            st->hp_tomb++;
+        }
+    }
+    free(ents);
     st->dirty = true;
-    if (rc)
+    if (rc) {
+        mdb_cursor_close(c);
         return rc;
+    }
+    mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
+    mdb_cursor_close(c);
     if (mrc == MDB_NOTFOUND) /* `recent` is empty: so is the table */
         hp_clear(st);
     else if (mrc)
