@@ -83,6 +83,102 @@ static struct hp_entry *hp_find(struct store *st, const uint8_t h[16],
     return NULL;
 }
 
+/* ---- the filter: "h is certainly not in `hashes`" ----
+ *
+ * Most writes store new data, and looking a new hash up in `hashes` is a
+ * B-tree descent that finds nothing (measured: 15% of the CPU of
+ * sequential overwrites).  A Bloom filter over the keys of `hashes`, built
+ * at a read-write open, answers most of those misses from memory: 4 bit
+ * positions per key taken from the key itself (a uniform XXH3-128), 16
+ * bits per key when built, so about 0.2% false positives (2.4% at 8 bits
+ * per key, just before a rebuild).  Every put into
+ * `hashes` sets the key's bits, so the filter never says "absent" for a
+ * present key; deletions leave their bits (more false positives, never a
+ * wrong answer), and the filter is rebuilt twice as big from `hashes`
+ * when the keys added since it was built outnumber its bits / 16.  Without
+ * a filter (no memory, read-only) every lookup searches `hashes`. */
+#define BLOOM_MIN_BITS (1ULL << 20) /* 128 KiB */
+#define BLOOM_MAX_BITS (1ULL << 28) /* 32 MiB: then false positives grow */
+
+static void bloom_pos(const uint8_t h[16], uint64_t bits, uint64_t pos[4])
+{
+    uint64_t a, b;
+    memcpy(&a, h, 8);
+    memcpy(&b, h + 8, 8);
+    b |= 1;
+    for (int i = 0; i < 4; i++)
+        pos[i] = (a + (uint64_t)i * b) & (bits - 1);
+}
+
+static void bloom_add(struct store *st, const uint8_t h[16])
+{
+    if (!st->bloom)
+        return;
+    uint64_t pos[4];
+    bloom_pos(h, st->bloom_bits, pos);
+    for (int i = 0; i < 4; i++)
+        st->bloom[pos[i] / 64] |= 1ULL << (pos[i] % 64);
+    st->bloom_added++;
+}
+
+static bool bloom_maybe(const struct store *st, const uint8_t h[16])
+{
+    if (!st->bloom)
+        return true;
+    uint64_t pos[4];
+    bloom_pos(h, st->bloom_bits, pos);
+    for (int i = 0; i < 4; i++)
+        if (!(st->bloom[pos[i] / 64] & 1ULL << (pos[i] % 64)))
+            return false;
+    return true;
+}
+
+/* (Re)build the filter from `hashes` (read-write opens; when it fills).
+ * On failure there is simply no filter. */
+void store_bloom_build_l(struct store *st)
+{
+    free(st->bloom);
+    st->bloom = NULL;
+    st->bloom_added = 0;
+    MDB_stat ms;
+    if (st->rdonly || mdb_stat(st->txn, st->db_hashes, &ms))
+        return;
+    uint64_t bits = BLOOM_MIN_BITS;
+    while (bits < 16 * (uint64_t)ms.ms_entries && bits < BLOOM_MAX_BITS)
+        bits <<= 1;
+    st->bloom = calloc(bits / 64, 8);
+    if (!st->bloom)
+        return;
+    st->bloom_bits = bits;
+    MDB_cursor *c;
+    MDB_val k, d;
+    if (mdb_cursor_open(st->txn, st->db_hashes, &c)) {
+        free(st->bloom);
+        st->bloom = NULL;
+        return;
+    }
+    int mrc;
+    for (mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST); mrc == 0;
+         mrc = mdb_cursor_get(c, &k, &d, MDB_NEXT_NODUP))
+        if (k.mv_size == 16)
+            bloom_add(st, k.mv_data);
+    mdb_cursor_close(c);
+    if (mrc != MDB_NOTFOUND) {
+        free(st->bloom);
+        st->bloom = NULL;
+        return;
+    }
+    st->bloom_added = 0;
+}
+
+static void bloom_note_put_l(struct store *st, const uint8_t h[16])
+{
+    bloom_add(st, h);
+    if (st->bloom && st->bloom_added > st->bloom_bits / 16 &&
+        st->bloom_bits < BLOOM_MAX_BITS)
+        store_bloom_build_l(st); /* bigger, and without deleted keys */
+}
+
 /* Candidate slots for hash h: staged ones first, then the hash index.
  * At most max are returned in out; *n gets the count. */
 int store_hash_lookup_l(struct store *st, const uint8_t h[16], uint64_t *out,
@@ -98,6 +194,8 @@ int store_hash_lookup_l(struct store *st, const uint8_t h[16], uint64_t *out,
             if (e->state == HP_USED && !memcmp(e->h, h, 16))
                 out[(*n)++] = e->slot;
         }
+    if (!bloom_maybe(st, h))
+        return 0;
     MDB_cursor *c;
     MDB_val k = {16, (void *)h}, d;
     int rc = mdb_get(st->txn, st->db_hashes, &k, &d); /* new data: no cursor */
@@ -122,7 +220,10 @@ static int hashes_put_l(struct store *st, const uint8_t h[16], uint64_t slot)
     put_be64(sb, slot);
     MDB_val k = {16, (void *)h}, d = {8, sb};
     int rc = mdb_put(st->txn, st->db_hashes, &k, &d, 0);
-    return rc ? store_mdb_err(st, rc, "hashes") : 0;
+    if (rc)
+        return store_mdb_err(st, rc, "hashes");
+    bloom_note_put_l(st, h);
+    return 0;
 }
 
 /* Record a new chunk's hash (staged when possible). */
@@ -310,7 +411,11 @@ int store_hash_merge_l(struct store *st)
         MDB_val hk = {16, ents[i].h}, hd = {8, sb};
         if ((mrc = mdb_cursor_put(hc, &hk, &hd, 0)))
             rc = store_mdb_err(st, mrc, "hashes");
+        else
+            bloom_add(st, ents[i].h);
     }
+    if (!rc && n)
+        bloom_note_put_l(st, ents[0].h); /* a rebuild, if due */
     if (!rc)
         mdb_cursor_close(hc);
     /* then drop the same entries, the first `taken` of `recent` */

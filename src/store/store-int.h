@@ -146,9 +146,11 @@ struct store {
     bool jreplay;             /* replaying: no records, epoch kept */
     pthread_mutex_t jsync_mu; /* one journal fdatasync at a time */
 
-    /* staged hashes (store-hash.c) */
+    /* staged hashes and the filter of `hashes` (store-hash.c) */
     struct hp_entry *hp;
     uint32_t hp_used, hp_tomb;
+    uint64_t *bloom; /* NULL: none */
+    uint64_t bloom_bits, bloom_added;
 
     /* version tree */
     struct node *nodes; /* indexed by node id, [0, nodes_cap) */
@@ -225,6 +227,7 @@ int store_hash_add_l(struct store *st, const uint8_t h[16], uint64_t slot);
 int store_hash_del_l(struct store *st, const uint8_t h[16], uint64_t slot);
 bool store_hash_has_l(struct store *st, const uint8_t h[16], uint64_t slot);
 int store_hash_load_l(struct store *st);
+void store_bloom_build_l(struct store *st);
 bool store_hash_merge_due_l(struct store *st);
 int store_hash_merge_l(struct store *st);
 

@@ -581,6 +581,7 @@ static void store_free(struct store *st)
         free(st->nodes);
     }
     free(st->hp);
+    free(st->bloom);
     pthread_mutex_destroy(&st->mu);
     pthread_mutex_destroy(&st->gc_mu);
     pthread_mutex_destroy(&st->jsync_mu);
@@ -788,6 +789,7 @@ int store_create(const char *path, const struct store_create_opts *opts,
     if ((rc = store_journal_open(st, true)) || (rc = env_open(st, true)) ||
         (rc = store_hash_load_l(st)))
         goto fail;
+    store_bloom_build_l(st);
     uint32_t ver = STORE_FORMAT_VERSION;
     int64_t now = time(NULL);
     st->next_slot = STORE_FIRST_SLOT;
@@ -918,6 +920,7 @@ int store_open_map(const char *path, unsigned flags, uint64_t map_size,
     if ((rc = load_nodes_l(st)) || (rc = store_hash_load_l(st)) ||
         (rc = store_journal_open(st, false)))
         goto fail;
+    store_bloom_build_l(st);
     if (st->rdonly && store_journal_pending(st)) {
         /* writes the journal holds are part of the image: a read-write
          * open replays them, then this one starts again */
