@@ -42,9 +42,12 @@ int main(void)
         if (i >= NSNAP - 50)
             t_last += dt;
     }
-    EXPECT(t_last < 3 * t_first + 0.05,
-           "snapshot time grew: first 50 took %.3fs, last 50 %.3fs", t_first,
-           t_last);
+    /* an O(n) snapshot shows as a growth far beyond noise; under memcheck
+     * (test-valgrind.sh, several processes per core) time means nothing */
+    if (!getenv("TEST_NO_TIMING"))
+        EXPECT(t_last < 3 * t_first + 0.05,
+               "snapshot time grew: first 50 took %.3fs, last 50 %.3fs",
+               t_first, t_last);
     /* the volume: each block holds the last seed written to it */
     for (uint64_t b = 0; b < NB; b++) {
         uint64_t last = b + NB * ((NSNAP - 1 - b) / NB);
