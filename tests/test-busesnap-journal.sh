@@ -11,8 +11,11 @@
 #   3. records of an older epoch left further in the file after a
 #      checkpoint are never replayed (they would undo newer writes)
 #   4. the journal of another image is refused with a clear error
+#   5. snapshots and clones are journaled too (no commit): after kill -9
+#      the replay makes the same objects, with their content, and the
+#      writes around them land on the right side
 . "$(dirname "$0")/functions.sh"
-requires nbdsh nbdcopy
+requires nbdsh nbdcopy jq
 MiB=$((1 << 20))
 
 replayed() { grep -c "journal: replayed $1 record" "$tmp/server.log" || true; }
@@ -95,6 +98,32 @@ assert got == b'\x5a' * 4096, 'block B reads %r: a stale record was replayed' % 
 " || fail "stale journal records replayed"
 stop_server TERM || fail "clean stop"
 "$top/busesnap" check "$image" >"$tmp/check" 2>&1 || fail "check: $(tail -3 "$tmp/check")"
+
+# 5. Snapshot and clone records.  s1 holds P; the volume then gets Q; the
+# clone c1 of s1 gets R; kill -9 right after, nothing checkpointed.
+start_busesnap
+nbdsh -u "$uri" -c "h.pwrite(b'P' * 8192, 32 << 20); h.flush()" || fail "write P"
+"$top/bsnap" create s1 >"$tmp/s1.out" || fail "bsnap create s1"
+nbdsh -u "$uri" -c "h.pwrite(b'Q' * 8192, 32 << 20); h.flush()" || fail "write Q"
+"$top/bsnap" clone s1 c1 >/dev/null || fail "bsnap clone s1 c1"
+nbdsh -u "$(uri_of c1)" -c "h.pwrite(b'R' * 4096, (32 << 20) + 4096); h.flush()" || fail "write R"
+s1uuid=$("$top/bsnap" list --json | jq -r '.[] | select(.name == "s1") | .uuid')
+stop_server KILL || true
+: >"$tmp/server.log"
+start_busesnap
+grep -q "journal: replayed 5 records" "$tmp/server.log" ||
+    fail "expected 5 records (P, snapshot, Q, clone, R) replayed: $(grep journal "$tmp/server.log")"
+"$top/bsnap" list --json | jq -e --arg u "$s1uuid" \
+    '(map(.name) | sort == ["c1", "default", "s1"]) and (map(select(.name == "s1"))[0].uuid == $u)' >/dev/null ||
+    fail "objects after replay: $("$top/bsnap" list --json | jq -c 'map([.name, .uuid])')"
+nbdsh -u "$(uri_of s1)" -c "assert h.pread(8192, 32 << 20) == b'P' * 8192, 's1 content'" || fail "snapshot s1 lost its content"
+nbdsh -u "$uri" -c "assert h.pread(8192, 32 << 20) == b'Q' * 8192, 'volume content'" || fail "volume lost Q"
+nbdsh -u "$(uri_of c1)" -c "
+assert h.pread(4096, 32 << 20) == b'P' * 4096, 'c1 first block'
+assert h.pread(4096, (32 << 20) + 4096) == b'R' * 4096, 'c1 second block'
+" || fail "clone c1 content after replay"
+stop_server TERM || fail "clean stop"
+"$top/busesnap" check "$image" >"$tmp/check" 2>&1 || fail "check after tree replay: $(tail -3 "$tmp/check")"
 
 # 4. Another image's journal is refused, and nothing is changed.
 "$top/busesnap" create "$tmp/other.db" --size 16M >/dev/null || fail "create other"

@@ -232,7 +232,7 @@ bool store_hash_merge_due_l(struct store *st);
 int store_hash_merge_l(struct store *st);
 
 /* ---- store-journal.c ---- */
-enum { JR_WRITE = 1, JR_ZERO = 2 };
+enum { JR_WRITE = 1, JR_ZERO = 2, JR_SNAPSHOT = 3, JR_CLONE = 4 };
 int store_journal_open(struct store *st, bool create);
 void store_journal_close(struct store *st);
 bool store_journal_usable_l(const struct store *st);
@@ -248,6 +248,8 @@ void store_journal_checkpointed_l(struct store *st);
 uint64_t store_journal_next_epoch_l(const struct store *st);
 bool store_journal_pending(struct store *st);
 int store_journal_replay(struct store *st);
+int store_tree_replay(struct store *st, uint32_t type, const void *data,
+                      uint64_t len); /* store-tree.c */
 
 /* ---- store-io.c ---- */
 int store_resolve_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t y,

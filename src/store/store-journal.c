@@ -16,6 +16,10 @@
  * index as of the last checkpoint gives the state the client was told was
  * durable, and replaying a prefix twice is harmless, so a checkpoint in the
  * middle of a replay needs no bookkeeping (it keeps the epoch, below).
+ * Snapshots and clones are records too (JR_SNAPSHOT, JR_CLONE: the new
+ * object's UUID, name, creation time, node id; store-tree.c), so that they
+ * do not have to commit every write pending in the txn; their replay
+ * checks that the node id is the next one.  Other tree operations commit.
  *
  * Layout: a 4 KiB header (magic, version, image UUID), then records from
  * JR_START, each {sum, epoch, off, len, node, type, flags} + data, padded
@@ -201,7 +205,7 @@ void store_journal_add_l(struct store *st, uint32_t type, uint32_t node,
 {
     if (!store_journal_usable_l(st))
         return;
-    size_t dlen = type == JR_WRITE ? len : 0;
+    size_t dlen = type == JR_ZERO ? 0 : len;
     struct jr_rec r = {.epoch = st->jepoch,
                        .off = off,
                        .len = len,
@@ -330,10 +334,10 @@ static int read_rec(struct store *st, uint64_t *pos, struct jr_rec *r,
         return store_set_err(st, -errno, "%s-journal: read: %s", st->path,
                              strerror(errno));
     if (n != sizeof *r || r->epoch != st->jepoch || r->len == 0 ||
-        (r->type != JR_WRITE && r->type != JR_ZERO) ||
-        (r->type == JR_WRITE && r->len > JR_REC_MAX))
+        r->type < JR_WRITE || r->type > JR_CLONE ||
+        (r->type != JR_ZERO && r->len > JR_REC_MAX))
         return 0;
-    size_t dlen = r->type == JR_WRITE ? r->len : 0;
+    size_t dlen = r->type == JR_ZERO ? 0 : r->len;
     if (dlen > *cap) {
         void *p = realloc(*data, dlen);
         if (!p)
@@ -385,6 +389,12 @@ int store_journal_replay(struct store *st)
     struct jr_rec r;
     int rc;
     while ((rc = read_rec(st, &pos, &r, &data, &cap)) == 1) {
+        if (r.type == JR_SNAPSHOT || r.type == JR_CLONE) {
+            if ((rc = store_tree_replay(st, r.type, data, r.len)))
+                break;
+            nrec++;
+            continue;
+        }
         struct node *n = store_node(st, r.node);
         if (!n || n->state != NODE_LIVE) {
             rc = store_set_err(st, -EPROTO,
