@@ -337,6 +337,25 @@ def time_ops(srv, written, label, tag):
                e.get("median_server_ms", "-")))
 
 
+def time_after_writes(srv, written, tag, samples=5, nblocks=12000):
+    """busesnap: snapshot creation right after NBLOCKS random 4 KiB writes
+    and a flush, when those writes are still pending in the store's index
+    (what a VM's "sync, then snapshot" meets)."""
+    ms, sv = [], []
+    for i in range(samples):
+        write_blocks(srv.uri(), pct_offsets(9000 + i, count=nblocks), 9000 + i)
+        m, r = ctl(srv).create("w%s-%d" % (tag, i))
+        ms.append(m)
+        sv.append(r.get("elapsed_us", -1000) / 1000)
+    e = {"server": srv.kind, "op": "create-after-writes", "written": written,
+         "existing": "after %d random 4K writes + flush" % nblocks,
+         "ms": [round(x, 2) for x in ms], "median_ms": round(statistics.median(ms), 2),
+         "server_ms": [round(x, 3) for x in sv], "median_server_ms": round(statistics.median(sv), 3)}
+    results["snaptime"].append(e)
+    log("%s create after %d random writes + flush: median %.2f ms (server %.3f ms)"
+        % (srv.kind, nblocks, e["median_ms"], e["median_server_ms"]))
+
+
 def make_many(srv, n, tag, cap_s=30):
     """Create N more snapshots (stopping early after CAP_S seconds, so that a
     slow tool cannot blow the run's time budget); returns the creation times."""
@@ -380,6 +399,8 @@ def phase_snaptime(kind, work, logs):
                                         "last10_median_ms": round(statistics.median(ms[-10:]), 2),
                                         "max_ms": round(max(ms), 2)})
             time_ops(srv, nbytes, str(len(ms) + 1 + CFG["samples"]), size + "b")
+            if kind == "busesnap" and size == CFG["region"]:
+                time_after_writes(srv, nbytes, size)
             if kind == "busesnap":
                 results["memory"].append({"server": kind, "written": nbytes,
                                           "after": "%d snapshots" % CFG["many"],
