@@ -189,6 +189,7 @@ int store_abort_l(struct store *st);
 int store_maybe_commit_l(struct store *st);
 int store_presync(struct store *st);
 void store_now(struct timespec *ts);
+char *store_side_path(const char *path, const char *suffix);
 void store_hash(const void *block, uint8_t out[16]);
 
 int store_node_put_l(struct store *st, uint32_t id);
@@ -241,7 +242,6 @@ void store_journal_add_l(struct store *st, uint32_t type, uint32_t node,
                          uint64_t off, uint64_t len, uint32_t flags,
                          const void *data);
 int store_journal_sync(struct store *st, uint64_t upto);
-int store_journal_flush(struct store *st);
 int store_sync_begin_l(struct store *st, uint64_t *upto);
 int store_sync_end(struct store *st, uint64_t upto);
 void store_journal_checkpointed_l(struct store *st);

@@ -84,20 +84,12 @@ static uint64_t rec_sum(const struct jr_rec *r, const void *data, size_t dlen)
     return XXH3_64bits_withSeed((const uint8_t *)r + 8, sizeof *r - 8, d);
 }
 
-static char *journal_path(const char *path)
-{
-    char *p;
-    if (asprintf(&p, "%s-journal", path) < 0)
-        return NULL;
-    return p;
-}
-
 /* Open (create) IMAGE-journal; check or write its header.  A missing
  * journal on a read-only open is an empty one. */
 int store_journal_open(struct store *st, bool create)
 {
     st->jfd = -1;
-    char *jp = journal_path(st->path);
+    char *jp = store_side_path(st->path, "-journal");
     if (!jp)
         return store_set_err(st, -ENOMEM, "out of memory");
     int fl = st->rdonly ? O_RDONLY : O_RDWR | O_CREAT;
@@ -158,10 +150,13 @@ void store_journal_close(struct store *st)
     st->jbuf = NULL;
 }
 
+/* Can the journal make writes durable now?  Not while a big write since
+ * the last checkpoint went unjournaled (st->jskip): the next flush commits
+ * that anyway, so records appended meanwhile would be copies for nothing. */
 bool store_journal_usable_l(const struct store *st)
 {
-    return st->jfd >= 0 && st->jbuf && !st->jbroken && !st->jreplay &&
-           !st->failed;
+    return st->jfd >= 0 && st->jbuf && !st->jbroken && !st->jskip &&
+           !st->jreplay && !st->failed;
 }
 
 static void journal_broken_l(struct store *st, int e, const char *what)
@@ -174,6 +169,21 @@ static void journal_broken_l(struct store *st, int e, const char *what)
     st->jbroken = true;
 }
 
+/* Write total bytes of records at the journal's end; on failure the
+ * journal is broken for the rest of the epoch. */
+static int journal_pwritev_l(struct store *st, const struct iovec *iov, int n,
+                             size_t total)
+{
+    ssize_t w = pwritev(st->jfd, iov, n, (off_t)st->jbuf_off);
+    if (w != (ssize_t)total) {
+        journal_broken_l(st, w < 0 ? errno : ENOSPC, "write");
+        return -EIO;
+    }
+    st->jbuf_off += total;
+    __atomic_add_fetch(&st->jwritten, total, __ATOMIC_RELEASE);
+    return 0;
+}
+
 /* Hand the gathered records to the kernel; *upto gets the journal position
  * (bytes ever appended) that an fdatasync after this makes durable. */
 int store_journal_write_l(struct store *st, uint64_t *upto)
@@ -181,14 +191,9 @@ int store_journal_write_l(struct store *st, uint64_t *upto)
     if (!store_journal_usable_l(st))
         return -EIO;
     if (st->jbuf_used) {
-        ssize_t w =
-            pwrite(st->jfd, st->jbuf, st->jbuf_used, (off_t)st->jbuf_off);
-        if (w != (ssize_t)st->jbuf_used) {
-            journal_broken_l(st, w < 0 ? errno : ENOSPC, "write");
+        struct iovec iov = {st->jbuf, st->jbuf_used};
+        if (journal_pwritev_l(st, &iov, 1, st->jbuf_used))
             return -EIO;
-        }
-        st->jbuf_off += st->jbuf_used;
-        __atomic_add_fetch(&st->jwritten, st->jbuf_used, __ATOMIC_RELEASE);
         st->jbuf_used = 0;
     }
     if (upto)
@@ -230,13 +235,8 @@ void store_journal_add_l(struct store *st, uint32_t type, uint32_t node,
         struct iovec iov[3] = {{&r, sizeof r},
                                {(void *)data, dlen},
                                {(void *)zeros, total - sizeof r - dlen}};
-        ssize_t w = pwritev(st->jfd, iov, 3, (off_t)st->jbuf_off);
-        if (w != (ssize_t)total) {
-            journal_broken_l(st, w < 0 ? errno : ENOSPC, "write");
+        if (journal_pwritev_l(st, iov, 3, total))
             return;
-        }
-        st->jbuf_off += total;
-        __atomic_add_fetch(&st->jwritten, total, __ATOMIC_RELEASE);
     }
     st->jrecs++;
 }
@@ -245,7 +245,6 @@ void store_journal_add_l(struct store *st, uint32_t type, uint32_t node,
  * without st->mu: one fdatasync covers every flush waiting behind it. */
 int store_journal_sync(struct store *st, uint64_t upto)
 {
-    int rc = 0;
     pthread_mutex_lock(&st->jsync_mu);
     if (__atomic_load_n(&st->jsynced, __ATOMIC_ACQUIRE) < upto) {
         uint64_t w = __atomic_load_n(&st->jwritten, __ATOMIC_ACQUIRE);
@@ -262,7 +261,7 @@ int store_journal_sync(struct store *st, uint64_t upto)
             __atomic_store_n(&st->jsynced, w, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&st->jsync_mu);
-    return rc;
+    return 0;
 }
 
 /* Make the client's writes so far durable, in two steps so that the device
@@ -276,8 +275,7 @@ int store_sync_begin_l(struct store *st, uint64_t *upto)
     int rc = store_failed_l(st);
     if (rc)
         return rc;
-    if (store_journal_usable_l(st) && !st->jskip &&
-        store_journal_write_l(st, upto) == 0)
+    if (store_journal_write_l(st, upto) == 0) /* -EIO if unusable */
         return 1;
     return store_commit_l(st);
 }
@@ -290,15 +288,6 @@ int store_sync_end(struct store *st, uint64_t upto)
     int rc = store_commit_l(st);
     pthread_mutex_unlock(&st->mu);
     return rc;
-}
-
-int store_journal_flush(struct store *st)
-{
-    uint64_t upto = 0;
-    pthread_mutex_lock(&st->mu);
-    int rc = store_sync_begin_l(st, &upto);
-    pthread_mutex_unlock(&st->mu);
-    return rc == 1 ? store_sync_end(st, upto) : rc;
 }
 
 /* The index was just committed durably with meta "jepoch" = epoch + 1 (see

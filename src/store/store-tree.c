@@ -289,15 +289,14 @@ struct jr_tree {
     char pad[3];
 };
 
-/* Durable end of a snapshot or clone: the journal record, else a commit.
- * Returns 1 when the caller must store_sync_end() after the mutex. */
+/* Durable end of a snapshot or clone: the journal record, else (no usable
+ * journal: the add does nothing) a commit.  Returns 1 when the caller must
+ * store_sync_end() after the mutex. */
 static int tree_durable_l(struct store *st, uint32_t type,
                           const struct jr_tree *t, uint64_t *upto)
 {
-    if (!store_journal_usable_l(st) || st->jskip)
-        return store_commit_l(st);
     store_journal_add_l(st, type, t->node, 0, sizeof *t, 0, t);
-    return store_sync_begin_l(st, upto); /* commits if the add failed */
+    return store_sync_begin_l(st, upto);
 }
 
 /* Snapshot of volume vu (record vo) as su named name: vu's head h becomes

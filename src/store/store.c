@@ -500,7 +500,7 @@ static void *bg_main(void *arg)
          * never flushes: by a journal sync, or a commit without one.  With
          * the journal, older txns are committed too (checkpoints bound the
          * replay and let freed slots be reused). */
-        bool journal = store_journal_usable_l(st) && !st->jskip;
+        bool journal = store_journal_usable_l(st);
         if ((st->dirty || st->chunk_dirty) && !st->presync_busy) {
             struct timespec now,
                 *t0 = journal && st->jrecs ? &st->jfirst : &st->txn_start;
@@ -591,10 +591,11 @@ static void store_free(struct store *st)
     free(st);
 }
 
-static char *chunk_path(const char *path)
+/* IMAGE-chunks, IMAGE-journal: path with suffix (NULL: no memory). */
+char *store_side_path(const char *path, const char *suffix)
 {
     char *p;
-    if (asprintf(&p, "%s-chunks", path) < 0)
+    if (asprintf(&p, "%s%s", path, suffix) < 0)
         return NULL;
     return p;
 }
@@ -691,7 +692,7 @@ static int open_files(struct store *st, bool create)
             return store_set_err(st, -EPROTO,
                                  "not a busesnap image (empty file)");
     }
-    char *cp = chunk_path(st->path);
+    char *cp = store_side_path(st->path, "-chunks");
     if (!cp)
         return store_set_err(st, -ENOMEM, "out of memory");
     st->chunk_fd = open(cp, oflags | O_CLOEXEC, 0644);
@@ -759,7 +760,7 @@ int store_create(const char *path, const struct store_create_opts *opts,
         goto fail_nofiles;
     }
     {
-        char *cp = chunk_path(path);
+        char *cp = store_side_path(path, "-chunks");
         if (!cp) {
             rc = store_set_err(st, -ENOMEM, "out of memory");
             goto fail_nofiles;
@@ -835,13 +836,13 @@ int store_create(const char *path, const struct store_create_opts *opts,
     *out = st;
     return 0;
 fail : {
-    char *cp = chunk_path(path);
+    char *cp = store_side_path(path, "-chunks");
     if (st->lock_fd >= 0) /* we created it (O_EXCL) */
         unlink(path);
     if (cp && st->chunk_fd >= 0)
         unlink(cp);
     free(cp);
-    if (st->jfd >= 0 && asprintf(&cp, "%s-journal", path) >= 0) {
+    if (st->jfd >= 0 && (cp = store_side_path(path, "-journal"))) {
         unlink(cp);
         free(cp);
     }
@@ -968,5 +969,9 @@ void store_close(struct store *st)
 
 int store_flush(struct store *st)
 {
-    return store_journal_flush(st); /* EIO once offline (store_failed_l) */
+    uint64_t upto = 0;
+    pthread_mutex_lock(&st->mu);
+    int rc = store_sync_begin_l(st, &upto); /* EIO once offline */
+    pthread_mutex_unlock(&st->mu);
+    return rc == 1 ? store_sync_end(st, upto) : rc;
 }
