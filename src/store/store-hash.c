@@ -83,6 +83,18 @@ static struct hp_entry *hp_find(struct store *st, const uint8_t h[16],
     return NULL;
 }
 
+/* Drop (h, slot) from the table if it is there; true if it was. */
+static bool hp_forget(struct store *st, const uint8_t h[16], uint64_t slot)
+{
+    struct hp_entry *e = hp_find(st, h, slot);
+    if (!e)
+        return false;
+    e->state = HP_TOMB;
+    st->hp_used--;
+    st->hp_tomb++;
+    return true;
+}
+
 /* ---- the filter: "h is certainly not in `hashes`" ----
  *
  * Most writes store new data, and looking a new hash up in `hashes` is a
@@ -171,12 +183,13 @@ void store_bloom_build_l(struct store *st)
     st->bloom_added = 0;
 }
 
-static void bloom_note_put_l(struct store *st, const uint8_t h[16])
+/* After puts into `hashes`: a rebuild, bigger and without deleted keys,
+ * once the keys added since the last one outnumber bits / 16. */
+static void bloom_grow_l(struct store *st)
 {
-    bloom_add(st, h);
     if (st->bloom && st->bloom_added > st->bloom_bits / 16 &&
         st->bloom_bits < BLOOM_MAX_BITS)
-        store_bloom_build_l(st); /* bigger, and without deleted keys */
+        store_bloom_build_l(st);
 }
 
 /* Candidate slots for hash h: staged ones first, then the hash index.
@@ -222,7 +235,8 @@ static int hashes_put_l(struct store *st, const uint8_t h[16], uint64_t slot)
     int rc = mdb_put(st->txn, st->db_hashes, &k, &d, 0);
     if (rc)
         return store_mdb_err(st, rc, "hashes");
-    bloom_note_put_l(st, h);
+    bloom_add(st, h);
+    bloom_grow_l(st);
     return 0;
 }
 
@@ -239,12 +253,7 @@ int store_hash_add_l(struct store *st, const uint8_t h[16], uint64_t slot)
     MDB_val k = {8, sb}, d = {16, (void *)h};
     int rc = mdb_put(st->txn, st->db_recent, &k, &d, 0);
     if (rc) {
-        struct hp_entry *e = hp_find(st, h, slot);
-        if (e) {
-            e->state = HP_TOMB;
-            st->hp_used--;
-            st->hp_tomb++;
-        }
+        hp_forget(st, h, slot);
         return store_mdb_err(st, rc, "recent");
     }
     return 0;
@@ -255,11 +264,7 @@ int store_hash_del_l(struct store *st, const uint8_t h[16], uint64_t slot)
 {
     uint8_t sb[8];
     put_be64(sb, slot);
-    struct hp_entry *e = hp_find(st, h, slot);
-    if (e) {
-        e->state = HP_TOMB;
-        st->hp_used--;
-        st->hp_tomb++;
+    if (hp_forget(st, h, slot)) {
         MDB_val k = {8, sb};
         int rc = mdb_del(st->txn, st->db_recent, &k, NULL);
         if (rc && rc != MDB_NOTFOUND)
@@ -405,33 +410,28 @@ int store_hash_merge_l(struct store *st)
     qsort(ents, n, sizeof *ents, merge_cmp);
     if (!rc && (mrc = mdb_cursor_open(st->txn, st->db_hashes, &hc)))
         rc = store_mdb_err(st, mrc, "hashes");
-    for (size_t i = 0; i < n && !rc; i++) {
-        uint8_t sb[8];
-        put_be64(sb, ents[i].slot);
-        MDB_val hk = {16, ents[i].h}, hd = {8, sb};
-        if ((mrc = mdb_cursor_put(hc, &hk, &hd, 0)))
-            rc = store_mdb_err(st, mrc, "hashes");
-        else
-            bloom_add(st, ents[i].h);
-    }
-    if (!rc && n)
-        bloom_note_put_l(st, ents[0].h); /* a rebuild, if due */
-    if (!rc)
+    else if (!rc) {
+        for (size_t i = 0; i < n && !rc; i++) {
+            uint8_t sb[8];
+            put_be64(sb, ents[i].slot);
+            MDB_val hk = {16, ents[i].h}, hd = {8, sb};
+            if ((mrc = mdb_cursor_put(hc, &hk, &hd, 0)))
+                rc = store_mdb_err(st, mrc, "hashes");
+            else
+                bloom_add(st, ents[i].h);
+        }
         mdb_cursor_close(hc);
+        if (!rc)
+            bloom_grow_l(st);
+    }
     /* then drop the same entries, the first `taken` of `recent` */
     for (size_t i = 0; i < taken && !rc; i++) {
         if ((mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST)) ||
             (mrc = mdb_cursor_del(c, 0)))
             rc = store_mdb_err(st, mrc, "recent");
     }
-    for (size_t i = 0; i < n && !rc; i++) {
-        struct hp_entry *e = hp_find(st, ents[i].h, ents[i].slot);
-        if (e) {
-            e->state = HP_TOMB;
-            st->hp_used--;
-            st->hp_tomb++;
-        }
-    }
+    for (size_t i = 0; i < n && !rc; i++)
+        hp_forget(st, ents[i].h, ents[i].slot);
     free(ents);
     st->dirty = true;
     if (rc) {
