@@ -189,6 +189,7 @@ int store_abort_l(struct store *st);
 int store_maybe_commit_l(struct store *st);
 int store_presync(struct store *st);
 void store_now(struct timespec *ts);
+long store_ms_since(const struct timespec *t0);
 char *store_side_path(const char *path, const char *suffix);
 void store_hash(const void *block, uint8_t out[16]);
 

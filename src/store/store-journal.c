@@ -369,7 +369,7 @@ bool store_journal_pending(struct store *st)
  * write the client was told is durable. */
 int store_journal_replay(struct store *st)
 {
-    struct timespec t0, t1;
+    struct timespec t0;
     store_now(&t0);
     st->jreplay = true;
     uint64_t pos = JR_START, nrec = 0, bytes = 0;
@@ -411,9 +411,7 @@ int store_journal_replay(struct store *st)
     }
     pthread_mutex_unlock(&st->mu);
     if (rc == 0 && nrec) {
-        store_now(&t1);
-        long ms = (t1.tv_sec - t0.tv_sec) * 1000 +
-                  (t1.tv_nsec - t0.tv_nsec) / 1000000;
+        long ms = store_ms_since(&t0);
         fprintf(stderr,
                 "%s: journal: replayed %llu record%s (%.1f MiB) in %ld ms\n",
                 st->path, (unsigned long long)nrec, nrec == 1 ? "" : "s",

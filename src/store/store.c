@@ -89,6 +89,15 @@ void store_now(struct timespec *ts)
     clock_gettime(CLOCK_MONOTONIC, ts);
 }
 
+/* Milliseconds since t0 (from store_now). */
+long store_ms_since(const struct timespec *t0)
+{
+    struct timespec now;
+    store_now(&now);
+    return (now.tv_sec - t0->tv_sec) * 1000 +
+           (now.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
 static void (*hash_override)(const void *, uint8_t[16]);
 
 void store_set_hash_for_testing(void (*hash)(const void *block,
@@ -502,11 +511,8 @@ static void *bg_main(void *arg)
          * replay and let freed slots be reused). */
         bool journal = store_journal_usable_l(st);
         if ((st->dirty || st->chunk_dirty) && !st->presync_busy) {
-            struct timespec now,
-                *t0 = journal && st->jrecs ? &st->jfirst : &st->txn_start;
-            store_now(&now);
-            long ms = (now.tv_sec - t0->tv_sec) * 1000 +
-                      (now.tv_nsec - t0->tv_nsec) / 1000000;
+            long ms = store_ms_since(journal && st->jrecs ? &st->jfirst
+                                                          : &st->txn_start);
             if (ms >= (long)(journal ? STORE_CHECKPOINT_MS : STORE_COMMIT_MS)) {
                 st->presync_busy = true;
                 pthread_mutex_unlock(&st->mu);
