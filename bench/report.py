@@ -98,8 +98,9 @@ def targets(res):
     r = sp.get(("busesnap", "ten-clones-1pct"))
     add("space: ten clones x 1%, growth / written", r["growth"] / r["written"] if r else None, 1.15,
         higher=False,
-        detail="of it the journal (a work area of at most ~64 MiB, reused): %.1f MiB; without it %.2f"
-        % (r["journal"] / MIB, (r["growth"] - r["journal"]) / r["written"]) if r and "journal" in r else "")
+        detail="measured once idle; right after the writes %.2f, of it the journal's work area "
+        "(at most ~64 MiB, given back when idle) %.1f MiB"
+        % (r["busy_growth"] / r["written"], r["busy_journal"] / MIB) if r and "busy_journal" in r else "")
     mem = [m for m in res["memory"] if m["server"] == "busesnap"]
     big = max(mem, key=lambda m: (m["written"], m["rss_anon_kib"] or 0)) if mem else None
     add("memory: RssAnon at %s written / 64 MiB" % (human(big["written"]) if big else "8G"),

@@ -14,6 +14,8 @@
 #   5. snapshots and clones are journaled too (no commit): after kill -9
 #      the replay makes the same objects, with their content, and the
 #      writes around them land on the right side
+#   6. an idle image and a closed one give the journal's work area back
+#      (truncated to its header); writes after that are replayed as before
 . "$(dirname "$0")/functions.sh"
 requires nbdsh nbdcopy jq
 MiB=$((1 << 20))
@@ -77,19 +79,22 @@ assert h.pread(4096, (16 << 20) + 4096) == bytes(4096), 'damaged X2 was applied'
 assert h.pread(4096, (16 << 20) + 8192) == bytes(4096), 'X3 (after the damage) was applied'
 " || fail "replay did not stop at the damaged record"
 
-# 3. Stale records: Y1-Y3 (Y2 writes block B) are checkpointed by a clean
-# stop; after restart Z (one record, as long as Y1) writes block B and is
-# flushed; the file then holds Z and the old Y2, Y3 after it.
+# 3. Stale records: Y1-Y3 (Y2 writes block B) are checkpointed by
+# `bsnap gc`; right after (well within the idle time that would truncate
+# the journal) Z (one record, as long as Y1) writes block B and is flushed;
+# the file then holds Z and the old Y2, Y3 after it.
 B=$((20 * MiB))
 nbdsh -u "$uri" -c "
+import subprocess
 h.pwrite(b'\x01' * 4096, $B + 4096)
 h.pwrite(b'\x02' * 4096, $B)
 h.pwrite(b'\x03' * 4096, $B + 8192)
 h.flush()
-" || fail "writes Y1-Y3"
-stop_server TERM || fail "clean stop"
-start_busesnap
-nbdsh -u "$uri" -c "h.pwrite(b'\x5a' * 4096, $B); h.flush()" || fail "write Z"
+subprocess.run(['$top/bsnap', 'gc'], check=True, stdout=subprocess.DEVNULL)
+h.pwrite(b'\x5a' * 4096, $B); h.flush()
+" || fail "writes Y1-Y3, checkpoint, write Z"
+[ "$(stat -c %s "$image-journal")" -ge $((4096 + 3 * 4136)) ] ||
+    fail "the journal no longer holds the stale records Y2, Y3 (size $(stat -c %s "$image-journal"))"
 stop_server KILL || true
 start_busesnap
 nbdsh -u "$uri" -c "
@@ -124,6 +129,34 @@ assert h.pread(4096, (32 << 20) + 4096) == b'R' * 4096, 'c1 second block'
 " || fail "clone c1 content after replay"
 stop_server TERM || fail "clean stop"
 "$top/busesnap" check "$image" >"$tmp/check" 2>&1 || fail "check after tree replay: $(tail -3 "$tmp/check")"
+
+# 6. The work area is given back: an image left idle after a checkpoint,
+# and a closed one, keep only the journal's 4 KiB header; records written
+# after that are replayed as before.
+start_busesnap
+nbdsh -u "$uri" -c "
+for i in range(64):
+    h.pwrite(bytes([i + 1]) * 65536, (40 << 20) + i * 65536)
+h.flush()
+" || fail "writes for the work area"
+jsize() { stat -c %s "$image-journal"; }
+[ "$(jsize)" -gt $((4 * MiB)) ] || fail "journal only $(jsize) bytes after 4 MiB of flushed writes"
+for _ in $(seq 100); do [ "$(jsize)" = 4096 ] && break; sleep 0.1; done
+[ "$(jsize)" = 4096 ] || fail "journal still $(jsize) bytes 10 s after the image went idle"
+nbdsh -u "$uri" -c "h.pwrite(b'\x77' * 8192, 44 << 20); h.flush()" || fail "write after release"
+stop_server KILL || true
+: >"$tmp/server.log"
+start_busesnap
+[ "$(replayed 1)" = 1 ] || fail "the write after the release was not replayed: $(grep journal "$tmp/server.log")"
+nbdsh -u "$uri" -c "
+assert h.pread(8192, 44 << 20) == b'\x77' * 8192, 'write after the release'
+for i in range(64):
+    assert h.pread(65536, (40 << 20) + i * 65536) == bytes([i + 1]) * 65536, 'block %d' % i
+" || fail "content after the release and a replay"
+nbdsh -u "$uri" -c "h.pwrite(b'\x78' * 65536, 45 << 20); h.flush()" || fail "write before close"
+[ "$(jsize)" -gt 4096 ] || fail "journal empty right after a flushed write"
+stop_server TERM || fail "clean stop"
+[ "$(jsize)" = 4096 ] || fail "journal $(jsize) bytes after a clean stop"
 
 # 4. Another image's journal is refused, and nothing is changed.
 "$top/busesnap" create "$tmp/other.db" --size 16M >/dev/null || fail "create other"

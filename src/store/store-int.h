@@ -39,6 +39,10 @@
  * would otherwise reach the disk twice (1 MiB sequential writes, journaled:
  * 2.0x their bytes of disk writes; not journaled: 1.3x). */
 #define STORE_JOURNAL_BIG (512u << 10)
+/* A journal left empty by a checkpoint this long ago is given back to the
+ * file system (truncated to its header): a served image that went idle and
+ * a closed one do not keep the work area. */
+#define STORE_JOURNAL_IDLE_MS 2000u
 #define STORE_GC_BATCH 4096u
 #define STORE_HASH_MERGE 32768u /* staged hashes that start a merge */
 #define STORE_MERGE_PAGES 4096u /* hash leaves a merge txn may dirty */
@@ -140,6 +144,8 @@ struct store {
     uint64_t jwritten;        /* bytes ever written to the file (atomic) */
     uint64_t jsynced;         /* of which durable (atomic) */
     uint64_t jrecs;           /* records this epoch */
+    uint64_t jsize;           /* the file's size (its work area's high water) */
+    struct timespec jckpt;    /* when the last checkpoint emptied it */
     struct timespec jfirst;   /* when the epoch's first record came */
     bool jbroken;             /* a write or sync failed: flushes commit */
     bool jskip;               /* a big write was not journaled: ditto */
@@ -246,6 +252,7 @@ int store_journal_sync(struct store *st, uint64_t upto);
 int store_sync_begin_l(struct store *st, uint64_t *upto);
 int store_sync_end(struct store *st, uint64_t upto);
 void store_journal_checkpointed_l(struct store *st);
+void store_journal_release_l(struct store *st, bool now);
 uint64_t store_journal_next_epoch_l(const struct store *st);
 bool store_journal_pending(struct store *st);
 int store_journal_replay(struct store *st);

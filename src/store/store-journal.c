@@ -138,6 +138,9 @@ int store_journal_open(struct store *st, bool create)
     }
     st->jbuf_off = JR_START;
     st->jbuf_used = 0;
+    struct stat sb;
+    st->jsize = fstat(fd, &sb) == 0 ? (uint64_t)sb.st_size : JR_START;
+    store_now(&st->jckpt);
     return 0;
 }
 
@@ -180,6 +183,8 @@ static int journal_pwritev_l(struct store *st, const struct iovec *iov, int n,
         return -EIO;
     }
     st->jbuf_off += total;
+    if (st->jbuf_off > st->jsize)
+        st->jsize = st->jbuf_off;
     __atomic_add_fetch(&st->jwritten, total, __ATOMIC_RELEASE);
     return 0;
 }
@@ -305,6 +310,25 @@ void store_journal_checkpointed_l(struct store *st)
     st->jbroken = false;
     st->jskip = false;
     st->jrecs = 0;
+    store_now(&st->jckpt);
+}
+
+/* Give the journal's work area back to the file system once a checkpoint
+ * has emptied it and no record came since: at close (now), or when the
+ * image has been idle STORE_JOURNAL_IDLE_MS.  While writes go on the file
+ * keeps its high-water size, since a flush's fdatasync of records
+ * rewritten in place costs about half that of an appending one.  Nothing
+ * of the current epoch lies past the header, so nothing is lost; a failed
+ * truncate only keeps the space. */
+void store_journal_release_l(struct store *st, bool now)
+{
+    if (st->jfd < 0 || !st->jbuf || st->jreplay || st->jrecs || st->jbuf_used ||
+        st->jbuf_off != JR_START || st->jsize <= JR_START)
+        return;
+    if (!now && store_ms_since(&st->jckpt) < (long)STORE_JOURNAL_IDLE_MS)
+        return;
+    if (ftruncate(st->jfd, JR_START) == 0)
+        st->jsize = JR_START;
 }
 
 /* The epoch the next commit records in meta "jepoch". */

@@ -533,6 +533,7 @@ static void *bg_main(void *arg)
             store_gc_pass(st);
             pthread_mutex_lock(&st->mu);
         }
+        store_journal_release_l(st, false);
     }
     pthread_mutex_unlock(&st->mu);
     return NULL;
@@ -968,7 +969,8 @@ void store_close(struct store *st)
     if (st->bg_running)
         pthread_join(st->bg, NULL);
     pthread_mutex_lock(&st->mu);
-    store_commit_l(st);
+    if (store_commit_l(st) == 0)
+        store_journal_release_l(st, true);
     pthread_mutex_unlock(&st->mu);
     store_free(st);
 }

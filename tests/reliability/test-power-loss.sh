@@ -73,7 +73,22 @@ fd = os.open('$f', os.O_RDWR)
 os.pwrite(fd, b'F' * 10, 50)" # behind the shim's back
 out=$(python3 "$cl" rewind "$tmp/self.log" all 1 "$f" || true)
 [[ $out == *"did not see"* ]] || fail "shim self-test: a write behind the shim's back was not noticed"
-echo "shim self-test: passed (mmap refused, a write behind its back noticed)"
+for synced in 0 1; do # a shrinking truncate (the journal's release)
+    shim_run "$tmp/self.log" "
+import os, signal
+fd = os.open('$f', os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.pwrite(fd, b'H' * 12288, 0); os.fsync(fd)
+os.ftruncate(fd, 4096)
+if $synced: os.fsync(fd)
+os.kill(os.getpid(), signal.SIGKILL)" && fail "shim self-test: python was not killed"
+    python3 "$cl" rewind "$tmp/self.log" all 1 "$f" >/dev/null || fail "shim self-test: rewind after truncate failed"
+    python3 -c "
+d = open('$f', 'rb').read()
+want = b'H' * 4096 if $synced else b'H' * 12288
+assert d.rstrip(b'\0') == want, 'truncate (synced $synced) rewound to %d bytes %r' % (len(d), d[-8:])
+" || fail "shim self-test: a shrinking truncate was not modelled"
+done
+echo "shim self-test: passed (mmap refused, a write behind its back noticed, truncate taken back)"
 
 # 1. Which calls write or sync the image files: every one must be modelled.
 modelled='write|pwrite64|writev|pwritev|pwritev2|fsync|fdatasync|sync_file_range|ftruncate|fallocate|mmap|close|read|pread64|preadv|lseek|fstat|newfstatat|flock|fcntl|fadvise64|munmap|fstatfs|statfs'
