@@ -492,6 +492,8 @@ static void print_info(json_t *in)
     BYTES("index:", "index_bytes");
     BYTES("index limit:", "index_limit");
     BYTES("journal:", "journal_bytes");
+    BYTES("hash filter:", "filter_bytes");
+    printf("%-18s %lld\n", "filter layers:", jint(in, "filter_layers"));
     printf("%-18s %lld\n", "volumes:", jint(in, "volumes"));
     printf("%-18s %lld\n", "snapshots:", jint(in, "snapshots"));
 #undef BYTES

@@ -31,7 +31,7 @@ json_t *ctl_info_json(const char *image, const struct store_info *si)
                        : 1.0;
     return json_pack(
         "{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I, "
-        "s:i, s:i, s:I, s:I, s:I, s:I}",
+        "s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:i}",
         "image", image, "uuid", id, "format_version",
         (json_int_t)si->format_version, "size", (json_int_t)si->size, "chunks",
         (json_int_t)si->chunks, "chunk_bytes", (json_int_t)si->chunk_bytes,
@@ -44,7 +44,8 @@ json_t *ctl_info_json(const char *image, const struct store_info *si)
         "snapshots", (int)si->snapshots, "reserved_bytes",
         (json_int_t)si->reserved_bytes, "index_bytes", (json_int_t)si->map_used,
         "index_limit", (json_int_t)si->map_size, "journal_bytes",
-        (json_int_t)si->journal_bytes);
+        (json_int_t)si->journal_bytes, "filter_bytes",
+        (json_int_t)si->filter_bytes, "filter_layers", (int)si->filter_layers);
 }
 
 json_t *ctl_obj_json(const struct store_obj_info *info, int clients,

@@ -155,8 +155,12 @@ struct store {
     /* staged hashes and the filter of `hashes` (store-hash.c) */
     struct hp_entry *hp;
     uint32_t hp_used, hp_tomb;
-    uint64_t *bloom; /* NULL: none */
-    uint64_t bloom_bits, bloom_added;
+    struct bloom_layer {
+        uint64_t *w;
+        uint64_t bits, keys;
+    } bloom[16];         /* oldest first; [bloom_n - 1] takes new keys */
+    unsigned bloom_n;    /* 0: no filter */
+    uint64_t bloom_bits; /* of all layers */
 
     /* version tree */
     struct node *nodes; /* indexed by node id, [0, nodes_cap) */
@@ -236,6 +240,7 @@ int store_hash_del_l(struct store *st, const uint8_t h[16], uint64_t slot);
 bool store_hash_has_l(struct store *st, const uint8_t h[16], uint64_t slot);
 int store_hash_load_l(struct store *st);
 void store_bloom_build_l(struct store *st);
+void store_bloom_free(struct store *st);
 bool store_hash_merge_due_l(struct store *st);
 int store_hash_merge_l(struct store *st);
 

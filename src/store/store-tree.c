@@ -759,6 +759,8 @@ int store_info(struct store *st, struct store_info *out)
         if (i == 2)
             out->journal_bytes = alloc < size ? alloc : size;
     }
+    out->filter_bytes = st->bloom_bits / 8;
+    out->filter_layers = st->bloom_n;
     MDB_envinfo ei;
     out->map_size = st->map_size;
     if (mdb_env_info(st->env, &ei) == 0)

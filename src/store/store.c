@@ -588,7 +588,7 @@ static void store_free(struct store *st)
         free(st->nodes);
     }
     free(st->hp);
-    free(st->bloom);
+    store_bloom_free(st);
     pthread_mutex_destroy(&st->mu);
     pthread_mutex_destroy(&st->gc_mu);
     pthread_mutex_destroy(&st->jsync_mu);

@@ -129,6 +129,9 @@ struct store_info {
                                   files, within their sizes */
     uint64_t journal_bytes;    /* of which the journal's (a bounded work
                                   area, reused after each checkpoint) */
+    uint64_t filter_bytes;     /* memory of the Bloom filter over the hash
+                                  index (0: none, as on read-only opens) */
+    uint32_t filter_layers;    /* it grows by adding layers */
     uint64_t reserved_bytes;   /* preallocated past their ends, so that a
                                   full disk fails writes cleanly */
     uint64_t map_size;         /* index size limit (bytes) */
