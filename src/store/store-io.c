@@ -696,7 +696,12 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
     }
     if (!rc && store_commit_due_l(st, 1) && !st->presync_busy)
         presync = st->presync_busy = true;
-    if (st->chunks_unsynced >= 256) {
+    /* A kick can block in the block layer for as long as the device
+     * queue is busy (measured: up to 350 ms); a 1 MiB request pays it
+     * once per 1 MiB and gets a shorter commit fdatasync for it, while
+     * 4 KiB writes paid it as their slowest 0.1% (p99.9 of random writes
+     * at QD16: 125-150 ms with kicks, 25 ms without). */
+    if (len >= STORE_JOURNAL_BIG && st->chunks_unsynced >= 256) {
         kick = st->chunks_unsynced;
         st->chunks_unsynced = 0;
     }
