@@ -22,7 +22,11 @@
 #include <string.h>
 #include <time.h>
 
-#define STORE_FORMAT_VERSION 2u
+/* 3: the write-ahead journal (IMAGE-journal).  An image of version 2 is
+ * opened and, by a read-write open, marked 3: a build from before the
+ * journal would open an image with unreplayed records and ignore them. */
+#define STORE_FORMAT_VERSION 3u
+#define STORE_FORMAT_OLDEST 2u
 #define STORE_INDEX_MAGIC "BUSESNAP-INDEX"
 #define STORE_CHUNKS_MAGIC "BUSESNAP-CHUNKS"
 #define STORE_FIRST_SLOT 2u      /* 0: hole, 1: allocated zero */
@@ -134,6 +138,7 @@ struct store {
     uint64_t gen, next_slot, next_seq, refsum;
     uint32_t next_node;
     uint8_t uuid[16];
+    uint32_t version; /* the image's format version */
 
     /* the journal (store-journal.c) */
     int jfd;       /* IMAGE-journal, -1: none (read-only open) */

@@ -739,7 +739,7 @@ int store_info(struct store *st, struct store_info *out)
     }
     free(a);
     memcpy(out->uuid, st->uuid, 16);
-    out->format_version = STORE_FORMAT_VERSION;
+    out->format_version = st->version;
     MDB_stat ms;
     if (mdb_stat(st->txn, st->db_refs, &ms) == 0)
         out->chunks = ms.ms_entries;

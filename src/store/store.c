@@ -799,6 +799,7 @@ int store_create(const char *path, const struct store_create_opts *opts,
         goto fail;
     store_bloom_build_l(st);
     uint32_t ver = STORE_FORMAT_VERSION;
+    st->version = ver;
     int64_t now = time(NULL);
     st->next_slot = STORE_FIRST_SLOT;
     st->next_node = 2;
@@ -873,6 +874,36 @@ int store_open(const char *path, unsigned flags, struct store **out)
     return store_open_map(path, flags, 0, out);
 }
 
+/* Mark an image of an older format version as the current one (read-write
+ * opens).  Version 2 differs only by having no journal, which
+ * store_journal_open creates; what marks the change is that a build from
+ * before the journal refuses the image from now on.  The chunk header is
+ * rewritten and synced first, the index's "version" goes with the commit
+ * that ends the open; either order is safe, both versions being accepted
+ * until both say the current one. */
+static int upgrade_l(struct store *st, struct chunk_header *h)
+{
+    uint32_t ver = STORE_FORMAT_VERSION;
+    if (h->version != ver) {
+        h->version = ver;
+        if (pwrite(st->chunk_fd, h, sizeof *h, 0) != sizeof *h ||
+            fdatasync(st->chunk_fd) < 0)
+            return store_set_err(st, -errno,
+                                 "%s-chunks: upgrade to format version %u: %s",
+                                 st->path, ver, strerror(errno));
+    }
+    int rc = meta_put_l(st, "version", &ver, 4);
+    if (rc)
+        return rc;
+    fprintf(stderr,
+            "%s: format version %u -> %u (a build from before %u "
+            "no longer opens it)\n",
+            st->path, st->version, ver, ver);
+    st->version = ver;
+    st->dirty = true;
+    return 0;
+}
+
 int store_open_map(const char *path, unsigned flags, uint64_t map_size,
                    struct store **out)
 {
@@ -894,13 +925,14 @@ int store_open_map(const char *path, unsigned flags, uint64_t map_size,
     }
     if ((rc = meta_get_l(st, "version", &ver, 4)))
         goto fail;
-    if (ver != STORE_FORMAT_VERSION) {
+    if (ver < STORE_FORMAT_OLDEST || ver > STORE_FORMAT_VERSION) {
         rc = store_set_err(st, -EPROTO,
                            "unsupported format version %u (this build "
-                           "reads version %u)",
-                           ver, STORE_FORMAT_VERSION);
+                           "reads versions %u to %u)",
+                           ver, STORE_FORMAT_OLDEST, STORE_FORMAT_VERSION);
         goto fail;
     }
+    st->version = ver;
     if ((rc = meta_get_l(st, "uuid", st->uuid, 16)) ||
         (rc = counters_get_l(st)))
         goto fail;
@@ -912,7 +944,7 @@ int store_open_map(const char *path, unsigned flags, uint64_t map_size,
                            path);
         goto fail;
     }
-    if (h.version != STORE_FORMAT_VERSION) {
+    if (h.version < STORE_FORMAT_OLDEST || h.version > STORE_FORMAT_VERSION) {
         rc = store_set_err(st, -EPROTO,
                            "%s-chunks: unsupported format version %u", path,
                            h.version);
@@ -925,6 +957,11 @@ int store_open_map(const char *path, unsigned flags, uint64_t map_size,
                            path);
         goto fail;
     }
+    if (!st->rdonly &&
+        (st->version < STORE_FORMAT_VERSION ||
+         h.version < STORE_FORMAT_VERSION) &&
+        (rc = upgrade_l(st, &h)))
+        goto fail;
     if ((rc = load_nodes_l(st)) || (rc = store_hash_load_l(st)) ||
         (rc = store_journal_open(st, false)))
         goto fail;

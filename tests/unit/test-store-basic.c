@@ -1,4 +1,5 @@
 /* test-store-basic.c: create, open, reopen (magic, version, UUID checks,
+ * the upgrade of a version 2 image,
  * -EBUSY from a second process), aligned and unaligned read/write,
  * zero/trim and extents, names and lookups. */
 #include "store-test-util.h"
@@ -16,6 +17,33 @@ static int ext_cb(uint64_t off, uint64_t len, unsigned flags, void *arg)
     if (!(flags & STORE_EXT_HOLE))
         n[1] += len / STORE_BLOCK;
     return 0;
+}
+
+/* Set the index's "version" (get == NULL) or read it into *get, with LMDB
+ * directly, as a build of another version would have left it. */
+static int index_version(uint32_t set, uint32_t *get)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 16) ||
+        mdb_env_open(env, t_img, MDB_NOSUBDIR, 0644))
+        return -1;
+    int rc = mdb_txn_begin(env, NULL, get ? MDB_RDONLY : 0, &txn);
+    if (!rc)
+        rc = mdb_dbi_open(txn, "meta", 0, &dbi);
+    MDB_val k = {7, "version"}, d = {4, &set};
+    if (!rc && get) {
+        rc = mdb_get(txn, dbi, &k, &d);
+        if (!rc && d.mv_size == 4)
+            memcpy(get, d.mv_data, 4);
+        mdb_txn_abort(txn);
+    } else if (!rc) {
+        rc = mdb_put(txn, dbi, &k, &d, 0);
+        rc = rc ? rc : mdb_txn_commit(txn);
+    }
+    mdb_env_close(env);
+    return rc;
 }
 
 int main(void)
@@ -158,13 +186,18 @@ int main(void)
     EXPECT(store_open(cp, 0, &st) == -EPROTO, "chunk file opened as image");
     /* chunk header: version at offset 16, image UUID at 20 */
     fd = open(cp, O_RDWR);
-    uint32_t ver = 3;
+    uint32_t ver = 4;
     EXPECT(pwrite(fd, "BUSE", 4, 0) == 4 && pwrite(fd, &ver, 4, 16) == 4,
            "patch version");
     EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
-               strstr(store_errmsg(), "version 3"),
-           "chunk format version 3 accepted: %s", store_errmsg());
-    ver = 2;
+               strstr(store_errmsg(), "version 4"),
+           "chunk format version 4 accepted: %s", store_errmsg());
+    ver = 1;
+    EXPECT(pwrite(fd, &ver, 4, 16) == 4, "patch version");
+    EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
+               strstr(store_errmsg(), "version 1"),
+           "chunk format version 1 accepted: %s", store_errmsg());
+    ver = 3;
     uint8_t u0;
     EXPECT(pwrite(fd, &ver, 4, 16) == 4 && pread(fd, &u0, 1, 20) == 1,
            "restore version");
@@ -177,22 +210,40 @@ int main(void)
     EXPECT(pwrite(fd, &u0, 1, 20) == 1, "restore uuid");
     close(fd);
     /* index format version */
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    EXPECT(mdb_env_create(&env) == 0 && mdb_env_set_maxdbs(env, 8) == 0 &&
-               mdb_env_open(env, t_img, MDB_NOSUBDIR, 0644) == 0 &&
-               mdb_txn_begin(env, NULL, 0, &txn) == 0 &&
-               mdb_dbi_open(txn, "meta", 0, &dbi) == 0,
-           "lmdb open");
-    MDB_val k = {7, "version"}, d = {4, &ver};
-    ver = 9;
-    EXPECT(mdb_put(txn, dbi, &k, &d, 0) == 0 && mdb_txn_commit(txn) == 0,
-           "lmdb put");
-    mdb_env_close(env);
+    EXPECT(index_version(9, NULL) == 0, "lmdb put");
     EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
                strstr(store_errmsg(), "version 9"),
            "index format version 9 accepted: %s", store_errmsg());
+    /* version 2 (before the journal): opened; a read-only open leaves it,
+     * a read-write one marks both files 3, with the content unchanged */
+    ver = 2;
+    EXPECT(index_version(ver, NULL) == 0, "lmdb put");
+    fd = open(cp, O_RDWR);
+    EXPECT(fd >= 0 && pwrite(fd, &ver, 4, 16) == 4, "patch version 2");
+    struct store_info si;
+    OK(store_open(t_img, STORE_OPEN_RDONLY, &st));
+    OK(store_info(st, &si));
+    EXPECT(si.format_version == 2, "read-only open reports %u, not 2",
+           si.format_version);
+    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    OK(store_read(v, ref, 0, 5 * STORE_BLOCK));
+    store_vol_close(v);
+    store_close(st);
+    OK(store_open(t_img, 0, &st));
+    OK(store_info(st, &si));
+    EXPECT(si.format_version == 3, "read-write open left version %u",
+           si.format_version);
+    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    OK(store_read(v, big, 0, 5 * STORE_BLOCK));
+    EXPECT(memcmp(big, ref, 5 * STORE_BLOCK) == 0,
+           "content changed by the upgrade");
+    store_vol_close(v);
+    store_close(st);
+    EXPECT(pread(fd, &ver, 4, 16) == 4 && ver == 3,
+           "chunk header still version %u", ver);
+    EXPECT(index_version(0, &ver) == 0 && ver == 3, "index still version %u",
+           ver);
+    close(fd);
     snprintf(cp, sizeof cp, "%s/nothing.db", t_dir);
     EXPECT(store_open(cp, 0, &st) == -ENOENT, "missing image");
     free(big);
