@@ -36,10 +36,12 @@ MIB = 1 << 20
 
 if QUICK:
     CFG = dict(region="256M", dur=1, big="512M", many=50, history=20, chain=5, clones=10,
-               samples=3, multiconn=False)
+               samples=3, multiconn=False, rounds=1, round_dur=1)
 else:
     CFG = dict(region="1G", dur=int(os.environ.get("BENCH_DURATION", "6")), big="8G",
-               many=1000, history=100, chain=20, clones=10, samples=7, multiconn=True)
+               many=1000, history=100, chain=20, clones=10, samples=7, multiconn=True,
+               rounds=int(os.environ.get("BENCH_ROUNDS", "3")),
+               round_dur=int(os.environ.get("BENCH_ROUND_DURATION", "4")))
 REGION = servers.parse_size(CFG["region"])
 DUR = CFG["dur"]
 BSNAP = os.path.join(TOP, "bsnap")
@@ -149,28 +151,57 @@ def add_point(server, workload, r):
 # ---------------------------------------------------------------- phases
 
 
-def phase_standard(kind, work, logs):
-    """Pre-fill the region, measure the standard points, space and RSS."""
-    srv = Server(kind, work, logs, size="1G").start()
+def median_sample(samples):
+    """The sample with the median IOPS (the lower middle of an even count),
+    with every sample's IOPS beside it."""
+    m = sorted(samples, key=lambda r: r["iops"])[(len(samples) - 1) // 2]
+    return dict(m, iops_samples=[r["iops"] for r in samples])
+
+
+def phase_standard(kinds, work, logs):
+    """All servers side by side: each pre-filled, then every standard point
+    run CFG['rounds'] times, the servers taking turns (in a different order
+    each round), so that a ratio compares figures taken in the same minutes
+    rather than minutes apart on a machine whose speed drifts.  Each point
+    is the sample with the median IOPS.  Then space and RSS."""
+    srvs = {}
     try:
-        base = srv.allocated_bytes()
-        r = prefill(srv.uri())
-        add_point(kind, "prefill-seqwrite-1m-qd8", r)
-        if kind not in ("nbdkit-memory", "busexmp", "nbdkit-file"):
-            results["space"].append({"server": kind, "case": "random-once",
-                                     "written": REGION,
-                                     "growth": srv.allocated_bytes() - base})
-        for name, rw, bs, qd, extra in STANDARD:
-            if kind == "nbdkit-file" and bs != "1M":
-                continue  # the plain file is the reference for sequential I/O only
-            add_point(kind, name, fio(srv.uri(), rw, bs, qd, runtime=DUR, extra=extra))
-        if CFG["multiconn"] and kind != "nbdkit-file":
-            for name, rw, bs, qd, jobs in MULTICONN:
-                add_point(kind, name, fio(srv.uri(), rw, bs, qd, runtime=DUR, numjobs=jobs))
-        results["memory"].append({"server": kind, "written": REGION,
-                                  "rss_anon_kib": srv.rss_anon_kib()})
+        for kind in kinds:
+            try:
+                srvs[kind] = Server(kind, work, logs, size="1G").start()
+            except Exception as e:  # the others still run
+                msg = "standard %s: %s" % (kind, e)
+                log("ERROR " + msg)
+                results["errors"].append(msg)
+        kinds = [k for k in kinds if k in srvs]
+        for kind in kinds:
+            srv = srvs[kind]
+            base = srv.allocated_bytes()
+            add_point(kind, "prefill-seqwrite-1m-qd8", prefill(srv.uri()))
+            if kind not in ("nbdkit-memory", "busexmp", "nbdkit-file"):
+                results["space"].append({"server": kind, "case": "random-once",
+                                         "written": REGION,
+                                         "growth": srv.allocated_bytes() - base})
+        points = [(name, rw, bs, qd, extra, 1) for name, rw, bs, qd, extra in STANDARD]
+        if CFG["multiconn"]:
+            points += [(name, rw, bs, qd, [], jobs) for name, rw, bs, qd, jobs in MULTICONN]
+        for name, rw, bs, qd, extra, jobs in points:
+            who = [k for k in kinds if bs == "1M" or k != "nbdkit-file"]
+            if jobs > 1:
+                who = [k for k in who if k != "nbdkit-file"]
+            samples = {k: [] for k in who}
+            for rnd in range(CFG["rounds"]):
+                for k in who[rnd % len(who):] + who[:rnd % len(who)]:
+                    samples[k].append(fio(srvs[k].uri(), rw, bs, qd, runtime=CFG["round_dur"],
+                                          numjobs=jobs, extra=extra))
+            for k in who:
+                add_point(k, name, median_sample(samples[k]))
+        for kind in kinds:
+            results["memory"].append({"server": kind, "written": REGION,
+                                      "rss_anon_kib": srvs[kind].rss_anon_kib()})
     finally:
-        srv.stop()
+        for srv in srvs.values():
+            srv.stop()
 
 
 def bsnap(srv, *args):
@@ -523,10 +554,10 @@ def run_phase(name, fn, *args):
     try:
         fn(*args)
     except Exception as e:  # a benchmark records and goes on
-        msg = "%s %s: %s" % (name, args[0], e)
+        msg = "%s %s: %s" % (name, args[0] if isinstance(args[0], str) else "", e)
         log("ERROR " + msg)
         results["errors"].append(msg)
-    key = "%s/%s" % (name, args[0])
+    key = "%s/%s" % (name, args[0] if isinstance(args[0], str) else "all")
     results["phase_seconds"][key] = round(time.monotonic() - t, 1)
 
 
@@ -547,8 +578,7 @@ def main():
             log("skipping %s: %s" % (k, why))
     ok = [k for k in kinds if results["servers"][k]["available"]]
     have_bsnap = os.access(BSNAP, os.X_OK)
-    for k in ok:
-        run_phase("standard", phase_standard, k, work, logs)
+    run_phase("standard", phase_standard, ok, work, logs)
     for k in [k for k in ok if k in ("busesnap", "qemu-qcow2")]:
         if k == "busesnap" and not have_bsnap:
             results["errors"].append("busesnap store phases skipped: bsnap is not built")

@@ -222,9 +222,15 @@ def markdown(res, table, tg, servers):
          "`bench/run.sh`: every server is started on a private Unix socket and driven by "
          "`fio --ioengine=nbd` with one job = one NBD connection, unique data "
          "(`--refill_buffers`), a %s region pre-filled with unique data before reads are "
-         "measured, %s s per point. `BENCH_QUICK=1 make bench` is a two-minute "
+         "measured. The standard points (the table) run with every server up at once: "
+         "each point %s times, %s s each, the servers taking turns in a different order "
+         "every round, and the sample with the median IOPS kept (all samples are in the "
+         "JSON), so that a ratio compares figures taken in the same minutes; the other "
+         "phases run %s s per point. `BENCH_QUICK=1 make bench` is a two-minute "
          "version for development. Figures are from **one run on one machine**: only "
-         "the ratios inside this run mean anything." % (res["config"]["region"], res["config"]["dur"]), "",
+         "the ratios inside this run mean anything." % (
+             res["config"]["region"], res["config"].get("rounds", 1),
+             res["config"].get("round_dur", res["config"]["dur"]), res["config"]["dur"]), "",
          "## The run", "",
          "- date: %s, mode: %s, total time %.0f s, tree `%s`" % (res.get("date"), res["mode"],
                                                                res.get("total_seconds", 0), m.get("git")),
@@ -245,7 +251,7 @@ def markdown(res, table, tg, servers):
     L += ["", "## Store-specific measures"] + store_sections(res)
     L += ["", "## Running it", "",
           "```sh",
-          "make bench                      # full run, < 15 min; rewrites this page and the chart",
+          "make bench                      # full run, about 20 min; rewrites this page and the chart",
           "BENCH_QUICK=1 make bench        # about two minutes, 256 MiB region, 1 s points",
           "BENCH_SERVERS=busesnap,nbdkit-memory BENCH_PHASES=standard bench/run.sh",
           "BENCH_OUT=/tmp/r.json bench/run.sh   # results and page in /tmp, doc/ untouched",
