@@ -162,8 +162,10 @@ def phase_standard(kinds, work, logs):
     """All servers side by side: each pre-filled, then every standard point
     run CFG['rounds'] times, the servers taking turns (in a different order
     each round), so that a ratio compares figures taken in the same minutes
-    rather than minutes apart on a machine whose speed drifts.  Each point
-    is the sample with the median IOPS.  Then space and RSS."""
+    rather than minutes apart on a machine whose speed drifts.  Each sample
+    starts after a sync(), so that no server pays for the writeback of
+    another's page cache.  Each point is the sample with the median IOPS.
+    Then space and RSS."""
     srvs = {}
     try:
         for kind in kinds:
@@ -192,6 +194,9 @@ def phase_standard(kinds, work, logs):
             samples = {k: [] for k in who}
             for rnd in range(CFG["rounds"]):
                 for k in who[rnd % len(who):] + who[:rnd % len(who)]:
+                    # every sample starts with no server's dirty pages left:
+                    # writeback of the last one's would land in this one's
+                    os.sync()
                     samples[k].append(fio(srvs[k].uri(), rw, bs, qd, runtime=CFG["round_dur"],
                                           numjobs=jobs, extra=extra))
             for k in who:
