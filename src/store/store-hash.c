@@ -113,9 +113,9 @@ static bool hp_forget(struct store *st, const uint8_t h[16], uint64_t slot)
  * Rebuilding one bigger filter instead meant scanning all of `hashes`
  * under the store mutex, every request waiting: 60-74 ms with 1M chunks
  * (4 GiB of unique data, warm cache), linear in the chunks, so about a
- * second at the 32 MiB cap and more with a cold cache.  The next read-write open builds a
- * single layer again.  Without a filter (no memory, read-only) every
- * lookup searches `hashes`. */
+ * second at the 32 MiB cap and more with a cold cache.  The next read-write
+ * open builds a single layer again.  Without a filter (no memory, read-only)
+ * every lookup searches `hashes`. */
 #define BLOOM_MIN_BITS (1ULL << 20) /* 128 KiB */
 #define BLOOM_MAX_BITS                                                         \
     (1ULL << 28) /* 32 MiB in all: then false positives grow */
