@@ -149,7 +149,6 @@ struct store {
     uint64_t jwritten;        /* bytes ever written to the file (atomic) */
     uint64_t jsynced;         /* of which durable (atomic) */
     uint64_t jrecs;           /* records this epoch */
-    uint64_t jsize;           /* the file's size (its work area's high water) */
     struct timespec jckpt;    /* when the last checkpoint emptied it */
     struct timespec jfirst;   /* when the epoch's first record came */
     bool jbroken;             /* a write or sync failed: flushes commit */

@@ -138,8 +138,6 @@ int store_journal_open(struct store *st, bool create)
     }
     st->jbuf_off = JR_START;
     st->jbuf_used = 0;
-    struct stat sb;
-    st->jsize = fstat(fd, &sb) == 0 ? (uint64_t)sb.st_size : JR_START;
     store_now(&st->jckpt);
     return 0;
 }
@@ -183,8 +181,6 @@ static int journal_pwritev_l(struct store *st, const struct iovec *iov, int n,
         return -EIO;
     }
     st->jbuf_off += total;
-    if (st->jbuf_off > st->jsize)
-        st->jsize = st->jbuf_off;
     __atomic_add_fetch(&st->jwritten, total, __ATOMIC_RELEASE);
     return 0;
 }
@@ -323,12 +319,13 @@ void store_journal_checkpointed_l(struct store *st)
 void store_journal_release_l(struct store *st, bool now)
 {
     if (st->jfd < 0 || !st->jbuf || st->jreplay || st->jrecs || st->jbuf_used ||
-        st->jbuf_off != JR_START || st->jsize <= JR_START)
+        st->jbuf_off != JR_START)
         return;
     if (!now && store_ms_since(&st->jckpt) < (long)STORE_JOURNAL_IDLE_MS)
         return;
-    if (ftruncate(st->jfd, JR_START) == 0)
-        st->jsize = JR_START;
+    struct stat sb;
+    if (fstat(st->jfd, &sb) == 0 && sb.st_size > JR_START)
+        (void)!ftruncate(st->jfd, JR_START);
 }
 
 /* The epoch the next commit records in meta "jepoch". */
