@@ -35,15 +35,14 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 if QUICK:
-    CFG = dict(region="256M", dur=1, big="512M", many=50, history=20, chain=5, clones=10,
+    CFG = dict(region="256M", big="512M", many=50, history=20, chain=5, clones=10,
                samples=3, multiconn=False, rounds=1, round_dur=1)
 else:
-    CFG = dict(region="1G", dur=int(os.environ.get("BENCH_DURATION", "6")), big="8G",
+    CFG = dict(region="1G", big="8G",
                many=1000, history=100, chain=20, clones=10, samples=7, multiconn=True,
                rounds=int(os.environ.get("BENCH_ROUNDS", "3")),
-               round_dur=int(os.environ.get("BENCH_ROUND_DURATION", "4")))
+               round_dur=int(os.environ.get("BENCH_ROUND_DURATION", "2")))
 REGION = servers.parse_size(CFG["region"])
-DUR = CFG["dur"]
 BSNAP = os.path.join(TOP, "bsnap")
 
 results = {"mode": "quick" if QUICK else "full", "config": CFG, "servers": {},
@@ -301,41 +300,44 @@ class Snapshotter:
         return ms
 
 
-def passes(srv, qd, first, n, seed0):
-    """N passes of 4K random writes, each covering distinct blocks of the
-    region (fio's random map), capped at DUR/2 s each; with FIRST a new
-    snapshot is taken before each pass, so every write is the first to its
-    block since a snapshot."""
-    snap = Snapshotter(srv)
-    rs = []
-    for i in range(n):
-        if first:
-            snap.snapshot("first%d-%d" % (qd, seed0 + i))
-        rs.append(fio(srv.uri(), "randwrite", "4k", qd, runtime=max(1, DUR / 2),
-                      io_size=REGION, seed=seed0 + i, randommap=True))
-    ios = sum(r["ios"] for r in rs)
-    secs = sum(r["runtime_s"] for r in rs)
-    return {"iops": round(ios / secs, 1), "mbps": round(ios * 4096 / secs / 1e6, 1),
-            "p50_us": round(statistics.mean(r["p50_us"] for r in rs), 1),
-            "p99_us": round(statistics.mean(r["p99_us"] for r in rs), 1),
-            "ios": ios, "runtime_s": secs}
-
-
 def phase_snapwrite(kind, work, logs):
-    """First write after a snapshot against an ordinary overwrite."""
-    srv = Server(kind, work, logs, size="1G", tag=kind + "-snapwrite").start()
+    """First write after a snapshot against an ordinary overwrite, side by
+    side: two images of the same size, both pre-filled; one is only ever
+    overwritten, the other gets a new snapshot before each of its passes, so
+    every write of such a pass is the first to its block since a snapshot.
+    A pass is 4K random writes touching each block at most once (fio's
+    random map), the same offsets on both images.  Per QD, CFG['rounds']
+    rounds, the two taking turns (alternating who starts), a sync before
+    each pass; the median-IOPS pass is kept."""
+    srvs = []
     try:
-        prefill(srv.uri())
+        for tag in ("overwrite", "snapwrite"):
+            srvs.append(Server(kind, work, logs, size="1G", tag=kind + "-" + tag).start())
+        plain, snapped = srvs
+        for srv in srvs:
+            prefill(srv.uri())
+        snap = Snapshotter(snapped)
         for qd in (16, 1):
-            r = passes(srv, qd, False, 2, 100 + qd)
-            results["snapwrite"].append(dict(r, server=kind, qd=qd, phase="overwrite"))
-            log("%s QD%d overwrite: %.0f IOPS" % (kind, qd, r["iops"]))
-        for qd in (16, 1):
-            r = passes(srv, qd, True, 2, 200 + qd)
-            results["snapwrite"].append(dict(r, server=kind, qd=qd, phase="first-after-snapshot"))
-            log("%s QD%d first write after snapshot: %.0f IOPS" % (kind, qd, r["iops"]))
+            samples = {"overwrite": [], "first-after-snapshot": []}
+            for rnd in range(CFG["rounds"]):
+                order = ["overwrite", "first-after-snapshot"]
+                for phase in order[rnd % 2:] + order[:rnd % 2]:
+                    srv = plain
+                    if phase != "overwrite":
+                        srv = snapped
+                        snap.snapshot("first%d-%d" % (qd, rnd))
+                    os.sync()
+                    samples[phase].append(fio(srv.uri(), "randwrite", "4k", qd,
+                                              runtime=CFG["round_dur"], io_size=REGION,
+                                              seed=1000 * qd + rnd, randommap=True))
+            for phase, s in samples.items():
+                r = median_sample(s)
+                results["snapwrite"].append(dict(r, server=kind, qd=qd, phase=phase))
+                log("%s QD%d %s: %.0f IOPS (samples %s)" % (kind, qd, phase, r["iops"],
+                                                          " ".join("%.0f" % x for x in r["iops_samples"])))
     finally:
-        srv.stop()
+        for srv in srvs:
+            srv.stop()
 
 
 def time_ops(srv, written, label, tag):
@@ -391,7 +393,7 @@ def time_after_writes(srv, written, tag, samples=5, nblocks=12000):
         % (srv.kind, nblocks, e["median_ms"], e["median_server_ms"]))
 
 
-def make_many(srv, n, tag, cap_s=30):
+def make_many(srv, n, tag, cap_s=15):
     """Create N more snapshots (stopping early after CAP_S seconds, so that a
     slow tool cannot blow the run's time budget); returns the creation times."""
     ms = []
@@ -445,37 +447,46 @@ def phase_snaptime(kind, work, logs):
 
 
 def phase_deep(kind, work, logs):
-    """Random reads with no history, after CFG['history'] snapshots each
-    followed by 1% of the blocks overwritten, and from a clone CFG['chain']
-    levels deep (each level overwriting another 1%)."""
-    srv = Server(kind, work, logs, size="1G", tag=kind + "-deep").start()
-
-    def reads(case, export=""):
-        for qd in (1, 16):
-            r = fio(srv.uri(export), "randread", "4k", qd, runtime=DUR)
-            results["deep"].append(dict(r, server=kind, case=case, qd=qd))
-            log("%s deep history %s QD%d: %.0f IOPS" % (kind, case, qd, r["iops"]))
-
-    def write_pct(export, seed):
-        write_blocks(srv.uri(export), pct_offsets(seed), seed)
-
+    """Random reads with no history against reads after CFG['history']
+    snapshots each followed by 1% of the blocks overwritten, and from a clone
+    CFG['chain'] levels deep (each level overwriting another 1%), side by
+    side: the no-history case is a second image pre-filled the same way.
+    Per QD, CFG['rounds'] rounds, the cases taking turns in a rotating
+    order, a sync before each; the median-IOPS sample is kept."""
+    srvs = []
     try:
-        prefill(srv.uri())
-        reads("none")
+        for tag in ("flat", "deep"):
+            srvs.append(Server(kind, work, logs, size="1G", tag=kind + "-" + tag).start())
+        flat, deep = srvs
+        for srv in srvs:
+            prefill(srv.uri())
         for i in range(CFG["history"]):
-            ctl(srv).create("h%d" % i)
-            write_pct("", 1000 + i)
-        reads("%d-snapshots" % CFG["history"])
+            ctl(deep).create("h%d" % i)
+            write_blocks(deep.uri(), pct_offsets(1000 + i), 1000 + i)
         parent = "h%d" % (CFG["history"] - 1)
         for level in range(1, CFG["chain"] + 1):
             vol = "c%d" % level
-            ctl(srv).clone(parent, vol)
-            write_pct(vol, 5000 + level)
+            ctl(deep).clone(parent, vol)
+            write_blocks(deep.uri(vol), pct_offsets(5000 + level), 5000 + level)
             parent = vol + "-s"
-            ctl(srv).create(parent, vol)
-        reads("clone-depth-%d" % CFG["chain"], "c%d" % CFG["chain"])
+            ctl(deep).create(parent, vol)
+        cases = [("none", flat, ""), ("%d-snapshots" % CFG["history"], deep, ""),
+                 ("clone-depth-%d" % CFG["chain"], deep, "c%d" % CFG["chain"])]
+        for qd in (1, 16):
+            samples = {c[0]: [] for c in cases}
+            for rnd in range(CFG["rounds"]):
+                for case, srv, export in cases[rnd % 3:] + cases[:rnd % 3]:
+                    os.sync()
+                    samples[case].append(fio(srv.uri(export), "randread", "4k", qd,
+                                             runtime=CFG["round_dur"]))
+            for case, _, _ in cases:
+                r = median_sample(samples[case])
+                results["deep"].append(dict(r, server=kind, case=case, qd=qd))
+                log("%s deep history %s QD%d: %.0f IOPS (samples %s)"
+                    % (kind, case, qd, r["iops"], " ".join("%.0f" % x for x in r["iops_samples"])))
     finally:
-        srv.stop()
+        for srv in srvs:
+            srv.stop()
 
 
 def phase_clonespace(kind, work, logs):

@@ -222,16 +222,17 @@ def markdown(res, table, tg, servers):
          "`bench/run.sh`: every server is started on a private Unix socket and driven by "
          "`fio --ioengine=nbd` with one job = one NBD connection, unique data "
          "(`--refill_buffers`), a %s region pre-filled with unique data before reads are "
-         "measured. The standard points (the table) run with every server up at once: "
-         "each point %s times, %s s each, the servers taking turns in a different order "
-         "every round, each sample after a `sync` (no server pays for another's writeback), "
-         "and the sample with the median IOPS kept (all samples are in the "
-         "JSON), so that a ratio compares figures taken in the same minutes; the other "
-         "phases run %s s per point. `BENCH_QUICK=1 make bench` is a two-minute "
+         "measured. Every ratio compares figures taken in the same minutes: the standard "
+         "points (the table) run with every server up at once, and the store phases "
+         "(first write after a snapshot, deep history) with the cases they compare on "
+         "images of their own up at once; each point %s times, %s s each, the servers "
+         "or cases taking turns in a different order every round, each sample after a "
+         "`sync` (no server pays for another's writeback), and the sample with the "
+         "median IOPS kept (all samples are in the JSON). `BENCH_QUICK=1 make bench` is a two-minute "
          "version for development. Figures are from **one run on one machine**: only "
          "the ratios inside this run mean anything." % (
              res["config"]["region"], res["config"].get("rounds", 1),
-             res["config"].get("round_dur", res["config"]["dur"]), res["config"]["dur"]), "",
+             res["config"].get("round_dur", res["config"].get("dur"))), "",
          "## The run", "",
          "- date: %s, mode: %s, total time %.0f s, tree `%s`" % (res.get("date"), res["mode"],
                                                                res.get("total_seconds", 0), m.get("git")),
@@ -252,7 +253,7 @@ def markdown(res, table, tg, servers):
     L += ["", "## Store-specific measures"] + store_sections(res)
     L += ["", "## Running it", "",
           "```sh",
-          "make bench                      # full run, about 20 min; rewrites this page and the chart",
+          "make bench                      # full run, about 13 min; rewrites this page and the chart",
           "BENCH_QUICK=1 make bench        # about two minutes, 256 MiB region, 1 s points",
           "BENCH_SERVERS=busesnap,nbdkit-memory BENCH_PHASES=standard bench/run.sh",
           "BENCH_OUT=/tmp/r.json bench/run.sh   # results and page in /tmp, doc/ untouched",
@@ -262,9 +263,9 @@ def markdown(res, table, tg, servers):
           "Phases: `standard` (every server), `snapwrite`, `snaptime`, `clonespace` (busesnap and "
           "qcow2), `deep` (busesnap). Raw figures: `bench/results/latest.json`."]
     L += ["", "## How each measure is taken, and what is not like for like", "",
-          "- **First write after a snapshot**: two passes of 4K random writes over the pre-filled "
-          "region, each pass touching every block at most once (fio's random map, capped at half a point's "
-          "time), first as plain overwrites, then with a new snapshot before each pass. busesnap takes the "
+          "- **First write after a snapshot**: two images pre-filled alike; passes of 4K random writes "
+          "(every block at most once per pass: fio's random map, the same offsets on both), on one image "
+          "as plain overwrites, on the other with a new snapshot before each pass. busesnap takes the "
           "snapshot with `bsnap create` while serving. qcow2 internal snapshots need the image to itself, so "
           "qemu-nbd is stopped, `qemu-img snapshot -c` run and qemu-nbd restarted between passes (qemu's "
           "metadata cache starts cold; the page cache stays).",
@@ -274,8 +275,8 @@ def markdown(res, table, tg, servers):
           "the stopped image (process start and image open included), and "
           "for the clone one `qemu-img create -b` overlay (qcow2 cannot clone from an internal snapshot "
           "without copying it).",
-          "- **Deep history**: random reads on the default volume before any snapshot, after "
-          "%d snapshots each followed by 1%% of the blocks overwritten, and on a clone %d levels deep (each "
+          "- **Deep history**: random reads on a pre-filled image with no history (the case *none*), "
+          "and on a second one pre-filled alike, after %d snapshots each followed by 1%% of the blocks overwritten, and on a clone %d levels deep (each "
           "level a clone of a snapshot of the level above, with 1%% overwritten)."
           % (res["config"]["history"], res["config"]["chain"]),
           "- **Space**: allocated bytes (`st_blocks`) of every file in the server's folder and every "

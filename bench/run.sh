@@ -5,11 +5,9 @@
 # doc/performance.md and doc/performance.png (bench/report.py).
 #
 #   BENCH_QUICK=1      about two minutes, smaller region and fewer points
-#   BENCH_DURATION=N   seconds per point of the store phases in the full run
-#                      (default 6)
-#   BENCH_ROUNDS=N     rounds of the standard points, servers taking turns
+#   BENCH_ROUNDS=N     rounds of every point, servers (or cases) taking turns
 #                      (default 3; the median sample is kept)
-#   BENCH_ROUND_DURATION=N  seconds per standard point per round (default 4)
+#   BENCH_ROUND_DURATION=N  seconds per point per round (default 2)
 #   BENCH_SERVERS=a,b  only these servers (busesnap, nbdkit-memory, nbdkit-cow,
 #                      nbdkit-file, qemu-qcow2, busexmp)
 #   BENCH_PHASES=a,b   only these phases (standard, snapwrite, snaptime,
