@@ -12,6 +12,7 @@ that fails is recorded under "errors" and the run goes on: this is a
 benchmark, it never decides pass/fail.
 """
 
+import collections
 import json
 import os
 import platform
@@ -99,18 +100,29 @@ def prefill(uri, size=REGION, offset=0):
     return r
 
 
-def write_blocks(uri, offsets, seed):
+def write_blocks(uri, offsets, seed, depth=16):
     """Write one unique 4 KiB block at each offset over one NBD connection
-    (libnbd's Python binding: no process per batch), then flush.  Blocks
-    differ in their first 16 bytes, so a content-addressed store cannot
-    share them."""
+    (libnbd's Python binding, DEPTH requests in flight: no process per
+    batch), then flush.  Blocks differ in their first 16 bytes, so a
+    content-addressed store cannot share them."""
     import nbd
     h = nbd.NBD()
     h.connect_uri(uri)
-    buf = bytearray(os.urandom(4096))
+    base = bytearray(os.urandom(4096))
+    pending = collections.deque()  # cookies; retiring one raises its error
+
+    def retire(upto):
+        while len(pending) > upto:
+            if not h.aio_command_completed(pending[0]):
+                h.poll(-1)
+                continue
+            pending.popleft()
     for i, off in enumerate(offsets):
-        struct.pack_into("<QQ", buf, 0, seed, i)
-        h.pwrite(bytes(buf), off)
+        retire(depth - 1)
+        struct.pack_into("<QQ", base, 0, seed, i)
+        # each request owns its buffer until it completes
+        pending.append(h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(base)), off))
+    retire(0)
     h.flush()
     h.shutdown()
 
