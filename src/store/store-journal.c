@@ -431,7 +431,23 @@ int store_journal_replay(struct store *st)
         rc = store_commit_l(st);
     }
     pthread_mutex_unlock(&st->mu);
-    if (rc == 0 && nrec) {
+    if (rc) {
+        /* Say what the operator must know: records are kept, so the next
+         * open replays them again from the start (writes and zeros are
+         * idempotent, snapshot and clone records are matched by UUID). */
+        char why[400];
+        const char *m = store_errmsg();
+        size_t skip = strlen(st->name);
+        if (!strncmp(m, st->name, skip) && !strncmp(m + skip, ": ", 2))
+            m += skip + 2; /* store_set_err's "IMAGE: " is added again */
+        snprintf(why, sizeof why, "%s", m);
+        store_set_err(st, rc,
+                      "cannot replay the journal (writes from before an "
+                      "unclean stop), stopped at record %llu: %s; the journal "
+                      "is kept and nothing is lost: open the image again once "
+                      "that is fixed",
+                      (unsigned long long)nrec, why);
+    } else if (nrec) {
         long ms = store_ms_since(&t0);
         fprintf(stderr,
                 "%s: journal: replayed %llu record%s (%.1f MiB) in %ld ms\n",

@@ -1,0 +1,75 @@
+#!/bin/bash
+# A journal that cannot be replayed because the disk is full loses nothing.
+# busesnap takes flushed 4 KiB writes and a snapshot (journaled, not yet in
+# the index), is killed with SIGKILL, and the file system is then filled to
+# the last block.  The next start must fail with a message that says the
+# journal could not be replayed, is kept and nothing is lost, and leave the
+# journal byte for byte as it was.  Once space is freed, a start replays it:
+# the volume and the snapshot read exactly as acknowledged, `bsnap check` is
+# clean.
+. "$(dirname "$0")/functions.sh"
+requires nbdsh mkfs.ext4 losetup python3
+requires_root
+
+truncate -s 320M "$tmp/fs.img"  # more than the 128 MiB of room that lets the txn grow
+mkfs.ext4 -q "$tmp/fs.img"
+mkdir "$tmp/mnt"
+mount -o loop "$tmp/fs.img" "$tmp/mnt" || skip "cannot loop-mount"
+on_exit "umount -l '$tmp/mnt'"
+image=$tmp/mnt/img.db
+
+# disk.py URI SEED OUT: with SEED > 0, 1,000 unique blocks at scattered
+# offsets, flushed; then the whole disk is read into OUT.
+cat >"$tmp/disk.py" <<'EOF'
+import nbd, random, sys
+uri, seed, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+h = nbd.NBD(); h.connect_uri(uri)
+size = h.get_size()
+if seed:
+    rng = random.Random(seed)
+    for b in rng.sample(range(size // 4096), 1000):
+        h.pwrite(rng.randbytes(4096), b * 4096)
+    h.flush()
+with open(out, "wb") as f:
+    for off in range(0, size, 1 << 22):
+        f.write(h.pread(min(1 << 22, size - off), off))
+EOF
+
+start_busesnap 48M
+python3 "$tmp/disk.py" "$uri" 1 "$tmp/at-snap" || fail "first writes"
+"$top/bsnap" create s1 >/dev/null || fail "bsnap create"
+python3 "$tmp/disk.py" "$uri" 2 "$tmp/at-kill" || fail "second writes"
+stop_server KILL || true
+jsize=$(stat -c %s "$image-journal")
+[ "$jsize" -gt $((1000 * 4096)) ] ||
+    fail "journal holds $jsize bytes: the writes were checkpointed before the kill, nothing to replay"
+cp "$image-journal" "$tmp/journal.before"
+
+# Fill the file system to its last block (root may use the reserved ones).
+dd if=/dev/zero of="$tmp/mnt/filler" bs=1M status=none 2>/dev/null || true
+dd if=/dev/zero of="$tmp/mnt/filler2" bs=4k status=none 2>/dev/null || true
+df -k "$tmp/mnt" | tail -1
+
+rc=0
+timeout 30 "$top/busesnap" serve "$image" --socket "$tmp/sock" --control "$tmp/ctl" \
+    >"$tmp/full.log" 2>&1 || rc=$?
+cat "$tmp/full.log"
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] ||
+    fail "busesnap on a full disk with a journal to replay: exit status $rc (expected a failure)"
+grep -q "cannot replay the journal" "$tmp/full.log" &&
+    grep -q "nothing is lost" "$tmp/full.log" ||
+    fail "the failure does not say the journal is kept: $(cat "$tmp/full.log")"
+cmp -s "$tmp/journal.before" "$image-journal" ||
+    fail "the journal changed although its replay failed"
+
+rm -f "$tmp/mnt/filler" "$tmp/mnt/filler2"
+start_busesnap
+grep "journal: replayed" "$tmp/server.log" || fail "no replay reported after space was freed"
+python3 "$tmp/disk.py" "$uri" 0 "$tmp/back" || fail "read back"
+cmp -s "$tmp/at-kill" "$tmp/back" || fail "the volume differs after the replay"
+"$top/bsnap" clone s1 c1 >/dev/null || fail "bsnap clone s1"
+python3 "$tmp/disk.py" "$(uri_of c1)" 0 "$tmp/back" || fail "read back c1"
+cmp -s "$tmp/at-snap" "$tmp/back" || fail "snapshot s1 differs after the replay"
+"$top/bsnap" check >"$tmp/check.out" || fail "bsnap check: $(tail -3 "$tmp/check.out")"
+stop_server TERM || fail "exit status after SIGTERM"
+exit 0
