@@ -12,18 +12,22 @@ static void const_hash(const void *block, uint8_t out[16])
     memset(out, 0x42, 16);
 }
 
-/* New hashes are staged and merged into the hash index in batches of
- * 32,768: dedup must find chunks on both sides of a merge, frees must
- * reach both, and a reopen must reload the staged ones. */
-#define NS 70000
-static void check_staging(void)
+/* New hashes are staged and merged into the hash index once 65,536 are
+ * staged: dedup must find chunks on both sides of a merge, frees must
+ * reach both, and a reopen must reload the staged ones.  With
+ * BUSESNAP_MERGE_PAGES small, a merge pass takes many txns, each a range
+ * of the key space (the second merge of 140,000 blocks: about 80). */
+static void check_staging(uint64_t NS, const char *merge_pages)
 {
+    if (merge_pages)
+        setenv("BUSESNAP_MERGE_PAGES", merge_pages, 1);
     struct store *st;
     struct store_vol *v;
     struct store_info inf;
     uint8_t *buf = malloc(256 * STORE_BLOCK);
     struct store_create_opts o = {.size = 4ull * NS * STORE_BLOCK};
-    snprintf(t_img, sizeof t_img, "%s/staging.db", t_dir);
+    snprintf(t_img, sizeof t_img, "%s/staging-%llu.db", t_dir,
+             (unsigned long long)NS);
     OK(store_create(t_img, &o, &st));
     OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
     for (int pass = 0; pass < 2; pass++) /* the second pass dedups */
@@ -35,8 +39,8 @@ static void check_staging(void)
                            (uint32_t)(n * STORE_BLOCK), 0));
         }
     OK(store_info(st, &inf));
-    EXPECT(inf.chunks == NS, "%llu chunks for %u distinct blocks",
-           (unsigned long long)inf.chunks, NS);
+    EXPECT(inf.chunks == NS, "%llu chunks for %llu distinct blocks",
+           (unsigned long long)inf.chunks, (unsigned long long)NS);
     EXPECT_CLEAN(st);
     store_vol_close(v);
     store_close(st);
@@ -59,6 +63,7 @@ static void check_staging(void)
     store_vol_close(v);
     store_close(st);
     free(buf);
+    unsetenv("BUSESNAP_MERGE_PAGES");
 }
 
 int main(void)
@@ -144,7 +149,8 @@ int main(void)
     store_set_hash_for_testing(NULL);
     char saved[sizeof t_img];
     memcpy(saved, t_img, sizeof saved);
-    check_staging();
+    check_staging(70000, NULL);
+    check_staging(140000, "8");
     memcpy(t_img, saved, sizeof saved);
     /* reopened with the real hash, the check reports the fake hashes */
     OK(store_open(t_img, 0, &st));
