@@ -481,7 +481,8 @@ int store_hash_merge_l(struct store *st)
         uint8_t sb[8];
         put_be64(sb, ents[i].slot);
         MDB_val k = {8, sb};
-        if ((mrc = mdb_del(st->txn, st->db_recent, &k, NULL)))
+        mrc = mdb_del(st->txn, st->db_recent, &k, NULL);
+        if (mrc && mrc != MDB_NOTFOUND) /* (as store_hash_del_l) */
             rc = store_mdb_err(st, mrc, "recent");
         else
             hp_forget(st, ents[i].h, ents[i].slot);
@@ -493,8 +494,7 @@ int store_hash_merge_l(struct store *st)
     st->merge_from = end ? 0 : to;
     if (end && st->hp_used == 0)
         hp_clear(st); /* the pass is over: `recent` is empty too */
-    else if (end)
-        rc = hp_compact(st); /* keys staged during the pass (none under
-                                one mutex hold; kept for safety) */
+    else if (end)     /* keys staged while the pass waited for room */
+        rc = hp_compact(st);
     return rc;
 }
