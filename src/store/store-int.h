@@ -50,7 +50,7 @@
 #define STORE_GC_BATCH 4096u
 /* Staged hashes that start a merge pass (store-hash.c).  A pass dirties
  * each leaf of `hashes` about once whatever it moves, so the more staged,
- * the fewer leaf writes per chunk; the table costs 32 bytes per place
+ * the fewer leaf writes per chunk; the table costs 24 bytes per place
  * (HP_CAP).  8 GiB fill, 2 cores here: 32,768 staged and keys taken in
  * staging order 122 MiB/s, 30 MiB RssAnon; key ranges with 65,536 staged
  * 233 MiB/s, 41 MiB (33 MiB once the batch array stopped being sized for
