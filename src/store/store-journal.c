@@ -443,10 +443,10 @@ int store_journal_replay(struct store *st)
         snprintf(why, sizeof why, "%s", m);
         store_set_err(st, rc,
                       "cannot replay the journal (writes from before an "
-                      "unclean stop), stopped at record %llu: %s; the journal "
-                      "is kept and nothing is lost: open the image again once "
-                      "that is fixed",
-                      (unsigned long long)nrec, why);
+                      "unclean stop; %llu record%s replayed before this): "
+                      "%s; the journal is kept and nothing is lost: open the "
+                      "image again once that is fixed",
+                      (unsigned long long)nrec, nrec == 1 ? "" : "s", why);
     } else if (nrec) {
         long ms = store_ms_since(&t0);
         fprintf(stderr,
