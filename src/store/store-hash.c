@@ -428,14 +428,23 @@ int store_hash_merge_l(struct store *st)
     int mrc = mdb_stat(st->txn, st->db_hashes, &ms);
     if (mrc)
         return store_mdb_err(st, mrc, "hashes");
-    /* the range [from, to) of key positions this txn takes; end: to the
-     * end of the key space */
+    /* The range [from, to) of key positions this txn takes (end: to the
+     * end of the key space).  What is left of the key space holds about
+     * L * rem leaves and the hp_used keys still staged; a range dirties
+     * about the smaller of its leaves and its keys, so it is made wide
+     * enough for `pages` of those.  With few keys on a big index (fewer
+     * than leaves) a range by leaves alone would commit a txn per 2,048
+     * leaves for a handful of keys each: 1,500 commits for 65,536 keys at
+     * 1 TiB instead of 32. */
     uint64_t from = st->merge_from, to = 0;
     bool end = true;
-    if (ms.ms_leaf_pages > pages) {
-        uint64_t width = (uint64_t)((double)UINT64_MAX * (double)pages /
-                                    (double)ms.ms_leaf_pages);
-        if (width < UINT64_MAX - from) {
+    double left = (double)UINT64_MAX - (double)from;
+    double d = (double)ms.ms_leaf_pages * (left / (double)UINT64_MAX);
+    if ((double)st->hp_used < d)
+        d = (double)st->hp_used;
+    if (d > (double)pages) {
+        uint64_t width = (uint64_t)(left * (double)pages / d);
+        if (width > 0 && width < UINT64_MAX - from) {
             to = from + width;
             end = false;
         }
