@@ -50,27 +50,6 @@ static void hp_clear(struct store *st)
     st->hp_used = st->hp_tomb = 0;
 }
 
-static bool hp_insert(struct store *st, const uint8_t h[16], uint64_t slot);
-
-/* Rebuild the table without its tombstones (which only hp_clear drops
- * otherwise). */
-static int hp_compact(struct store *st)
-{
-    struct hp_entry *live =
-        malloc((st->hp_used ? st->hp_used : 1) * sizeof *live);
-    if (!live)
-        return store_set_err(st, -ENOMEM, "out of memory (hash staging)");
-    size_t n = 0;
-    for (size_t i = 0; i < HP_CAP && n < st->hp_used; i++)
-        if (st->hp[i].state == HP_USED)
-            live[n++] = st->hp[i];
-    hp_clear(st);
-    for (size_t i = 0; i < n; i++)
-        hp_insert(st, live[i].h, live[i].slot); /* fits: it did before */
-    free(live);
-    return 0;
-}
-
 /* false if the table is too full (the caller then writes `hashes`). */
 static bool hp_insert(struct store *st, const uint8_t h[16], uint64_t slot)
 {
@@ -513,7 +492,8 @@ int store_hash_merge_l(struct store *st)
     st->merge_from = end ? 0 : to;
     if (end && st->hp_used == 0)
         hp_clear(st); /* the pass is over: `recent` is empty too */
-    else if (end)     /* keys staged while the pass waited for room */
-        rc = hp_compact(st);
+    else if (end)     /* keys staged while the pass waited for room: the
+                         table again from `recent`, without its tombstones */
+        rc = store_hash_load_l(st);
     return rc;
 }

@@ -561,8 +561,8 @@ static struct store *store_alloc(const char *path, unsigned flags)
     st->lock_fd = st->chunk_fd = st->jfd = -1;
     /* tests shrink the merge txns to make small images take many of them */
     const char *mp = getenv("BUSESNAP_MERGE_PAGES");
-    st->merge_pages =
-        mp && atoi(mp) > 0 ? (unsigned)atoi(mp) : STORE_MERGE_PAGES;
+    int pages = mp ? atoi(mp) : 0;
+    st->merge_pages = pages > 0 ? (unsigned)pages : STORE_MERGE_PAGES;
     pthread_mutex_init(&st->mu, NULL);
     pthread_mutex_init(&st->jsync_mu, NULL);
     pthread_mutex_init(&st->gc_mu, NULL);
