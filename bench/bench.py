@@ -169,13 +169,31 @@ def median_sample(samples):
     return dict(m, iops_samples=[r["iops"] for r in samples])
 
 
+def side_by_side(cases, sample, before=None):
+    """Run sample(case, rnd) CFG['rounds'] times for each case, the cases
+    taking turns in an order rotated every round, each sample after a
+    sync() (no case pays for the writeback of another's page cache);
+    before(case, rnd), if given, runs ahead of that sync.  Returns
+    {case: median_sample}, so that a ratio compares figures taken in the
+    same minutes rather than minutes apart on a machine whose speed
+    drifts."""
+    samples = {c: [] for c in cases}
+    for rnd in range(CFG["rounds"]):
+        for c in cases[rnd % len(cases):] + cases[:rnd % len(cases)]:
+            if before:
+                before(c, rnd)
+            os.sync()
+            samples[c].append(sample(c, rnd))
+    return {c: median_sample(samples[c]) for c in cases}
+
+
+def fmt_samples(r):
+    return " ".join("%.0f" % x for x in r["iops_samples"])
+
+
 def phase_standard(kinds, work, logs):
-    """All servers side by side: each pre-filled, then every standard point
-    run CFG['rounds'] times, the servers taking turns (in a different order
-    each round), so that a ratio compares figures taken in the same minutes
-    rather than minutes apart on a machine whose speed drifts.  Each sample
-    starts after a sync(), so that no server pays for the writeback of
-    another's page cache.  Each point is the sample with the median IOPS.
+    """All servers up at once, each pre-filled, then every standard point
+    with the servers taking turns (side_by_side), the median sample kept.
     Then space and RSS."""
     srvs = {}
     try:
@@ -201,16 +219,10 @@ def phase_standard(kinds, work, logs):
         for name, rw, bs, qd, extra, jobs in points:
             # the plain file is the reference for sequential I/O only
             who = [k for k in kinds if bs == "1M" or k != "nbdkit-file"]
-            samples = {k: [] for k in who}
-            for rnd in range(CFG["rounds"]):
-                for k in who[rnd % len(who):] + who[:rnd % len(who)]:
-                    # every sample starts with no server's dirty pages left:
-                    # writeback of the last one's would land in this one's
-                    os.sync()
-                    samples[k].append(fio(srvs[k].uri(), rw, bs, qd, runtime=CFG["round_dur"],
-                                          numjobs=jobs, extra=extra))
+            meds = side_by_side(who, lambda k, rnd: fio(
+                srvs[k].uri(), rw, bs, qd, runtime=CFG["round_dur"], numjobs=jobs, extra=extra))
             for k in who:
-                add_point(k, name, median_sample(samples[k]))
+                add_point(k, name, meds[k])
         for kind in kinds:
             results["memory"].append({"server": kind, "written": REGION,
                                       "rss_anon_kib": srvs[kind].rss_anon_kib()})
@@ -329,24 +341,18 @@ def phase_snapwrite(kind, work, logs):
         for srv in srvs:
             prefill(srv.uri())
         snap = Snapshotter(snapped)
+        on = {"overwrite": plain, "first-after-snapshot": snapped}
         for qd in (16, 1):
-            samples = {"overwrite": [], "first-after-snapshot": []}
-            for rnd in range(CFG["rounds"]):
-                order = ["overwrite", "first-after-snapshot"]
-                for phase in order[rnd % 2:] + order[:rnd % 2]:
-                    srv = plain
-                    if phase != "overwrite":
-                        srv = snapped
-                        snap.snapshot("first%d-%d" % (qd, rnd))
-                    os.sync()
-                    samples[phase].append(fio(srv.uri(), "randwrite", "4k", qd,
-                                              runtime=CFG["round_dur"], io_size=REGION,
-                                              seed=1000 * qd + rnd, randommap=True))
-            for phase, s in samples.items():
-                r = median_sample(s)
+            def before(phase, rnd):
+                if on[phase] is snapped:
+                    snap.snapshot("first%d-%d" % (qd, rnd))
+            meds = side_by_side(list(on), lambda phase, rnd: fio(
+                on[phase].uri(), "randwrite", "4k", qd, runtime=CFG["round_dur"],
+                io_size=REGION, seed=1000 * qd + rnd, randommap=True), before)
+            for phase, r in meds.items():
                 results["snapwrite"].append(dict(r, server=kind, qd=qd, phase=phase))
                 log("%s QD%d %s: %.0f IOPS (samples %s)" % (kind, qd, phase, r["iops"],
-                                                          " ".join("%.0f" % x for x in r["iops_samples"])))
+                                                          fmt_samples(r)))
     finally:
         for srv in srvs:
             srv.stop()
@@ -482,20 +488,16 @@ def phase_deep(kind, work, logs):
             write_blocks(deep.uri(vol), pct_offsets(5000 + level), 5000 + level)
             parent = vol + "-s"
             ctl(deep).create(parent, vol)
-        cases = [("none", flat, ""), ("%d-snapshots" % CFG["history"], deep, ""),
-                 ("clone-depth-%d" % CFG["chain"], deep, "c%d" % CFG["chain"])]
+        cases = {"none": (flat, ""), "%d-snapshots" % CFG["history"]: (deep, ""),
+                 "clone-depth-%d" % CFG["chain"]: (deep, "c%d" % CFG["chain"])}
         for qd in (1, 16):
-            samples = {c[0]: [] for c in cases}
-            for rnd in range(CFG["rounds"]):
-                for case, srv, export in cases[rnd % 3:] + cases[:rnd % 3]:
-                    os.sync()
-                    samples[case].append(fio(srv.uri(export), "randread", "4k", qd,
-                                             runtime=CFG["round_dur"]))
-            for case, _, _ in cases:
-                r = median_sample(samples[case])
+            meds = side_by_side(list(cases), lambda case, rnd: fio(
+                cases[case][0].uri(cases[case][1]), "randread", "4k", qd,
+                runtime=CFG["round_dur"]))
+            for case, r in meds.items():
                 results["deep"].append(dict(r, server=kind, case=case, qd=qd))
                 log("%s deep history %s QD%d: %.0f IOPS (samples %s)"
-                    % (kind, case, qd, r["iops"], " ".join("%.0f" % x for x in r["iops_samples"])))
+                    % (kind, case, qd, r["iops"], fmt_samples(r)))
     finally:
         for srv in srvs:
             srv.stop()
