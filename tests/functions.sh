@@ -94,6 +94,16 @@ start_busexmp() {
 # nbdsh_run URI PYTHON: run a python snippet with h connected to URI.
 nbdsh_run() { nbdsh -u "$1" -c "$2"; }
 
+# small_fs SIZE: a fresh ext4 of SIZE in a file, loop-mounted on $tmp/mnt
+# (unmounted at exit): a file system a test can fill up.  Needs root.
+small_fs() {
+    truncate -s "$1" "$tmp/fs.img"
+    mkfs.ext4 -q "$tmp/fs.img"
+    mkdir "$tmp/mnt"
+    mount -o loop "$tmp/fs.img" "$tmp/mnt" || skip "cannot loop-mount"
+    on_exit "umount -l '$tmp/mnt'"
+}
+
 # assert_eq WHAT EXPECTED ACTUAL
 assert_eq() { [ "$2" = "$3" ] || fail "$1: expected '$2', got '$3'"; }
 

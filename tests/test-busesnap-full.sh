@@ -110,11 +110,7 @@ run_case() {
 }
 
 # 1. The file system fills up: an 80 MiB ext4 holding a 512 MiB disk.
-truncate -s 80M "$tmp/fs.img"
-mkfs.ext4 -q "$tmp/fs.img"
-mkdir "$tmp/mnt"
-mount -o loop "$tmp/fs.img" "$tmp/mnt" || skip "cannot loop-mount"
-on_exit "umount -l '$tmp/mnt'"
+small_fs 80M
 image=$tmp/mnt/img.db
 "$top/busesnap" create "$image" --size 512M >/dev/null
 run_case disk

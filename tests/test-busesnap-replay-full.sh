@@ -11,11 +11,7 @@
 requires nbdsh mkfs.ext4 losetup python3
 requires_root
 
-truncate -s 320M "$tmp/fs.img"  # more than the 128 MiB of room that lets the txn grow
-mkfs.ext4 -q "$tmp/fs.img"
-mkdir "$tmp/mnt"
-mount -o loop "$tmp/fs.img" "$tmp/mnt" || skip "cannot loop-mount"
-on_exit "umount -l '$tmp/mnt'"
+small_fs 320M # more than the 128 MiB of room that lets the txn grow
 image=$tmp/mnt/img.db
 
 # disk.py URI SEED OUT: with SEED > 0, 1,000 unique blocks at scattered
