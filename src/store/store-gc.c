@@ -390,9 +390,41 @@ static int check_index_l(struct store *st, struct checker *ck, uint64_t *nrefs)
     if ((mrc = mdb_stat(st->txn, st->db_hashes, &ms)) ||
         (mrc = mdb_stat(st->txn, st->db_recent, &ms2)))
         goto mdb_fail;
-    if (ms.ms_entries + ms2.ms_entries != *nrefs)
-        problem(ck, "hash index has %llu + %llu staged entries for %llu chunks",
-                (ull)ms.ms_entries, (ull)ms2.ms_entries, (ull)*nrefs);
+    /* staged deletions: each one an entry of `hashes` */
+    uint64_t ndead = 0;
+    if (st->dead_ok) {
+        MDB_cursor *hc;
+        if ((mrc = mdb_cursor_open(st->txn, st->db_dead, &c)))
+            goto mdb_fail;
+        if ((mrc = mdb_cursor_open(st->txn, st->db_hashes, &hc)))
+            goto mdb_fail;
+        for (mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST); mrc == 0;
+             mrc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+            ndead++;
+            if (k.mv_size != 24) {
+                problem(ck, "dead: malformed entry");
+                continue;
+            }
+            MDB_val hk = {16, k.mv_data}, hd = {8, (uint8_t *)k.mv_data + 16};
+            if (mdb_cursor_get(hc, &hk, &hd, MDB_GET_BOTH))
+                problem(ck, "dead: slot %llu not in the hash index",
+                        (ull)get_be64(hd.mv_data));
+        }
+        mdb_cursor_close(hc);
+        mdb_cursor_close(c);
+        c = NULL;
+        if (mrc != MDB_NOTFOUND)
+            goto mdb_fail;
+    }
+    if (ndead != st->dead_n)
+        problem(ck, "%llu staged deletions, counter says %llu", (ull)ndead,
+                (ull)st->dead_n);
+    if (ms.ms_entries - ndead + ms2.ms_entries != *nrefs)
+        problem(ck,
+                "hash index has %llu - %llu deleted + %llu staged entries "
+                "for %llu chunks",
+                (ull)ms.ms_entries, (ull)ndead, (ull)ms2.ms_entries,
+                (ull)*nrefs);
     if (ms2.ms_entries != st->hp_used)
         problem(ck, "%llu staged hashes, %u in memory", (ull)ms2.ms_entries,
                 st->hp_used);

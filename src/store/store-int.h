@@ -25,7 +25,7 @@
 /* 3: the write-ahead journal (IMAGE-journal).  An image of version 2 is
  * opened and, by a read-write open, marked 3: a build from before the
  * journal would open an image with unreplayed records and ignore them. */
-#define STORE_FORMAT_VERSION 3u
+#define STORE_FORMAT_VERSION 4u
 #define STORE_FORMAT_OLDEST 2u
 #define STORE_INDEX_MAGIC "BUSESNAP-INDEX"
 #define STORE_CHUNKS_MAGIC "BUSESNAP-CHUNKS"
@@ -110,7 +110,9 @@ struct store {
     int chunk_fd; /* IMAGE-chunks */
     MDB_env *env;
     MDB_dbi db_meta, db_objects, db_names, db_nodes, db_map, db_hashes, db_refs,
-        db_free, db_recent;
+        db_free, db_recent, db_dead;
+    bool dead_ok; /* db_dead is open (not on a read-only open of an image
+                     from before format version 4) */
 
     pthread_mutex_t mu;
     pthread_rwlock_t gate;
@@ -120,7 +122,7 @@ struct store {
     uint64_t last_map, last_ref, last_new; /* last keys touched (estimate) */
     /* random touches of the big B-trees and their leaf counts at the txn
      * start: distinct dirty pages saturate at the leaf count */
-    uint64_t touch_map, touch_ref, touch_hash;
+    uint64_t touch_map, touch_ref, touch_hash, touch_dead;
     uint64_t leaves_map, leaves_ref, leaves_hash;
     struct timespec txn_start;
     bool dirty;       /* txn has changes */
@@ -169,6 +171,7 @@ struct store {
     /* staged hashes and the filter of `hashes` (store-hash.c) */
     struct hp_entry *hp;
     uint32_t hp_used, hp_tomb;
+    uint64_t dead_n;      /* entries of `dead` (deletions not yet merged) */
     uint64_t merge_from;  /* key position where the merge pass goes on */
     unsigned merge_pages; /* STORE_MERGE_PAGES (BUSESNAP_MERGE_PAGES) */
     struct bloom_layer {
@@ -321,11 +324,13 @@ static inline uint64_t store_saturate(uint64_t k, uint64_t l)
  * committed 3x as often, each commit rewriting nearly the whole index. */
 static inline uint64_t store_dirty_est_l(const struct store *st)
 {
-    uint64_t rand = st->touch_map + st->touch_ref + st->touch_hash;
+    uint64_t rand =
+        st->touch_map + st->touch_ref + st->touch_hash + st->touch_dead;
     uint64_t rest = st->txn_pages > rand ? st->txn_pages - rand : 0;
     return rest + store_saturate(st->touch_map, st->leaves_map) +
            store_saturate(st->touch_ref, st->leaves_ref) +
-           store_saturate(st->touch_hash, st->leaves_hash);
+           store_saturate(st->touch_hash, st->leaves_hash) +
+           store_saturate(st->touch_dead, st->dead_n / 64 + 1);
 }
 
 /* Can the txn take need more pages and still leave reserve (store-space.c)?

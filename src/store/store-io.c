@@ -242,8 +242,6 @@ int store_decref_l(struct store *st, uint64_t slot)
     store_touch_l(st, &st->last_ref, slot);
     if (--r.refcount > 0)
         return ref_put_l(st, slot, &r);
-    st->txn_pages++; /* the hash record's leaf (random in `hashes`) */
-    st->touch_hash++;
     uint8_t kb[16];
     put_be64(kb, slot);
     MDB_val k = {8, kb};

@@ -357,7 +357,7 @@ static int txn_begin_l(struct store *st)
     }
     st->txn_ops = 0;
     st->txn_pages = 0;
-    st->touch_map = st->touch_ref = st->touch_hash = 0;
+    st->touch_map = st->touch_ref = st->touch_hash = st->touch_dead = 0;
     if (!st->rdonly && st->db_map) { /* 0 while env_open opens the DBs */
         MDB_stat ms;
         st->leaves_map =
@@ -667,6 +667,14 @@ static int env_open(struct store *st, bool create)
         if (rc)
             return store_mdb_err(st, rc, dbs[i].name);
     }
+    /* `dead` came with format version 4: a read-write open of an older
+     * image creates it (the open's upgrade commits it); a read-only one
+     * does without (such an image has no deletions pending) */
+    rc = mdb_dbi_open(st->txn, "dead", st->rdonly ? 0 : MDB_CREATE,
+                      &st->db_dead);
+    if (rc && rc != MDB_NOTFOUND)
+        return store_mdb_err(st, rc, "dead");
+    st->dead_ok = rc == 0;
     return 0;
 }
 
@@ -879,9 +887,11 @@ int store_open(const char *path, unsigned flags, struct store **out)
 }
 
 /* Mark an image of an older format version as the current one (read-write
- * opens).  Version 2 differs only by having no journal, which
- * store_journal_open creates; what marks the change is that a build from
- * before the journal refuses the image from now on.  The chunk header is
+ * opens).  Version 2 differs by having no journal, which
+ * store_journal_open creates, and versions 2 and 3 by having no `dead` DB,
+ * which env_open creates; what marks the change is that a build from
+ * before them refuses the image from now on (an older build would take
+ * the entries `dead` lists for live ones).  The chunk header is
  * rewritten and synced first, the index's "version" goes with the commit
  * that ends the open; either order is safe, both versions being accepted
  * until both say the current one. */

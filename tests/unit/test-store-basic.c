@@ -40,6 +40,10 @@ static int index_version(uint32_t set, uint32_t *get)
         mdb_txn_abort(txn);
     } else if (!rc) {
         rc = mdb_put(txn, dbi, &k, &d, 0);
+        /* images from before version 4 have no `dead` DB */
+        MDB_dbi dead;
+        if (!rc && set < 4 && !mdb_dbi_open(txn, "dead", 0, &dead))
+            rc = mdb_drop(txn, dead, 1);
         rc = rc ? rc : mdb_txn_commit(txn);
     }
     mdb_env_close(env);
@@ -186,18 +190,18 @@ int main(void)
     EXPECT(store_open(cp, 0, &st) == -EPROTO, "chunk file opened as image");
     /* chunk header: version at offset 16, image UUID at 20 */
     fd = open(cp, O_RDWR);
-    uint32_t ver = 4;
+    uint32_t ver = 5;
     EXPECT(pwrite(fd, "BUSE", 4, 0) == 4 && pwrite(fd, &ver, 4, 16) == 4,
            "patch version");
     EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
-               strstr(store_errmsg(), "version 4"),
-           "chunk format version 4 accepted: %s", store_errmsg());
+               strstr(store_errmsg(), "version 5"),
+           "chunk format version 5 accepted: %s", store_errmsg());
     ver = 1;
     EXPECT(pwrite(fd, &ver, 4, 16) == 4, "patch version");
     EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
                strstr(store_errmsg(), "version 1"),
            "chunk format version 1 accepted: %s", store_errmsg());
-    ver = 3;
+    ver = 4;
     uint8_t u0;
     EXPECT(pwrite(fd, &ver, 4, 16) == 4 && pread(fd, &u0, 1, 20) == 1,
            "restore version");
@@ -214,8 +218,10 @@ int main(void)
     EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
                strstr(store_errmsg(), "version 9"),
            "index format version 9 accepted: %s", store_errmsg());
-    /* version 2 (before the journal): opened; a read-only open leaves it,
-     * a read-write one marks both files 3, with the content unchanged */
+    /* version 2 (before the journal and the `dead` DB): opened; a
+     * read-only open leaves it, a read-write one marks both files 4 and
+     * creates `dead`, with the content unchanged; chunks freed then go
+     * through `dead` */
     ver = 2;
     EXPECT(index_version(ver, NULL) == 0, "lmdb put");
     fd = open(cp, O_RDWR);
@@ -231,17 +237,22 @@ int main(void)
     store_close(st);
     OK(store_open(t_img, 0, &st));
     OK(store_info(st, &si));
-    EXPECT(si.format_version == 3, "read-write open left version %u",
+    EXPECT(si.format_version == 4, "read-write open left version %u",
            si.format_version);
     OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
     OK(store_read(v, big, 0, 5 * STORE_BLOCK));
     EXPECT(memcmp(big, ref, 5 * STORE_BLOCK) == 0,
            "content changed by the upgrade");
+    OK(store_zero(v, 0, 2 * STORE_BLOCK, 0));
     store_vol_close(v);
+    EXPECT_CLEAN(st);
     store_close(st);
-    EXPECT(pread(fd, &ver, 4, 16) == 4 && ver == 3,
+    OK(store_open(t_img, 0, &st));
+    EXPECT_CLEAN(st);
+    store_close(st);
+    EXPECT(pread(fd, &ver, 4, 16) == 4 && ver == 4,
            "chunk header still version %u", ver);
-    EXPECT(index_version(0, &ver) == 0 && ver == 3, "index still version %u",
+    EXPECT(index_version(0, &ver) == 0 && ver == 4, "index still version %u",
            ver);
     close(fd);
     snprintf(cp, sizeof cp, "%s/nothing.db", t_dir);

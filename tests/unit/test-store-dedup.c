@@ -66,6 +66,95 @@ static void check_staging(uint64_t NS, const char *merge_pages)
     unsetenv("BUSESNAP_MERGE_PAGES");
 }
 
+/* Freeing a chunk whose hash is merged stages its deletion in `dead`:
+ * a lookup must not offer that slot (its bytes are still there, but it
+ * has no chunk record), and a slot given the same bytes again must keep
+ * its entry when the merge applies the deletion. */
+static void check_dead(void)
+{
+    const uint64_t NS = 70000, NZ = 1000;
+    struct store *st;
+    struct store_vol *v;
+    struct store_info inf;
+    uint8_t *buf = malloc(256 * STORE_BLOCK);
+    struct store_create_opts o = {.size = 4 * NS * STORE_BLOCK};
+    snprintf(t_img, sizeof t_img, "%s/dead.db", t_dir);
+    OK(store_create(t_img, &o, &st));
+    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    for (uint64_t b = 0; b < NS; b += 256) { /* 65,536 of them merged */
+        for (int i = 0; i < 256; i++)
+            t_pattern(buf + i * STORE_BLOCK, 7, b + i);
+        uint64_t n = NS - b < 256 ? NS - b : 256;
+        OK(store_write(v, buf, b * STORE_BLOCK, (uint32_t)(n * STORE_BLOCK),
+                       0));
+    }
+    /* free the first NZ (merged): deletions staged */
+    OK(store_zero(v, 0, NZ * STORE_BLOCK, 0));
+    EXPECT_CLEAN(st);
+    store_vol_close(v);
+    store_close(st);
+    /* after the commit the freed slots are reused, in the order freed:
+     * the same (hash, slot) pairs are staged again while their deletions
+     * wait */
+    OK(store_open(t_img, 0, &st));
+    EXPECT_CLEAN(st);
+    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    for (uint64_t b = 0; b < NZ - 8; b++) {
+        t_pattern(buf, 7, b);
+        OK(store_write(v, buf, b * STORE_BLOCK, STORE_BLOCK, 0));
+    }
+    /* the last 8 elsewhere: the index still lists their freed slots, which
+     * a lookup must pass over (their bytes are there, their records not) */
+    for (uint64_t b = NZ - 8; b < NZ; b++) {
+        t_pattern(buf, 7, b);
+        OK(store_write(v, buf, (NS + b) * STORE_BLOCK, STORE_BLOCK, 0));
+    }
+    EXPECT_CLEAN(st);
+    /* enough new chunks for a merge pass, which applies the deletions */
+    for (uint64_t b = 0; b < NS; b += 256) {
+        for (int i = 0; i < 256; i++)
+            t_pattern(buf + i * STORE_BLOCK, 8, b + i);
+        uint64_t n = NS - b < 256 ? NS - b : 256;
+        OK(store_write(v, buf, (2 * NS + b) * STORE_BLOCK,
+                       (uint32_t)(n * STORE_BLOCK), 0));
+    }
+    EXPECT_CLEAN(st);
+    store_vol_close(v);
+    store_close(st);
+    OK(store_open(t_img, 0, &st));
+    EXPECT_CLEAN(st);
+    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    OK(store_info(st, &inf));
+    EXPECT(inf.chunks == 2 * NS, "%llu chunks, expected %llu",
+           (unsigned long long)inf.chunks, (unsigned long long)(2 * NS));
+    for (uint64_t b = 0; b < NS; b += 61) {
+        uint64_t at = b >= NZ - 8 && b < NZ ? NS + b : b;
+        t_pattern(buf, 7, b);
+        OK(store_read(v, buf + STORE_BLOCK, at * STORE_BLOCK, STORE_BLOCK));
+        EXPECT(!memcmp(buf, buf + STORE_BLOCK, STORE_BLOCK),
+               "block %llu: not pattern 7 of %llu", (unsigned long long)at,
+               (unsigned long long)b);
+        t_pattern(buf, 8, b);
+        OK(store_read(v, buf + STORE_BLOCK, (2 * NS + b) * STORE_BLOCK,
+                      STORE_BLOCK));
+        EXPECT(!memcmp(buf, buf + STORE_BLOCK, STORE_BLOCK),
+               "block %llu: not pattern 8 of %llu",
+               (unsigned long long)(2 * NS + b), (unsigned long long)b);
+    }
+    /* and they all dedup against the merged index */
+    for (uint64_t b = 0; b < NZ; b++) {
+        t_pattern(buf, 7, b);
+        OK(store_write(v, buf, (3 * NS + b) * STORE_BLOCK, STORE_BLOCK, 0));
+    }
+    OK(store_info(st, &inf));
+    EXPECT(inf.chunks == 2 * NS, "%llu chunks after a copy",
+           (unsigned long long)inf.chunks);
+    EXPECT_CLEAN(st);
+    store_vol_close(v);
+    store_close(st);
+    free(buf);
+}
+
 int main(void)
 {
     struct store *st;
@@ -151,6 +240,7 @@ int main(void)
     memcpy(saved, t_img, sizeof saved);
     check_staging(70000, NULL);
     check_staging(140000, "8");
+    check_dead();
     memcpy(t_img, saved, sizeof saved);
     /* reopened with the real hash, the check reports the fake hashes */
     OK(store_open(t_img, 0, &st));
