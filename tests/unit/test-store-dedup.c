@@ -12,6 +12,31 @@ static void const_hash(const void *block, uint8_t out[16])
     memset(out, 0x42, 16);
 }
 
+/* Blocks first..first+n-1 of pattern seed, written at block `at` on, in
+ * requests of 256 blocks (buf holds 256). */
+static void write_run(struct store_vol *v, uint8_t *buf, uint64_t seed,
+                      uint64_t first, uint64_t at, uint64_t n)
+{
+    for (uint64_t b = 0; b < n; b += 256) {
+        uint64_t k = n - b < 256 ? n - b : 256;
+        for (uint64_t i = 0; i < k; i++)
+            t_pattern(buf + i * STORE_BLOCK, seed, first + b + i);
+        OK(store_write(v, buf, (at + b) * STORE_BLOCK,
+                       (uint32_t)(k * STORE_BLOCK), 0));
+    }
+}
+
+/* Block `at` holds block b of pattern seed (buf: 2 blocks of room). */
+static void expect_copy(struct store_vol *v, uint8_t *buf, uint64_t seed,
+                        uint64_t b, uint64_t at)
+{
+    t_pattern(buf, seed, b);
+    OK(store_read(v, buf + STORE_BLOCK, at * STORE_BLOCK, STORE_BLOCK));
+    EXPECT(!memcmp(buf, buf + STORE_BLOCK, STORE_BLOCK),
+           "block %llu: not block %llu of pattern %llu", (unsigned long long)at,
+           (unsigned long long)b, (unsigned long long)seed);
+}
+
 /* New hashes are staged and merged into the hash index once 65,536 are
  * staged: dedup must find chunks on both sides of a merge, frees must
  * reach both, and a reopen must reload the staged ones.  With
@@ -31,13 +56,7 @@ static void check_staging(uint64_t NS, const char *merge_pages)
     OK(store_create(t_img, &o, &st));
     OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
     for (int pass = 0; pass < 2; pass++) /* the second pass dedups */
-        for (uint64_t b = 0; b < NS; b += 256) {
-            for (int i = 0; i < 256; i++)
-                t_pattern(buf + i * STORE_BLOCK, 5, b + i);
-            uint64_t n = NS - b < 256 ? NS - b : 256;
-            OK(store_write(v, buf, (pass * NS + b) * STORE_BLOCK,
-                           (uint32_t)(n * STORE_BLOCK), 0));
-        }
+        write_run(v, buf, 5, 0, pass * NS, NS);
     OK(store_info(st, &inf));
     EXPECT(inf.chunks == NS, "%llu chunks for %llu distinct blocks",
            (unsigned long long)inf.chunks, (unsigned long long)NS);
@@ -81,13 +100,7 @@ static void check_dead(void)
     snprintf(t_img, sizeof t_img, "%s/dead.db", t_dir);
     OK(store_create(t_img, &o, &st));
     OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
-    for (uint64_t b = 0; b < NS; b += 256) { /* 65,536 of them merged */
-        for (int i = 0; i < 256; i++)
-            t_pattern(buf + i * STORE_BLOCK, 7, b + i);
-        uint64_t n = NS - b < 256 ? NS - b : 256;
-        OK(store_write(v, buf, b * STORE_BLOCK, (uint32_t)(n * STORE_BLOCK),
-                       0));
-    }
+    write_run(v, buf, 7, 0, 0, NS); /* 65,536 of them merged */
     /* free the first NZ (merged): deletions staged */
     OK(store_zero(v, 0, NZ * STORE_BLOCK, 0));
     EXPECT_CLEAN(st);
@@ -99,25 +112,15 @@ static void check_dead(void)
     OK(store_open(t_img, 0, &st));
     EXPECT_CLEAN(st);
     OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
-    for (uint64_t b = 0; b < NZ - 8; b++) {
-        t_pattern(buf, 7, b);
-        OK(store_write(v, buf, b * STORE_BLOCK, STORE_BLOCK, 0));
-    }
+    for (uint64_t b = 0; b < NZ - 8; b++)
+        write_run(v, buf, 7, b, b, 1);
     /* the last 8 elsewhere: the index still lists their freed slots, which
      * a lookup must pass over (their bytes are there, their records not) */
-    for (uint64_t b = NZ - 8; b < NZ; b++) {
-        t_pattern(buf, 7, b);
-        OK(store_write(v, buf, (NS + b) * STORE_BLOCK, STORE_BLOCK, 0));
-    }
+    for (uint64_t b = NZ - 8; b < NZ; b++)
+        write_run(v, buf, 7, b, NS + b, 1);
     EXPECT_CLEAN(st);
     /* enough new chunks for a merge pass, which applies the deletions */
-    for (uint64_t b = 0; b < NS; b += 256) {
-        for (int i = 0; i < 256; i++)
-            t_pattern(buf + i * STORE_BLOCK, 8, b + i);
-        uint64_t n = NS - b < 256 ? NS - b : 256;
-        OK(store_write(v, buf, (2 * NS + b) * STORE_BLOCK,
-                       (uint32_t)(n * STORE_BLOCK), 0));
-    }
+    write_run(v, buf, 8, 0, 2 * NS, NS);
     EXPECT_CLEAN(st);
     store_vol_close(v);
     store_close(st);
@@ -128,24 +131,11 @@ static void check_dead(void)
     EXPECT(inf.chunks == 2 * NS, "%llu chunks, expected %llu",
            (unsigned long long)inf.chunks, (unsigned long long)(2 * NS));
     for (uint64_t b = 0; b < NS; b += 61) {
-        uint64_t at = b >= NZ - 8 && b < NZ ? NS + b : b;
-        t_pattern(buf, 7, b);
-        OK(store_read(v, buf + STORE_BLOCK, at * STORE_BLOCK, STORE_BLOCK));
-        EXPECT(!memcmp(buf, buf + STORE_BLOCK, STORE_BLOCK),
-               "block %llu: not pattern 7 of %llu", (unsigned long long)at,
-               (unsigned long long)b);
-        t_pattern(buf, 8, b);
-        OK(store_read(v, buf + STORE_BLOCK, (2 * NS + b) * STORE_BLOCK,
-                      STORE_BLOCK));
-        EXPECT(!memcmp(buf, buf + STORE_BLOCK, STORE_BLOCK),
-               "block %llu: not pattern 8 of %llu",
-               (unsigned long long)(2 * NS + b), (unsigned long long)b);
+        expect_copy(v, buf, 7, b, b >= NZ - 8 && b < NZ ? NS + b : b);
+        expect_copy(v, buf, 8, b, 2 * NS + b);
     }
     /* and they all dedup against the merged index */
-    for (uint64_t b = 0; b < NZ; b++) {
-        t_pattern(buf, 7, b);
-        OK(store_write(v, buf, (3 * NS + b) * STORE_BLOCK, STORE_BLOCK, 0));
-    }
+    write_run(v, buf, 7, 0, 3 * NS, NZ);
     OK(store_info(st, &inf));
     EXPECT(inf.chunks == 2 * NS, "%llu chunks after a copy",
            (unsigned long long)inf.chunks);
