@@ -26,6 +26,17 @@ static void write_run(struct store_vol *v, uint8_t *buf, uint64_t seed,
     }
 }
 
+/* Check, close (a commit), reopen, check again. */
+static void reopen_clean(struct store **st, struct store_vol **v)
+{
+    EXPECT_CLEAN(*st);
+    store_vol_close(*v);
+    store_close(*st);
+    OK(store_open(t_img, 0, st));
+    EXPECT_CLEAN(*st);
+    OK(store_vol_open(*st, STORE_DEFAULT_VOLUME, v));
+}
+
 /* Block `at` holds block b of pattern seed (buf: 2 blocks of room). */
 static void expect_copy(struct store_vol *v, uint8_t *buf, uint64_t seed,
                         uint64_t b, uint64_t at)
@@ -60,12 +71,7 @@ static void check_staging(uint64_t NS, const char *merge_pages)
     OK(store_info(st, &inf));
     EXPECT(inf.chunks == NS, "%llu chunks for %llu distinct blocks",
            (unsigned long long)inf.chunks, (unsigned long long)NS);
-    EXPECT_CLEAN(st);
-    store_vol_close(v);
-    store_close(st);
-    OK(store_open(t_img, 0, &st));
-    EXPECT_CLEAN(st);
-    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    reopen_clean(&st, &v);
     /* a third copy after the reopen still dedups against all of them */
     for (uint64_t b = 0; b < NS; b += 997) {
         t_pattern(buf, 5, b);
@@ -103,15 +109,10 @@ static void check_dead(void)
     write_run(v, buf, 7, 0, 0, NS); /* 65,536 of them merged */
     /* free the first NZ (merged): deletions staged */
     OK(store_zero(v, 0, NZ * STORE_BLOCK, 0));
-    EXPECT_CLEAN(st);
-    store_vol_close(v);
-    store_close(st);
     /* after the commit the freed slots are reused, in the order freed:
      * the same (hash, slot) pairs are staged again while their deletions
      * wait */
-    OK(store_open(t_img, 0, &st));
-    EXPECT_CLEAN(st);
-    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    reopen_clean(&st, &v);
     for (uint64_t b = 0; b < NZ - 8; b++)
         write_run(v, buf, 7, b, b, 1);
     /* the last 8 elsewhere: the index still lists their freed slots, which
@@ -121,12 +122,7 @@ static void check_dead(void)
     EXPECT_CLEAN(st);
     /* enough new chunks for a merge pass, which applies the deletions */
     write_run(v, buf, 8, 0, 2 * NS, NS);
-    EXPECT_CLEAN(st);
-    store_vol_close(v);
-    store_close(st);
-    OK(store_open(t_img, 0, &st));
-    EXPECT_CLEAN(st);
-    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    reopen_clean(&st, &v);
     OK(store_info(st, &inf));
     EXPECT(inf.chunks == 2 * NS, "%llu chunks, expected %llu",
            (unsigned long long)inf.chunks, (unsigned long long)(2 * NS));
