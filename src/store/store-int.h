@@ -24,7 +24,10 @@
 
 /* 3: the write-ahead journal (IMAGE-journal).  An image of version 2 is
  * opened and, by a read-write open, marked 3: a build from before the
- * journal would open an image with unreplayed records and ignore them. */
+ * journal would open an image with unreplayed records and ignore them.
+ * 4: the `dead` DB (staged deletions from `hashes`, store-hash.c), created
+ * by a read-write open of an image of version 2 or 3, which is then marked
+ * 4: an older build would take the entries it lists for live chunks. */
 #define STORE_FORMAT_VERSION 4u
 #define STORE_FORMAT_OLDEST 2u
 #define STORE_INDEX_MAGIC "BUSESNAP-INDEX"
