@@ -98,6 +98,21 @@ static inline void t_write_pat(struct store_vol *v, uint64_t seed,
     OK(store_write(v, buf, block * STORE_BLOCK, STORE_BLOCK, 0));
 }
 
+/* Blocks first..first+n-1 of pattern seed, written at block `at` on, in
+ * requests of 256 blocks (buf holds 256). */
+static inline void t_write_run(struct store_vol *v, uint8_t *buf,
+                               uint64_t seed, uint64_t first, uint64_t at,
+                               uint64_t n)
+{
+    for (uint64_t b = 0; b < n; b += 256) {
+        uint64_t k = n - b < 256 ? n - b : 256;
+        for (uint64_t i = 0; i < k; i++)
+            t_pattern(buf + i * STORE_BLOCK, seed, first + b + i);
+        OK(store_write(v, buf, (at + b) * STORE_BLOCK,
+                       (uint32_t)(k * STORE_BLOCK), 0));
+    }
+}
+
 /* Check block reads as pattern seed (or zero if seed == 0). */
 static inline int t_is_pat(struct store_vol *v, uint64_t seed, uint64_t block)
 {

@@ -2,8 +2,9 @@
  * keeps writing and is killed with SIGKILL (no close); another child
  * _exits right after a snapshot.  Reopened, the image holds every flushed
  * block and the snapshot, every block reads old or new content, and
- * store_check is clean.  Then a deliberately corrupted chunk is found by
- * store_check. */
+ * store_check is clean.  The same kill on an image big enough for its
+ * hashes to be merged, so that the overwrites stage deletions (`dead`).
+ * Then a deliberately corrupted chunk is found by store_check. */
 #include "store-test-util.h"
 
 #include <fcntl.h>
@@ -21,29 +22,131 @@ static void progress(uint64_t done, uint64_t total, void *arg)
 }
 #define NB 2000
 
-int main(void)
+/* Fork a writer: in the child (0 returned) the image and its volume are
+ * open and *fd is the pipe end to signal a flush on; in the parent *fd is
+ * the end to wait on. */
+static pid_t fork_writer(int *fd, struct store **st, struct store_vol **v)
 {
-    struct store *st;
-    struct store_vol *v;
     int pfd[2];
-    t_setup("crash");
-    struct store_create_opts o = {.size = SIZE};
-    OK(store_create(t_img, &o, &st));
-    store_close(st);
-
     if (pipe(pfd) < 0)
         FAIL("pipe");
     pid_t pid = fork();
     if (pid == 0) {
         close(pfd[0]);
-        OK(store_open(t_img, 0, &st));
-        OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+        *fd = pfd[1];
+        OK(store_open(t_img, 0, st));
+        OK(store_vol_open(*st, STORE_DEFAULT_VOLUME, v));
+        return 0;
+    }
+    close(pfd[1]);
+    *fd = pfd[0];
+    return pid;
+}
+
+/* Once the child has flushed (a byte on fd), let it go on for us
+ * microseconds, then SIGKILL it (no close, no commit). */
+static void kill_later(pid_t pid, int fd, useconds_t us)
+{
+    char x;
+    EXPECT(read(fd, &x, 1) == 1, "child died before its flush");
+    usleep(us);
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    close(fd);
+}
+
+/* Reopen the image (replaying its journal), check it, open the volume. */
+static void open_clean(struct store **st, struct store_vol **v)
+{
+    OK(store_open(t_img, 0, st));
+    EXPECT_CLEAN(*st);
+    OK(store_vol_open(*st, STORE_DEFAULT_VOLUME, v));
+}
+
+/* Block i of the overwrite order: a permutation of [0, n) (7919 is prime
+ * and does not divide n). */
+static uint64_t nth(uint64_t i, uint64_t n)
+{
+    return i * 7919 % n;
+}
+
+/* 70,000 blocks written in 1 MiB requests (65,536 of their hashes merged
+ * into `hashes`), then a child overwrites them one by one, flushing every
+ * 500, and is killed.  Each overwrite frees a chunk whose hash is merged:
+ * its deletion is staged in `dead`, and the journal replay redoes the
+ * overwrites after the last checkpoint.  Then enough new chunks for a
+ * merge pass, which applies the deletions. */
+static void crash_merged(void)
+{
+    const uint64_t NS = 70000, FLUSHED = 2000;
+    struct store *st;
+    struct store_vol *v;
+    uint8_t *buf = malloc(256 * STORE_BLOCK);
+    struct store_create_opts o = {.size = 2 * NS * STORE_BLOCK};
+    snprintf(t_img, sizeof t_img, "%s/merged.db", t_dir);
+    OK(store_create(t_img, &o, &st));
+    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    t_write_run(v, buf, 1, 0, 0, NS);
+    store_vol_close(v);
+    store_close(st);
+    int fd;
+    pid_t pid = fork_writer(&fd, &st, &v);
+    if (pid == 0) {
+        for (uint64_t i = 0; i < NS; i++) {
+            t_write_pat(v, 2, nth(i, NS));
+            if (i % 500 == 499)
+                OK(store_flush(st));
+            if (i == FLUSHED - 1 && write(fd, "x", 1) != 1)
+                _exit(1);
+        }
+        _exit(0);
+    }
+    kill_later(pid, fd, 800000); /* past a checkpoint: committed
+                                        deletions too */
+    open_clean(&st, &v);
+    uint64_t newer = 0;
+    for (uint64_t i = 0; i < NS; i++) {
+        uint64_t b = nth(i, NS);
+        int a = t_is_pat(v, 1, b), c = i < FLUSHED ? 0 : t_is_pat(v, 2, b);
+        if (i < FLUSHED)
+            EXPECT(t_is_pat(v, 2, b), "flushed block %llu lost",
+                   (unsigned long long)b);
+        else
+            EXPECT(a || c, "block %llu is neither old nor new content",
+                   (unsigned long long)b);
+        newer += !a;
+    }
+    printf("after kill -9 (merged hashes): %llu of %llu blocks rewritten\n",
+           (unsigned long long)newer, (unsigned long long)NS);
+    t_write_run(v, buf, 3, 0, NS, NS); /* a merge pass */
+    EXPECT_CLEAN(st);
+    store_vol_close(v);
+    store_close(st);
+    OK(store_open(t_img, 0, &st));
+    EXPECT_CLEAN(st);
+    store_close(st);
+    free(buf);
+}
+
+int main(void)
+{
+    struct store *st;
+    struct store_vol *v;
+    t_setup("crash");
+    struct store_create_opts o = {.size = SIZE};
+    OK(store_create(t_img, &o, &st));
+    store_close(st);
+
+    int fd;
+    pid_t pid = fork_writer(&fd, &st, &v);
+    if (pid == 0) {
         for (uint64_t b = 0; b < NB; b++)
             t_write_pat(v, 1, b);
         for (uint64_t b = NB; b < NB + 100; b++) /* never rewritten */
             t_write_pat(v, 7, b);
         OK(store_flush(st));
-        if (write(pfd[1], "x", 1) != 1)
+        if (write(fd, "x", 1) != 1)
             _exit(1);
         /* overwrite forever (group commits happen meanwhile) */
         for (uint64_t i = 0;; i++) {
@@ -52,18 +155,8 @@ int main(void)
                 store_flush(st);
         }
     }
-    close(pfd[1]);
-    char x;
-    EXPECT(read(pfd[0], &x, 1) == 1, "child died before its flush");
-    usleep(300000); /* let it write (and group-commit) for a while */
-    kill(pid, SIGKILL);
-    int status;
-    waitpid(pid, &status, 0);
-    close(pfd[0]);
-
-    OK(store_open(t_img, 0, &st));
-    EXPECT_CLEAN(st);
-    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    kill_later(pid, fd, 300000); /* it writes and group-commits */
+    open_clean(&st, &v);
     unsigned newer = 0;
     for (uint64_t b = 0; b < NB; b++) {
         int a = t_is_pat(v, 1, b), c = t_is_pat(v, 2, b), d = t_is_pat(v, 3, b);
@@ -78,6 +171,11 @@ int main(void)
     store_vol_close(v);
     store_close(st);
 
+    char saved[sizeof t_img];
+    memcpy(saved, t_img, sizeof saved);
+    crash_merged();
+    memcpy(t_img, saved, sizeof saved);
+
     /* a snapshot is durable when it returns */
     pid = fork();
     if (pid == 0) {
@@ -88,6 +186,7 @@ int main(void)
         t_write_pat(v, 10, 0);
         _exit(0);
     }
+    int status;
     waitpid(pid, &status, 0);
     EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child failed");
     OK(store_open(t_img, 0, &st));
@@ -102,7 +201,7 @@ int main(void)
     store_close(st);
     char cp[400];
     snprintf(cp, sizeof cp, "%s-chunks", t_img);
-    int fd = open(cp, O_RDWR);
+    fd = open(cp, O_RDWR);
     EXPECT(fd >= 0, "open chunks");
     /* a chunk still referenced whatever the killed child got to: blocks
      * NB.. were written once, in order, on a fresh image, after blocks

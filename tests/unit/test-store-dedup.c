@@ -12,20 +12,6 @@ static void const_hash(const void *block, uint8_t out[16])
     memset(out, 0x42, 16);
 }
 
-/* Blocks first..first+n-1 of pattern seed, written at block `at` on, in
- * requests of 256 blocks (buf holds 256). */
-static void write_run(struct store_vol *v, uint8_t *buf, uint64_t seed,
-                      uint64_t first, uint64_t at, uint64_t n)
-{
-    for (uint64_t b = 0; b < n; b += 256) {
-        uint64_t k = n - b < 256 ? n - b : 256;
-        for (uint64_t i = 0; i < k; i++)
-            t_pattern(buf + i * STORE_BLOCK, seed, first + b + i);
-        OK(store_write(v, buf, (at + b) * STORE_BLOCK,
-                       (uint32_t)(k * STORE_BLOCK), 0));
-    }
-}
-
 /* Check, close (a commit), reopen, check again. */
 static void reopen_clean(struct store **st, struct store_vol **v)
 {
@@ -67,7 +53,7 @@ static void check_staging(uint64_t NS, const char *merge_pages)
     OK(store_create(t_img, &o, &st));
     OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
     for (int pass = 0; pass < 2; pass++) /* the second pass dedups */
-        write_run(v, buf, 5, 0, pass * NS, NS);
+        t_write_run(v, buf, 5, 0, pass * NS, NS);
     OK(store_info(st, &inf));
     EXPECT(inf.chunks == NS, "%llu chunks for %llu distinct blocks",
            (unsigned long long)inf.chunks, (unsigned long long)NS);
@@ -106,7 +92,7 @@ static void check_dead(void)
     snprintf(t_img, sizeof t_img, "%s/dead.db", t_dir);
     OK(store_create(t_img, &o, &st));
     OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
-    write_run(v, buf, 7, 0, 0, NS); /* 65,536 of them merged */
+    t_write_run(v, buf, 7, 0, 0, NS); /* 65,536 of them merged */
     /* free the first NZ (merged): deletions staged */
     OK(store_zero(v, 0, NZ * STORE_BLOCK, 0));
     /* after the commit the freed slots are reused, in the order freed:
@@ -114,14 +100,14 @@ static void check_dead(void)
      * wait */
     reopen_clean(&st, &v);
     for (uint64_t b = 0; b < NZ - 8; b++)
-        write_run(v, buf, 7, b, b, 1);
+        t_write_run(v, buf, 7, b, b, 1);
     /* the last 8 elsewhere: the index still lists their freed slots, which
      * a lookup must pass over (their bytes are there, their records not) */
     for (uint64_t b = NZ - 8; b < NZ; b++)
-        write_run(v, buf, 7, b, NS + b, 1);
+        t_write_run(v, buf, 7, b, NS + b, 1);
     EXPECT_CLEAN(st);
     /* enough new chunks for a merge pass, which applies the deletions */
-    write_run(v, buf, 8, 0, 2 * NS, NS);
+    t_write_run(v, buf, 8, 0, 2 * NS, NS);
     reopen_clean(&st, &v);
     OK(store_info(st, &inf));
     EXPECT(inf.chunks == 2 * NS, "%llu chunks, expected %llu",
@@ -131,7 +117,7 @@ static void check_dead(void)
         expect_copy(v, buf, 8, b, 2 * NS + b);
     }
     /* and they all dedup against the merged index */
-    write_run(v, buf, 7, 0, 3 * NS, NZ);
+    t_write_run(v, buf, 7, 0, 3 * NS, NZ);
     OK(store_info(st, &inf));
     EXPECT(inf.chunks == 2 * NS, "%llu chunks after a copy",
            (unsigned long long)inf.chunks);
