@@ -485,19 +485,17 @@ static int merge_cmp(const void *a, const void *b)
 }
 
 /* The staged deletions of the range [from, to) (end: to the end of the
- * key space): out of `hashes`, then out of `dead`, both in key order. */
-static int merge_dead_l(struct store *st, uint64_t from, uint64_t to, bool end)
+ * key space): out of `hashes` (through hc, the merge's cursor), then out
+ * of `dead`, both in key order. */
+static int merge_dead_l(struct store *st, MDB_cursor *hc, uint64_t from,
+                        uint64_t to, bool end)
 {
     if (!st->dead_n)
         return 0;
-    MDB_cursor *dc, *hc;
+    MDB_cursor *dc;
     int mrc = mdb_cursor_open(st->txn, st->db_dead, &dc);
     if (mrc)
         return store_mdb_err(st, mrc, "dead");
-    if ((mrc = mdb_cursor_open(st->txn, st->db_hashes, &hc))) {
-        mdb_cursor_close(dc);
-        return store_mdb_err(st, mrc, "hashes");
-    }
     uint8_t at[24] = {0}; /* where the next entry is looked for */
     put_be64(at, from);
     MDB_val k = {24, at}, d;
@@ -529,7 +527,6 @@ static int merge_dead_l(struct store *st, uint64_t from, uint64_t to, bool end)
     }
     if (!rc && mrc && mrc != MDB_NOTFOUND)
         rc = store_mdb_err(st, mrc, "dead");
-    mdb_cursor_close(hc);
     mdb_cursor_close(dc);
     return rc;
 }
@@ -595,11 +592,12 @@ int store_hash_merge_l(struct store *st)
      * sequential overwrites, inserted in slot order). */
     if (n)
         qsort(ents, n, sizeof *ents, merge_cmp);
-    int rc = merge_dead_l(st, from, to, end); /* deletions first */
+    int rc = 0;
     MDB_cursor *hc;
-    if (!rc && (mrc = mdb_cursor_open(st->txn, st->db_hashes, &hc)))
+    if ((mrc = mdb_cursor_open(st->txn, st->db_hashes, &hc)))
         rc = store_mdb_err(st, mrc, "hashes");
-    else if (!rc) {
+    else {
+        rc = merge_dead_l(st, hc, from, to, end); /* deletions first */
         for (size_t i = 0; i < n && !rc; i++) {
             uint8_t sb[8];
             put_be64(sb, ents[i].slot);
