@@ -140,6 +140,14 @@ static inline void t_problem(const char *msg, void *arg)
             FAIL("store_check found %d problems", n_);                         \
     } while (0)
 
+/* Open the image (replaying its journal), check it, open its volume. */
+static inline void t_open_clean(struct store **st, struct store_vol **v)
+{
+    OK(store_open(t_img, 0, st));
+    EXPECT_CLEAN(*st);
+    OK(store_vol_open(*st, STORE_DEFAULT_VOLUME, v));
+}
+
 static inline uint64_t t_file_bytes(const char *path)
 {
     struct stat sb;

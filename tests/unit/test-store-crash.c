@@ -56,14 +56,6 @@ static void kill_later(pid_t pid, int fd, useconds_t us)
     close(fd);
 }
 
-/* Reopen the image (replaying its journal), check it, open the volume. */
-static void open_clean(struct store **st, struct store_vol **v)
-{
-    OK(store_open(t_img, 0, st));
-    EXPECT_CLEAN(*st);
-    OK(store_vol_open(*st, STORE_DEFAULT_VOLUME, v));
-}
-
 /* Block i of the overwrite order: a permutation of [0, n) (7919 is prime
  * and does not divide n). */
 static uint64_t nth(uint64_t i, uint64_t n)
@@ -104,7 +96,7 @@ static void crash_merged(void)
     }
     kill_later(pid, fd, 800000); /* past a checkpoint: committed
                                         deletions too */
-    open_clean(&st, &v);
+    t_open_clean(&st, &v);
     uint64_t newer = 0;
     for (uint64_t i = 0; i < NS; i++) {
         uint64_t b = nth(i, NS);
@@ -156,7 +148,7 @@ int main(void)
         }
     }
     kill_later(pid, fd, 300000); /* it writes and group-commits */
-    open_clean(&st, &v);
+    t_open_clean(&st, &v);
     unsigned newer = 0;
     for (uint64_t b = 0; b < NB; b++) {
         int a = t_is_pat(v, 1, b), c = t_is_pat(v, 2, b), d = t_is_pat(v, 3, b);

@@ -18,9 +18,7 @@ static void reopen_clean(struct store **st, struct store_vol **v)
     EXPECT_CLEAN(*st);
     store_vol_close(*v);
     store_close(*st);
-    OK(store_open(t_img, 0, st));
-    EXPECT_CLEAN(*st);
-    OK(store_vol_open(*st, STORE_DEFAULT_VOLUME, v));
+    t_open_clean(st, v);
 }
 
 /* Block `at` holds block b of pattern seed (buf: 2 blocks of room). */
