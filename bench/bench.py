@@ -97,13 +97,14 @@ def prefill(uri, size=REGION, offset=0):
     t = time.monotonic()
     r = fio(uri, "write", "1M", 8, size=size, offset=offset, extra=["--end_fsync=1"])
     r["wall_s"] = round(time.monotonic() - t, 2)
+    r["bytes"] = size
     return r
 
 
 def flushed(r):
     """A prefill's rates by its wall time (the writes and the final
     flush), instead of fio's, which leaves out the flush."""
-    mbps = REGION / r["wall_s"] / 1e6
+    mbps = r["bytes"] / r["wall_s"] / 1e6
     return dict(r, mbps=round(mbps, 1), iops=round(mbps * 1e6 / MIB, 1))
 
 
