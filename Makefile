@@ -104,7 +104,7 @@ check-kernel:
 	tests/kernel/run.sh
 
 bench:
-	tests/deps.sh
+	tests/deps.sh --build
 	$(MAKE) all
 	bench/run.sh
 
@@ -114,7 +114,7 @@ SERVE_IMAGE ?= busesnap.db
 SERVE_SIZE  ?= 8G
 SERVE_SOCK  ?= busesnap.sock
 serve:
-	tests/deps.sh
+	tests/deps.sh --build
 	$(MAKE) all
 	./busesnap serve $(SERVE_IMAGE) --size $(SERVE_SIZE) --socket $(SERVE_SOCK)
 

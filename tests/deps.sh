@@ -1,13 +1,21 @@
 #!/bin/bash
 # tests/deps.sh: install what the build and the tests need, on Debian 12.
 # Does nothing when everything is present; needs root (apt-get) otherwise.
-# With arguments, those packages instead (bench/run.sh: the peer servers).
+# With --build, only what `make all` needs (make serve, make bench: a fresh
+# machine need not fetch clang and valgrind to serve a disk or run the
+# benchmark).  With other arguments, those packages instead (bench/run.sh:
+# the peer servers).
 set -euo pipefail
-pkgs=(build-essential pkg-config liblmdb-dev lmdb-utils libxxhash-dev uuid-dev
-      libnl-genl-3-dev libnbd-bin python3-libnbd qemu-utils fio fuse3 e2fsprogs
-      nbdkit socat jq util-linux mount clang-format libjansson-dev
+build=(build-essential pkg-config liblmdb-dev libxxhash-dev uuid-dev
+       libnl-genl-3-dev libjansson-dev)
+pkgs=("${build[@]}" lmdb-utils libnbd-bin python3-libnbd qemu-utils fio fuse3
+      e2fsprogs nbdkit socat jq util-linux mount clang-format
       clang libclang-rt-14-dev valgrind)
-[ $# -gt 0 ] && pkgs=("$@")
+if [ "${1:-}" = --build ]; then
+    pkgs=("${build[@]}")
+elif [ $# -gt 0 ]; then
+    pkgs=("$@")
+fi
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
