@@ -256,7 +256,7 @@ def markdown(res, table, tg, servers):
     L += ["", "## Store-specific measures"] + store_sections(res)
     L += ["", "## Running it", "",
           "```sh",
-          "make bench                      # full run, about 13 min; rewrites this page and the chart",
+          "make bench                      # full run, about 12 min; rewrites this page and the chart",
           "BENCH_QUICK=1 make bench        # about two minutes, 256 MiB region, 1 s points",
           "BENCH_SERVERS=busesnap,nbdkit-memory BENCH_PHASES=standard bench/run.sh",
           "BENCH_OUT=/tmp/r.json bench/run.sh   # results and page in /tmp, doc/ untouched",
