@@ -494,6 +494,7 @@ static void print_info(json_t *in)
     BYTES("journal:", "journal_bytes");
     BYTES("hash filter:", "filter_bytes");
     printf("%-18s %lld\n", "filter layers:", jint(in, "filter_layers"));
+    printf("%-18s %lld\n", "hashes staged:", jint(in, "hashes_staged"));
     printf("%-18s %lld\n", "volumes:", jint(in, "volumes"));
     printf("%-18s %lld\n", "snapshots:", jint(in, "snapshots"));
 #undef BYTES

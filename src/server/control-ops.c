@@ -45,7 +45,8 @@ json_t *ctl_info_json(const char *image, const struct store_info *si)
         (json_int_t)si->reserved_bytes, "index_bytes", (json_int_t)si->map_used,
         "index_limit", (json_int_t)si->map_size, "journal_bytes",
         (json_int_t)si->journal_bytes, "filter_bytes",
-        (json_int_t)si->filter_bytes, "filter_layers", (int)si->filter_layers);
+        (json_int_t)si->filter_bytes, "filter_layers", (int)si->filter_layers,
+        "hashes_staged", (json_int_t)si->hashes_staged);
 }
 
 json_t *ctl_obj_json(const struct store_obj_info *info, int clients,

@@ -459,12 +459,12 @@ static uint64_t key_pos(const uint8_t h[16])
 }
 
 /* Move staged hashes into `hashes` (in the current txn, which the caller
- * commits; store_commit_l calls this again after that commit while a pass
- * is due).  A pass walks the key space in order: each txn takes the staged
- * keys of the next range, as wide as STORE_MERGE_PAGES of the L leaves of
- * `hashes` (the keys are uniform), so that each txn dirties about that many
- * leaves and a pass dirties each leaf once, whatever the number of keys
- * staged.  Taking them in staging order instead spread every txn's keys
+ * commits; store_commit_l calls this again, in a loop, after each such
+ * commit while a pass is due).  A pass walks the key space in order: each txn
+ * takes the staged keys of the next range, as wide as STORE_MERGE_PAGES of the
+ * L leaves of `hashes` (the keys are uniform), so that each txn dirties about
+ * that many leaves and a pass dirties each leaf once, whatever the number of
+ * keys staged.  Taking them in staging order instead spread every txn's keys
  * over all leaves: with 1M chunks a pass rewrote about 0.8 leaf per key
  * merged, 2 GB of index writes for a 4 GiB fill.  A txn's dirty pages are
  * malloc'd by LMDB and kept for reuse by later txns, so that limit is also

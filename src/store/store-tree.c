@@ -761,6 +761,7 @@ int store_info(struct store *st, struct store_info *out)
     }
     out->filter_bytes = st->bloom_bits / 8;
     out->filter_layers = st->bloom_n;
+    out->hashes_staged = st->hp_used + st->dead_n;
     MDB_envinfo ei;
     out->map_size = st->map_size;
     if (mdb_env_info(st->env, &ei) == 0)

@@ -393,18 +393,19 @@ static int reload_l(struct store *st)
     return rc;
 }
 
-/* Make everything done so far durable.  On failure the uncommitted changes
- * are lost (the txn is aborted and the in-memory state reloaded from the
- * last durable index) and -errno is returned. */
-int store_commit_l(struct store *st)
+/* One commit of the txn (store_commit_l without the merge passes); *done
+ * tells whether there was one to make. */
+static int commit_once_l(struct store *st, bool *done)
 {
     int rc, err = 0;
+    *done = false;
     if (st->rdonly || !st->txn)
         return st->txn ? 0 : store_set_err(st, -EIO, "no transaction");
     if (st->failed) /* offline: what is in memory may be wrong; never write */
         return store_failed_l(st);
     if (!st->dirty && !st->chunk_dirty)
         return 0;
+    *done = true;
     for (uint32_t i = 1; i < st->nodes_cap && !err; i++) {
         if (st->nodes[i].dirty && st->nodes[i].state) {
             err = store_node_put_l(st, i);
@@ -437,15 +438,27 @@ int store_commit_l(struct store *st)
     rc = txn_begin_l(st);
     if (err && !rc)
         reload_l(st);
-    if (!err && !rc && store_hash_merge_due_l(st)) {
-        /* in a fresh txn, so its dirty pages stay well within limits */
-        rc = store_hash_merge_l(st);
-        if (!rc)
-            rc = store_commit_l(st);
-        else
-            store_abort_l(st);
-    }
     return err ? err : rc;
+}
+
+/* Make everything done so far durable.  On failure the uncommitted changes
+ * are lost (the txn is aborted and the in-memory state reloaded from the
+ * last durable index) and -errno is returned.  Then, while a merge of the
+ * staged hashes is due, its txns follow, each in a fresh txn so that its
+ * dirty pages stay within limits (store-hash.c), each committed. */
+int store_commit_l(struct store *st)
+{
+    bool done;
+    int rc = commit_once_l(st, &done);
+    while (!rc && done && store_hash_merge_due_l(st)) {
+        rc = store_hash_merge_l(st);
+        if (rc) {
+            store_abort_l(st);
+            break;
+        }
+        rc = commit_once_l(st, &done);
+    }
+    return rc;
 }
 
 /* Drop every change since the last commit (after a failure mid-way).  If

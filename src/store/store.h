@@ -132,6 +132,9 @@ struct store_info {
     uint64_t filter_bytes;     /* memory of the Bloom filter over the hash
                                   index (0: none, as on read-only opens) */
     uint32_t filter_layers;    /* it grows by adding layers */
+    uint64_t hashes_staged;    /* hash index insertions and deletions
+                                  waiting for a merge pass (store-hash.c;
+                                  one starts at STORE_HASH_MERGE) */
     uint64_t reserved_bytes;   /* preallocated past their ends, so that a
                                   full disk fails writes cleanly */
     uint64_t map_size;         /* index size limit (bytes) */
