@@ -365,7 +365,14 @@ int store_hash_del_l(struct store *st, const uint8_t h[16], uint64_t slot)
             return store_mdb_err(st, rc, "recent");
         return 0;
     }
-    if (!st->dead_ok) {  /* (read-only opens do not free chunks) */
+    /* Deleted at once from `hashes`: without `dead` (read-only opens do not
+     * free chunks anyway), and when the index is short of room.  A staged
+     * deletion is a new entry in `dead` that only a merge pass, which waits
+     * for room, takes away; near a full index, trims and deletes that free
+     * chunks must free index pages too, not take more (a 16 MiB index
+     * filled with unique data then refused every trim with MDB_MAP_FULL
+     * and could not be emptied without a bigger map). */
+    if (!st->dead_ok || st->room < STORE_ROOM_FULL) {
         st->txn_pages++; /* a random leaf of `hashes` */
         st->touch_hash++;
         MDB_val hk = {16, (void *)h}, hd = {8, sb};
@@ -535,8 +542,9 @@ int store_hash_merge_l(struct store *st)
 {
     /* on a nearly full index or disk, smaller merges (store-space.c) */
     size_t pages = st->merge_pages;
-    if (pages > st->room / 8)
-        pages = st->room / 8;
+    uint64_t room = st->room > st->reserve ? st->room - st->reserve : 0;
+    if (pages > room / 8)
+        pages = room / 8;
     if (pages < 16 && pages < st->merge_pages)
         return 0; /* no room now: the table takes what it can meanwhile */
     MDB_stat ms;

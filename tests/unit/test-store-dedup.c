@@ -85,6 +85,56 @@ static void check_staging(uint64_t NS, const char *merge_pages)
     unsetenv("BUSESNAP_MERGE_PAGES");
 }
 
+/* An index filled to its map size with unique data: a trim must free its
+ * chunks and writes must work again, with no bigger map.  Two things made
+ * every trim fail with MDB_MAP_FULL here (this test included): a merge
+ * pass took the pages kept for trims (it now leaves the reserve), and
+ * staged hash deletions took pages instead of freeing them (near a full
+ * index they are deleted at once from `hashes`). */
+static void check_full_index(void)
+{
+    struct store *st;
+    struct store_vol *v;
+    struct store_info inf;
+    uint8_t *buf = malloc(64 * STORE_BLOCK);
+    struct store_create_opts o = {.size = 8ull << 30, .map_size = 48u << 20};
+    snprintf(t_img, sizeof t_img, "%s/full.db", t_dir);
+    OK(store_create(t_img, &o, &st));
+    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    uint64_t b = 0;
+    int rc = 0;
+    for (; b < o.size / STORE_BLOCK && !rc; b += 64) {
+        for (int i = 0; i < 64; i++)
+            t_pattern(buf + i * STORE_BLOCK, 6, b + i);
+        rc = store_write(v, buf, b * STORE_BLOCK, 64 * STORE_BLOCK, 0);
+    }
+    EXPECT(rc == -ENOSPC, "filling a 48 MiB index: %d after %llu blocks", rc,
+           (unsigned long long)b);
+    OK(store_info(st, &inf));
+    uint64_t before = inf.chunks, cut = b / 10 / 64 * 64;
+    EXPECT(before > 131072, "%llu chunks: no merge pass before full",
+           (unsigned long long)before);
+    OK(store_zero(v, 0, cut * STORE_BLOCK, 0)); /* one request */
+    OK(store_info(st, &inf));
+    EXPECT(inf.chunks + cut <= before,
+           "%llu chunks after trimming %llu of %llu",
+           (unsigned long long)inf.chunks, (unsigned long long)cut,
+           (unsigned long long)before);
+    /* new data fits again where the trim freed room */
+    for (uint64_t c = 0; c < 1024; c += 64) {
+        for (int i = 0; i < 64; i++)
+            t_pattern(buf + i * STORE_BLOCK, 7, c + i);
+        OK(store_write(v, buf, c * STORE_BLOCK, 64 * STORE_BLOCK, 0));
+    }
+    for (uint64_t c = 0; c < 1024; c += 97)
+        EXPECT_PAT(v, 7, c);
+    EXPECT_PAT(v, 6, b - 100);
+    EXPECT_CLEAN(st);
+    store_vol_close(v);
+    store_close(st);
+    free(buf);
+}
+
 /* Freeing a chunk whose hash is merged stages its deletion in `dead`:
  * a lookup must not offer that slot (its bytes are still there, but it
  * has no chunk record), and a slot given the same bytes again must keep
@@ -221,6 +271,7 @@ int main(void)
     check_staging(70000, NULL);
     check_staging(140000, "8");
     check_dead();
+    check_full_index();
     memcpy(t_img, saved, sizeof saved);
     /* reopened with the real hash, the check reports the fake hashes */
     OK(store_open(t_img, 0, &st));
