@@ -369,10 +369,10 @@ int store_hash_del_l(struct store *st, const uint8_t h[16], uint64_t slot)
      * free chunks anyway), and when the index is short of room.  A staged
      * deletion is a new entry in `dead` that only a merge pass, which waits
      * for room, takes away; near a full index, trims and deletes that free
-     * chunks must free index pages too, not take more (a 16 MiB index
+     * chunks must free index pages too, not take more (a 48 MiB index
      * filled with unique data then refused every trim with MDB_MAP_FULL
-     * and could not be emptied without a bigger map). */
-    if (!st->dead_ok || st->room < STORE_ROOM_FULL) {
+     * and could not be emptied without a bigger map; test-store-dedup). */
+    if (!st->dead_ok || store_room_short_l(st)) {
         st->txn_pages++; /* a random leaf of `hashes` */
         st->touch_hash++;
         MDB_val hk = {16, (void *)h}, hd = {8, sb};

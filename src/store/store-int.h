@@ -343,10 +343,17 @@ static inline uint64_t store_dirty_est_l(const struct store *st)
  * so that space never commits earlier than the group commit limits; when
  * space is short, the upper bound txn_pages with a factor 3 (branch pages,
  * the free list, estimate error). */
+/* The txn has less than STORE_ROOM_FULL pages of room: a nearly full index
+ * or disk, where estimates turn careful and frees must free pages. */
+static inline bool store_room_short_l(const struct store *st)
+{
+    return st->room < STORE_ROOM_FULL;
+}
+
 static inline bool store_room_ok_l(const struct store *st, uint64_t need,
                                    uint64_t reserve)
 {
-    uint64_t used = st->room >= STORE_ROOM_FULL
+    uint64_t used = !store_room_short_l(st)
                         ? 2 * (store_dirty_est_l(st) + st->txn_ops / 16)
                         : 3 * (st->txn_pages + st->txn_ops / 16);
     return used + need + reserve <= st->room;

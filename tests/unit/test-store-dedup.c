@@ -96,7 +96,7 @@ static void check_full_index(void)
     struct store *st;
     struct store_vol *v;
     struct store_info inf;
-    uint8_t *buf = malloc(64 * STORE_BLOCK);
+    uint8_t *buf = malloc(256 * STORE_BLOCK);
     struct store_create_opts o = {.size = 8ull << 30, .map_size = 48u << 20};
     snprintf(t_img, sizeof t_img, "%s/full.db", t_dir);
     OK(store_create(t_img, &o, &st));
@@ -121,11 +121,7 @@ static void check_full_index(void)
            (unsigned long long)inf.chunks, (unsigned long long)cut,
            (unsigned long long)before);
     /* new data fits again where the trim freed room */
-    for (uint64_t c = 0; c < 1024; c += 64) {
-        for (int i = 0; i < 64; i++)
-            t_pattern(buf + i * STORE_BLOCK, 7, c + i);
-        OK(store_write(v, buf, c * STORE_BLOCK, 64 * STORE_BLOCK, 0));
-    }
+    t_write_run(v, buf, 7, 0, 0, 1024);
     for (uint64_t c = 0; c < 1024; c += 97)
         EXPECT_PAT(v, 7, c);
     EXPECT_PAT(v, 6, b - 100);
