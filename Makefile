@@ -150,3 +150,8 @@ RELIABILITY_TOOLS :=
 reliability-tools: $(RELIABILITY_TOOLS)
 
 .PHONY: all deps check check-kernel check-reliability reliability-tools bench serve install format format-check clean
+
+# The store-API benchmark (issue 17, M0): make bench/store-api, then see its
+# usage line; bench/run.sh runs it.
+bench/store-api: bench/store-api.c libstore.a
+	$(CC) $(CFLAGS) -Isrc -o $@ $^ $(LDFLAGS) $(LIBS_STORE)

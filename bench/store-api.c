@@ -1,0 +1,275 @@
+/* store-api.c: the store's write path measured through its C API, with no
+ * NBD transport in the way (issue 17, milestone M0).
+ *
+ * A volume of SIZE is filled with unique data in 1 MiB writes, then
+ * THREADS threads overwrite random 4 KiB blocks with fresh unique data for
+ * SECONDS.  What is printed, one line per figure, as "key value" pairs a
+ * script can read:
+ *   iops            overwrites per second (wall clock, all threads)
+ *   cpu_us_per_write  process CPU time (every thread: writers, the
+ *                   store's background work) per overwrite, the close's
+ *                   final checkpoint included
+ *   disk_per_data   bytes this process caused to be written to disk
+ *                   (/proc/self/io write_bytes) per byte of data written,
+ *                   the close included
+ *   dev_per_data    the same counted at the block device (every writer of
+ *                   the machine: only meaningful on a quiet machine)
+ *   image_per_live  the image's files (allocated bytes) over the live data
+ *                   after the overwrites and the close
+ * Modes (-m): "rand" (the above), "flush32" (a store_flush after every 32
+ * writes of each thread), "seq" (1 MiB sequential overwrites instead of
+ * 4 KiB random ones).  The figures of one run mean something only beside
+ * another binary's, measured in the same minutes (bench/notes.md).
+ *
+ * Usage: store-api [-d DIR] [-s SIZE_MIB] [-t THREADS] [-T SECONDS]
+ *                  [-m rand|flush32|seq] [-k (keep the image)]
+ */
+#include "store/store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MIB (1ull << 20)
+
+static struct store *st;
+static struct store_vol *vol;
+static uint64_t nblocks;
+static int mode_flush32, mode_seq;
+static atomic_bool stop;
+static atomic_uint_fast64_t writes_done;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static double cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void die(const char *what, int rc)
+{
+    fprintf(stderr, "store-api: %s: %s (%s)\n", what, strerror(-rc),
+            store_errmsg());
+    exit(1);
+}
+
+/* xorshift64*: unique data and offsets, cheap next to the store's work */
+static uint64_t next(uint64_t *s)
+{
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 2685821657736338717ull;
+}
+
+static void fill(uint64_t *seed, void *buf, size_t n)
+{
+    uint64_t *w = buf;
+    for (size_t i = 0; i < n / 8; i++)
+        w[i] = next(seed);
+}
+
+static uint64_t io_written(void)
+{
+    FILE *f = fopen("/proc/self/io", "r");
+    char line[128];
+    unsigned long long v = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "write_bytes: %llu", &v) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return v;
+}
+
+/* Sectors written to the block device under dir, from its stat file (the
+ * whole machine's writes to it: noisy where other work runs, but it counts
+ * what the kernel really wrote, writeback included). */
+static uint64_t dev_written(const char *dir)
+{
+    struct stat sb;
+    char p[128];
+    unsigned long long f[7] = {0};
+    if (stat(dir, &sb))
+        return 0;
+    snprintf(p, sizeof p, "/sys/dev/block/%u:%u/stat", major(sb.st_dev),
+             minor(sb.st_dev));
+    FILE *fp = fopen(p, "r");
+    if (!fp || fscanf(fp, "%llu %llu %llu %llu %llu %llu %llu", &f[0], &f[1],
+                      &f[2], &f[3], &f[4], &f[5], &f[6]) != 7)
+        f[6] = 0;
+    if (fp)
+        fclose(fp);
+    return f[6] * 512;
+}
+
+/* Allocated bytes of every file of the image (IMAGE*). */
+static uint64_t image_bytes(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "du -B1 -c '%s'/image.db* | tail -n1", dir);
+    FILE *p = popen(cmd, "r");
+    unsigned long long v = 0;
+    if (!p || fscanf(p, "%llu", &v) != 1)
+        v = 0;
+    if (p)
+        pclose(p);
+    return v;
+}
+
+static void *writer(void *arg)
+{
+    uint64_t seed = 0x9e3779b97f4a7c15ull * ((uintptr_t)arg + 1);
+    size_t len = mode_seq ? MIB : STORE_BLOCK;
+    uint8_t *buf = malloc(len);
+    uint64_t pos = (uintptr_t)arg * (nblocks / 16) % nblocks, n = 0;
+    while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
+        uint64_t b;
+        if (mode_seq) {
+            b = pos;
+            pos = (pos + MIB / STORE_BLOCK) % nblocks;
+        } else {
+            b = next(&seed) % nblocks;
+        }
+        fill(&seed, buf, len);
+        int rc = store_write(vol, buf, b * STORE_BLOCK, (uint32_t)len, 0);
+        if (rc)
+            die("write", rc);
+        n++;
+        if (mode_flush32 && n % 32 == 0 && (rc = store_flush(st)))
+            die("flush", rc);
+        atomic_fetch_add_explicit(&writes_done, 1, memory_order_relaxed);
+    }
+    free(buf);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    const char *dir = "/var/tmp";
+    uint64_t size_mib = 1024;
+    int threads = 1, seconds = 10, keep = 0, opt;
+    const char *mode = "rand";
+    while ((opt = getopt(argc, argv, "d:s:t:T:m:k")) != -1) {
+        switch (opt) {
+        case 'd': dir = optarg; break;
+        case 's': size_mib = strtoull(optarg, NULL, 0); break;
+        case 't': threads = atoi(optarg); break;
+        case 'T': seconds = atoi(optarg); break;
+        case 'm': mode = optarg; break;
+        case 'k': keep = 1; break;
+        default:
+            fprintf(stderr, "usage: store-api [-d DIR] [-s SIZE_MIB] "
+                            "[-t THREADS] [-T SECONDS] [-m rand|flush32|seq] "
+                            "[-k]\n");
+            return 2;
+        }
+    }
+    mode_flush32 = !strcmp(mode, "flush32");
+    mode_seq = !strcmp(mode, "seq");
+    if (!mode_flush32 && !mode_seq && strcmp(mode, "rand")) {
+        fprintf(stderr, "store-api: unknown mode %s\n", mode);
+        return 2;
+    }
+    if (threads < 1 || threads > 64 || size_mib < 16 || seconds < 1) {
+        fprintf(stderr, "store-api: bad arguments\n");
+        return 2;
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    char tdir[512], img[600];
+    snprintf(tdir, sizeof tdir, "%s/store-api.XXXXXX", dir);
+    if (!mkdtemp(tdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    snprintf(img, sizeof img, "%s/image.db", tdir);
+    uint64_t size = size_mib * MIB;
+    nblocks = size / STORE_BLOCK;
+    struct store_create_opts o = {.size = size, .volume_name = "bench"};
+    int rc = store_create(img, &o, &st);
+    if (rc)
+        die("create", rc);
+    if ((rc = store_vol_open(st, "bench", &vol)))
+        die("open", rc);
+
+    /* the fill: unique data, 1 MiB writes, then flushed */
+    uint8_t *big = malloc(MIB);
+    uint64_t seed = 42;
+    double t0 = now();
+    for (uint64_t off = 0; off < size; off += MIB) {
+        fill(&seed, big, MIB);
+        if ((rc = store_write(vol, big, off, MIB, 0)))
+            die("fill", rc);
+    }
+    if ((rc = store_flush(st)))
+        die("flush", rc);
+    double fill_s = now() - t0;
+    free(big);
+    printf("mode %s\nsize_mib %" PRIu64 "\nthreads %d\nseconds %d\n", mode,
+           size_mib, threads, seconds);
+    printf("fill_mb_s %.0f\n", size / fill_s / 1e6);
+    /* let the fill's background work settle, then measure */
+    store_vol_close(vol);
+    store_close(st);
+    if ((rc = store_open(img, 0, &st)) || (rc = store_vol_open(st, "bench", &vol)))
+        die("reopen", rc);
+
+    sync();
+    uint64_t io0 = io_written(), dev0 = dev_written(dir);
+    double c0 = cpu();
+    t0 = now();
+    pthread_t th[64];
+    for (int i = 0; i < threads; i++)
+        pthread_create(&th[i], NULL, writer, (void *)(uintptr_t)i);
+    struct timespec ts = {seconds, 0};
+    nanosleep(&ts, NULL);
+    atomic_store(&stop, true);
+    for (int i = 0; i < threads; i++)
+        pthread_join(th[i], NULL);
+    double wall = now() - t0;
+    uint64_t n = atomic_load(&writes_done);
+    uint64_t bytes = n * (mode_seq ? MIB : STORE_BLOCK);
+    /* the background work that the writes left is theirs too */
+    store_vol_close(vol);
+    double tc = now();
+    store_close(st);
+    double close_s = now() - tc;
+    double cpu_s = cpu() - c0;
+    uint64_t io = io_written() - io0;
+    sync();
+    uint64_t dev = dev_written(dir) - dev0;
+    printf("writes %" PRIu64 "\n", n);
+    printf("iops %.0f\n", n / wall);
+    printf("mb_s %.1f\n", bytes / wall / 1e6);
+    printf("cpu_us_per_write %.2f\n", cpu_s * 1e6 / n);
+    printf("cpu_us_per_block %.2f\n", cpu_s * 1e6 / (bytes / STORE_BLOCK));
+    printf("close_s %.2f\n", close_s);
+    printf("disk_per_data %.3f\n", (double)io / bytes);
+    printf("dev_per_data %.3f\n", (double)dev / bytes);
+    printf("image_per_live %.3f\n", (double)image_bytes(tdir) / size);
+    if (!keep) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tdir);
+        if (system(cmd))
+            return 1;
+    } else {
+        printf("image %s\n", img);
+    }
+    return 0;
+}
