@@ -94,9 +94,25 @@ expect_rc 0 "" "$bs" check "$img"
 
 # A damaged chunk is found, offline (exit 1) and through bsnap (exit 1).
 start_busesnap
-head -c 1M /dev/urandom | nbdcopy - "$uri" || fail "write 1M"
+head -c 1M /dev/urandom >"$tmp/1m"
+nbdcopy "$tmp/1m" "$uri" || fail "write 1M"
 stop_server TERM || fail "busesnap exited $? on SIGTERM"
-printf 'garbage' | dd of="$img-chunks" bs=1 seek=$((4096 + 100 * 4096 + 7)) conv=notrunc status=none
+# the chunk of the data's 101st block: where the chunk file holds its bytes
+at=$(python3 -c "
+d = open('$tmp/1m', 'rb').read()[100 * 4096:101 * 4096]
+f = open('$img-chunks', 'rb')
+i = 0
+while True:
+    b = f.read(4096)
+    if not b:
+        break
+    if b == d:
+        print(i * 4096)
+        break
+    i += 1
+")
+[ -n "$at" ] || fail "the written data's chunk is not in the chunk file"
+printf 'garbage' | dd of="$img-chunks" bs=1 seek=$((at + 7)) conv=notrunc status=none
 rc=0; "$bs" check "$img" >"$tmp/out" 2>"$tmp/err" || rc=$?
 assert_eq "check of a damaged image: exit" 1 "$rc"
 grep -q "problem" "$tmp/err" || fail "check named no problem: $(cat "$tmp/err")"

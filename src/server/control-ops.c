@@ -31,7 +31,7 @@ json_t *ctl_info_json(const char *image, const struct store_info *si)
                        : 1.0;
     return json_pack(
         "{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I, "
-        "s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:i}",
+        "s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:i, s:I, s:I}",
         "image", image, "uuid", id, "format_version",
         (json_int_t)si->format_version, "size", (json_int_t)si->size, "chunks",
         (json_int_t)si->chunks, "chunk_bytes", (json_int_t)si->chunk_bytes,
@@ -46,7 +46,8 @@ json_t *ctl_info_json(const char *image, const struct store_info *si)
         "index_limit", (json_int_t)si->map_size, "journal_bytes",
         (json_int_t)si->journal_bytes, "filter_bytes",
         (json_int_t)si->filter_bytes, "filter_layers", (int)si->filter_layers,
-        "hashes_staged", (json_int_t)si->hashes_staged);
+        "hashes_staged", (json_int_t)si->hashes_staged, "index_room",
+        (json_int_t)si->index_room, "index_need", (json_int_t)si->index_need);
 }
 
 json_t *ctl_obj_json(const struct store_obj_info *info, int clients,
@@ -203,8 +204,11 @@ static json_t *op_list(struct exports *ex, json_t *req)
     struct list_ctx lc = {ex, json_array()};
     if (!lc.arr)
         return ctl_error(-ENOMEM, "list: out of memory");
+    /* "written" counts the index's entries: bring it up to date */
+    int r = store_checkpoint(ex->st);
     pthread_mutex_lock(&ex->lock);
-    int r = store_list(ex->st, list_cb, &lc);
+    if (r >= 0)
+        r = store_list(ex->st, list_cb, &lc);
     pthread_mutex_unlock(&ex->lock);
     if (r < 0) {
         json_decref(lc.arr);

@@ -1,13 +1,40 @@
-/* store-int.h: private structures of the chunk store, shared by the
+/* store-int.h: the private structures of the chunk store, shared by the
  * store-*.c files and nothing else (the server includes only store.h).
  *
- * Design in one paragraph (doc/design.md has the whole story): one mutex
- * (st->mu) guards the single long-lived LMDB write txn (st->txn), the
- * in-memory copy of the version tree (st->nodes) and every counter here.
- * Chunk reads happen outside the mutex under the slot gate (st->gate, read
- * mode); a commit takes the gate in write mode before slots freed by the
- * committed txn become reusable (st->gen moves on).  Functions named *_l
- * must be called with st->mu held.
+ * The store in one paragraph (doc/design.md has the whole story).  Chunk
+ * bytes are written once, into the chunk file, which is cut in segments of
+ * 4 MiB; a write is acknowledged once its bytes are there and its map entry
+ * is in an in-memory table (the active *generation*, store-mem.c) and in
+ * the *log*: 32-byte entries gathered in 4 KiB summary blocks written to
+ * log segments of the same chunk file (store-log.c), so that one
+ * fdatasync makes data and log durable (FLUSH).  A background *checkpoint*
+ * (store-ckpt.c) freezes the active generation, applies it to the LMDB
+ * index in key order through one cursor per database, and commits with the
+ * log position; recovery replays the log from there (store-open.c).  Reads
+ * look in the active, then the frozen generation, then LMDB through a read
+ * txn, so they never wait for a checkpoint.
+ *
+ * Layers, lowest first; a file calls only files of its layer or below:
+ *   store-util.c   errors, time, the chunk hash
+ *   store-seg.c    segment I/O: the chunk file behind a small interface
+ *   store-space.c  which slots and segments are free, allocation, room
+ *   store-log.c    summary blocks, durability tickets, the log chain
+ *   store-cat.c    the catalogue: objects, names and the node tree
+ *   store-mem.c    generations: memtables, new chunks, dedup references
+ *   store-hash.c   dedup lookups: Bloom filter, LMDB `hashes`
+ *   store-ckpt.c   checkpoints and the background thread; store-gc.c
+ *   store-tree.c   snapshot, clone, rollback, delete, rename, list
+ *   store-io.c     read, write, zero, extents, flush
+ *   store-open.c   create, open, replay, close; store-upgrade.c
+ *   store-check.c  the checker
+ *
+ * Locks, in the order they nest: st->tree_mu (one tree operation at a
+ * time), st->gate (rwlock: every data operation holds it shared for its
+ * duration; tree operations and the checkpoint's two switches take it
+ * exclusive, briefly), a write shard's mu (its memtable), a hash shard's
+ * mu (new chunks, dedup references), st->log.mu (the summary block being
+ * filled), st->space.mu.  Functions named *_l say which lock in their
+ * comment.
  */
 #ifndef STORE_INT_H
 #define STORE_INT_H
@@ -20,54 +47,50 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
 
-/* 3: the write-ahead journal (IMAGE-journal).  An image of version 2 is
- * opened and, by a read-write open, marked 3: a build from before the
- * journal would open an image with unreplayed records and ignore them.
- * 4: the `dead` DB (staged deletions from `hashes`, store-hash.c), created
- * by a read-write open of an image of version 2 or 3, which is then marked
- * 4: an older build would take the entries it lists for live chunks. */
-#define STORE_FORMAT_VERSION 4u
+struct gen;
+
+/* 5: the chunk log (summary blocks in log segments of IMAGE-chunks, no
+ * IMAGE-journal), the `space` and `zombie` DBs instead of `free`, `recent`
+ * and `dead`; LMDB opened with its lock file (IMAGE-lock) so that reads run
+ * in read txns beside the checkpoint's write txn.  A read-write open of an
+ * image of version 2 to 4 converts it (store-upgrade.c), after which a
+ * build from before 5 refuses it.  4: the `dead` DB.  3: IMAGE-journal. */
+#define STORE_FORMAT_VERSION 5u
 #define STORE_FORMAT_OLDEST 2u
 #define STORE_INDEX_MAGIC "BUSESNAP-INDEX"
 #define STORE_CHUNKS_MAGIC "BUSESNAP-CHUNKS"
-#define STORE_FIRST_SLOT 2u      /* 0: hole, 1: allocated zero */
-#define STORE_COMMIT_OPS 16384u  /* soft; a writer commits inline at 2x */
-#define STORE_COMMIT_PAGES 8192u /* soft; est. pages a txn dirties */
-#define STORE_COMMIT_MS 1000u    /* commit (no journal) or sync the journal */
-/* with a journal: a txn whose first record is this old is committed */
-#define STORE_CHECKPOINT_MS 5000u
-/* journal bytes that make a commit due */
-#define STORE_JOURNAL_MAX (64u << 20)
-/* Writes this big are not journaled: the next flush commits instead.  A
- * commit's three device flushes take about as long as writing 512 KiB
- * here (0.5 ms per fdatasync, 450 MB/s), and big writes are streams that
- * would otherwise reach the disk twice (1 MiB sequential writes, journaled:
- * 2.0x their bytes of disk writes; not journaled: 1.3x). */
-#define STORE_JOURNAL_BIG (512u << 10)
-/* A journal left empty by a checkpoint this long ago is given back to the
- * file system (truncated to its header): a served image that went idle and
- * a closed one do not keep the work area. */
-#define STORE_JOURNAL_IDLE_MS 2000u
-#define STORE_GC_BATCH 4096u
-/* Staged hashes that start a merge pass (store-hash.c).  A pass dirties
- * each leaf of `hashes` about once whatever it moves, so the more staged,
- * the fewer leaf writes per chunk; the table costs 24 bytes per place
- * (HP_CAP).  8 GiB fill, 2 cores here: 32,768 staged and keys taken in
- * staging order 122 MiB/s, 30 MiB RssAnon; key ranges with 65,536 staged
- * 233 MiB/s, 41 MiB (33 MiB once the batch array stopped being sized for
- * every staged key); 131,072 staged 257 MiB/s, 54 MiB. */
-#define STORE_HASH_MERGE 65536u
-/* Hash leaves a merge txn may dirty: what bounds LMDB's dirty-page buffers
- * (kept for reuse, so resident).  A smaller bound means more txns per pass
- * but not more leaf writes, each txn taking a narrower key range. */
-#define STORE_MERGE_PAGES 2048u
+#define STORE_FIRST_SLOT 2u /* 0: hole, 1: allocated zero */
 
-/* Node states (nodes DB and st->nodes). */
+/* Segments: STORE_SEG_SLOTS slots of STORE_BLOCK bytes (4 MiB, RBD's object
+ * size).  Segment 0 holds the header (slot 0) and slot 1 (never used). */
+#define STORE_SEG_SHIFT 10u
+#define STORE_SEG_SLOTS (1u << STORE_SEG_SHIFT)
+#define STORE_SEG_WORDS (STORE_SEG_SLOTS / 64)
+
+/* Write shards: block stripes of 2^STORE_STRIPE_SHIFT blocks (1 MiB) go to
+ * shard (stripe % nshard), so that a 1 MiB aligned write takes one. */
+#define STORE_NSHARD_MAX 16u
+#define STORE_STRIPE_SHIFT 8u
+#define STORE_NHSHARD 16u /* hash shards: by the hash's first byte */
+
+/* A checkpoint is due at this many entries in the active generation, or
+ * STORE_CKPT_MS after its first one; writers wait while the active
+ * generation holds STORE_GEN_MAX entries and a checkpoint is running. */
+#define STORE_CKPT_OPS 65536u
+#define STORE_CKPT_MS 5000u
+#define STORE_GEN_MAX (4u * STORE_CKPT_OPS)
+/* Unflushed log older than this is synced by the background thread: what a
+ * client that never flushes can lose. */
+#define STORE_SYNC_MS 500u
+#define STORE_GC_BATCH 4096u
+
 enum { NODE_LIVE = 1, NODE_HIDDEN = 2, NODE_DEAD = 3 };
 
-/* On-disk records (native endian, fixed layout: the format is versioned). */
+/* ---- on-disk records (native endian, fixed layout: the format is
+ * versioned) ---- */
 struct obj_rec {
     uint32_t kind; /* enum store_kind */
     uint32_t node; /* snapshot: its frozen node; volume: its head */
@@ -87,21 +110,403 @@ struct node_rec {
 };
 
 struct ref_rec {
-    uint32_t refcount;
+    uint32_t refcount; /* 0 only for a zombie (store-ckpt.c) */
     uint8_t hash[16];
 };
 
-/* In-memory copy of a node (authoritative for `entries`, which is written
- * back to the nodes DB at commit when dirty). */
+struct chunk_header {
+    char magic[16];
+    uint32_t version;
+    uint8_t uuid[16];
+};
+
+/* ---- store-util.c ---- */
+int store_set_err(struct store *st, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int store_mdb_err(struct store *st, int mrc, const char *what);
+int store_mdb_errno(int mrc);
+void store_now(struct timespec *ts);
+long store_ms_since(const struct timespec *t0);
+char *store_side_path(const char *path, const char *suffix);
+void store_hash(const void *block, uint8_t out[16]);
+bool store_all_zero(const void *p);
+
+/* ---- the node tree, in memory (store-cat.c) ----
+ * Nodes live in pages that never move, so that the checkpoint thread and
+ * readers may follow parents without a lock while tree operations add
+ * nodes.  depth and jump (a skew-binary jump pointer, Myers 1983) make the
+ * ancestor test O(log depth) whatever the history: is_anc walks from y up
+ * to n's depth.  Fields change under st->gate exclusive only, except
+ * `entries` (the checkpoint thread's alone). */
 struct node {
     uint32_t parent;
-    uint8_t state; /* 0: no such node */
-    uint8_t dirty;
+    uint8_t state;    /* 0: no such node */
+    uint8_t dirty;    /* changed since the last freeze */
+    uint8_t ck_state; /* state, parent and obj as of the last freeze: what */
+    uint8_t pad;      /* the checkpoint writes and the collector uses */
+    uint32_t ck_parent;
     uint8_t obj[16];
-    uint64_t entries;
+    uint8_t ck_obj[16];
+    uint64_t entries; /* map entries in LMDB (checkpoint thread) */
+    uint32_t depth, jump;
     uint32_t first_child, next_sibling;
-    uint32_t *anc; /* ancestors-or-self, ascending ids; NULL until needed */
-    uint32_t nanc;
+};
+#define STORE_NODE_PAGE 4096u
+
+/* An object of the catalogue (volumes and snapshots). */
+struct cobj {
+    uint8_t uuid[16];
+    struct obj_rec rec;
+    bool dirty;   /* to be written by the next checkpoint */
+    bool deleted; /* gone; kept until a checkpoint deletes it */
+};
+
+/* What a checkpoint writes of the catalogue, copied at the freeze (nodes
+ * carry their own copy: struct node's ck_* fields). */
+struct cat_delta {
+    struct cat_obj_copy {
+        uint8_t uuid[16];
+        struct obj_rec rec;
+        bool deleted;
+    } * objs;
+    size_t nobjs;
+    char (*dead_names)[STORE_NAME_MAX + 1];
+    size_t ndead;
+    uint32_t *nodes; /* ids whose record changed */
+    size_t nnodes;
+    uint8_t def[16];
+    bool def_set;
+    uint32_t next_node;
+    uint64_t next_seq;
+};
+
+struct store_cat {
+    struct node **pages; /* pages[id / STORE_NODE_PAGE] */
+    uint32_t npages;
+    uint32_t next_node;
+    uint64_t next_seq;
+    struct cobj *objs; /* dense; indexes below point into it */
+    uint32_t nobjs, cap;
+    uint32_t *by_uuid, *by_name; /* open addressing: index + 1, 0 empty */
+    uint32_t hcap;
+    uint8_t def[16]; /* the default volume */
+    bool def_dirty;
+    uint32_t *dirty_nodes;
+    size_t ndirty_nodes, dirty_cap;
+    char (*dead_names)[STORE_NAME_MAX + 1]; /* removed since the freeze */
+    size_t ndead, dead_cap;
+};
+
+struct node *store_node(struct store *st, uint32_t id);
+bool store_is_anc(struct store *st, uint32_t y, uint32_t n);
+int store_cat_load(struct store *st, MDB_txn *txn);
+void store_cat_free(struct store *st);
+int store_cat_new_node(struct store *st, uint32_t parent, const uint8_t obj[16],
+                       uint32_t id);
+void store_cat_node_dirty(struct store *st, uint32_t id);
+void store_cat_set_parent(struct store *st, uint32_t id, uint32_t parent);
+void store_cat_remove_node(struct store *st, uint32_t id);
+struct cobj *store_cat_by_uuid(struct store *st, const uint8_t uuid[16]);
+struct cobj *store_cat_by_name(struct store *st, const char *name);
+int store_cat_put(struct store *st, const uint8_t uuid[16],
+                  const struct obj_rec *rec);
+void store_cat_del(struct store *st, const uint8_t uuid[16]);
+int store_cat_freeze(struct store *st, struct cat_delta *d);
+int store_cat_persist(struct store *st, MDB_txn *txn,
+                      const struct cat_delta *d);
+int store_cat_put_node(struct store *st, MDB_txn *txn, uint32_t id);
+void store_cat_delta_free(struct cat_delta *d);
+bool store_cat_has_children(struct store *st, uint32_t id);
+
+/* ---- segment I/O (store-seg.c): the one place chunk-file bytes move.
+ * Slots are the identity of chunks (slot s at byte s * STORE_BLOCK), so a
+ * later backend may put segments in objects of a distributed store. ---- */
+int store_seg_read(struct store *st, uint64_t slot, void *buf, size_t n);
+int store_seg_writev(struct store *st, uint64_t slot, const struct iovec *iov,
+                     int iovcnt);
+int store_seg_sync(struct store *st);
+int store_seg_prealloc(struct store *st, uint32_t seg);
+
+/* ---- space (store-space.c) ---- */
+enum { SEG_FREE = 0, SEG_DATA = 1, SEG_LOG = 2 };
+
+struct seg_info {
+    uint64_t live[STORE_SEG_WORDS]; /* slot allocated (in memory) */
+    uint64_t dur[STORE_SEG_WORDS];  /* slot holds a chunk of the last
+                                       checkpoint (as persisted) */
+    uint16_t nlive;
+    uint8_t state, state_dur;
+    uint8_t owner; /* write shard + 1 allocating in it, 0 none */
+    uint8_t dirty; /* the checkpoint must write its `space` record */
+};
+
+/* One write shard's allocation point. */
+struct alloc_cursor {
+    uint32_t seg; /* segment + 1; 0: none */
+    uint32_t pos; /* next slot to look at in it */
+};
+
+struct store_space {
+    pthread_mutex_t mu;
+    struct seg_info *segs;
+    uint32_t nsegs, cap;
+    uint32_t prealloc; /* segments fallocate()d: [0, prealloc) */
+    uint64_t nlive;    /* allocated slots in all */
+    uint64_t *release; /* slots freed by the checkpoint being committed */
+    size_t nrelease, release_cap;
+    bool full; /* the file system refused a new segment */
+    struct alloc_cursor cur[STORE_NSHARD_MAX];
+};
+
+int store_space_init(struct store *st, uint32_t nsegs);
+void store_space_free(struct store *st);
+int store_space_load(struct store *st, MDB_txn *txn);
+int store_space_alloc(struct store *st, unsigned shard, uint64_t *slots,
+                      unsigned n);
+void store_space_unalloc(struct store *st, const uint64_t *slots, unsigned n);
+void store_space_mark(struct store *st, uint64_t slot);
+bool store_space_is_live(struct store *st, uint64_t slot);
+int store_space_take_seg(struct store *st, uint8_t state, uint32_t *seg);
+void store_space_reserve(struct store *st);
+void store_space_set_state(struct store *st, uint32_t seg, uint8_t state);
+void store_space_dur(struct store *st, uint64_t slot, bool live);
+int store_space_free_later(struct store *st, uint64_t slot);
+void store_space_release(struct store *st);
+int store_space_persist(struct store *st, MDB_txn *txn);
+uint64_t store_space_slots(struct store *st);
+void store_room_refresh(struct store *st);
+uint64_t store_room_estimate(struct store *st, const struct gen *g);
+bool store_room_ok(struct store *st);
+
+/* ---- the log (store-log.c) ---- */
+enum { LE_NEW = 1, LE_REF = 2, LE_ZERO = 3 };
+#define LE_NOHOLE 1u /* LE_ZERO: reads as allocated zeros, not a hole */
+
+/* One log entry (32 bytes on disk, see store-log.c). */
+struct log_ent {
+    uint8_t type, flags;
+    uint32_t node;
+    uint64_t block;
+    uint64_t slot; /* LE_ZERO: block count */
+    uint8_t hash[16];
+};
+
+/* Where the log goes on: the next block to write (or read, in a replay). */
+struct log_pos {
+    uint64_t lsn;
+    uint32_t seg, idx;
+};
+
+struct store_log {
+    pthread_mutex_t mu;
+    uint8_t *blk; /* the summary block being filled */
+    unsigned nent;
+    struct log_pos next;  /* where blk goes, its lsn */
+    uint32_t next_seg;    /* prepared log segment for after next.seg */
+    uint64_t key;         /* the image's secret checksum seed (meta) */
+    uint64_t written_lsn; /* blocks up to here handed to the kernel */
+    uint64_t synced_lsn;  /* ... and made durable */
+    uint64_t dirty_lsn;   /* entries appended up to block: next.lsn when
+                             blk has entries */
+    struct timespec first_unsynced;
+    pthread_mutex_t sync_mu;
+    int broken;      /* -errno: a log write failed; the image is offline */
+    uint32_t *chain; /* log segments not yet released, oldest first */
+    size_t nchain, chain_cap;
+};
+
+int store_log_init(struct store *st, const struct log_pos *p, uint64_t key);
+void store_log_free(struct store *st);
+void store_log_add_l(struct store *st, const struct log_ent *e);
+int store_log_add_tree_l(struct store *st, const void *rec, size_t len);
+int store_log_seal_l(struct store *st, uint64_t *ticket);
+int store_log_sync(struct store *st, uint64_t ticket);
+int store_log_flush(struct store *st);
+void store_log_prepare(struct store *st);
+int store_log_chain_add(struct store *st, uint32_t seg);
+void store_log_release(struct store *st, const struct log_pos *pos);
+int store_log_restart(struct store *st);
+/* Reading the log (recovery): */
+struct log_reader {
+    struct store *st;
+    struct log_pos pos;
+    uint8_t *blk;
+    unsigned i, n;  /* entry i of the n in blk */
+    bool tree;      /* blk is a tree record */
+    uint32_t *segs; /* log segments passed through */
+    size_t nsegs;
+};
+int store_log_read_open(struct store *st, const struct log_pos *from,
+                        struct log_reader *r);
+int store_log_read_next(struct log_reader *r, struct log_ent *e,
+                        const void **tree, size_t *tree_len);
+void store_log_read_close(struct log_reader *r);
+
+/* ---- generations (store-mem.c) ---- */
+struct mt_ent {
+    uint64_t block; /* UINT64_MAX: empty place */
+    uint64_t val;   /* 0 hole, 1 allocated zero, >= 2 slot */
+    uint64_t seq;   /* log order */
+    uint32_t node, pad;
+};
+struct mt_table {
+    struct mt_ent *e;
+    size_t cap, used;
+};
+struct mt_range {
+    uint64_t b0, b1, seq;
+    uint32_t node, val; /* val 0 or 1 */
+};
+struct nc_ent { /* a new chunk: slot 0 = empty place */
+    uint8_t hash[16];
+    uint64_t slot;
+};
+struct nc_table {
+    struct nc_ent *e;
+    size_t cap, used;
+};
+struct ref_set { /* slot -> count of dedup references: slot 0 empty */
+    uint64_t *slot;
+    uint32_t *cnt;
+    size_t cap, used;
+};
+
+struct gen {
+    pthread_mutex_t rmu; /* ranges, of the active generation */
+    struct mt_table mt[STORE_NSHARD_MAX];
+    struct nc_table nc[STORE_NHSHARD];
+    struct ref_set refd[STORE_NHSHARD];
+    struct mt_range *ranges;
+    size_t nranges, rcap;
+    uint64_t nents; /* point entries and ranges (under the shard locks:
+                       atomic) */
+    uint64_t new_bytes;
+    /* pages its checkpoint may dirty, counted as entries come (atomic):
+     * map leaves, refs leaves, hashes leaves (store_room_estimate) */
+    uint64_t est_map, est_ref, est_hash;
+    struct timespec first;
+    bool any;
+    struct cat_delta cat; /* frozen: the catalogue as of the freeze */
+    struct log_pos pos;   /* frozen: where the log goes on after it */
+};
+
+struct shard {
+    pthread_mutex_t mu;
+    char pad[64 - sizeof(pthread_mutex_t) % 64];
+};
+
+struct gen *store_gen_new(void);
+void store_gen_free(struct gen *g);
+int store_mt_put_l(struct store *st, struct gen *g, unsigned shard, uint64_t b,
+                   uint32_t node, uint64_t val, uint64_t seq);
+int store_mt_range_l(struct store *st, struct gen *g, uint64_t b0, uint64_t b1,
+                     uint32_t node, uint32_t val, uint64_t seq);
+struct mt_cand {
+    uint32_t node;
+    uint64_t val, seq;
+};
+bool store_mt_best(struct store *st, struct gen *g, unsigned shard, uint64_t b,
+                   uint32_t y, struct mt_cand *best);
+bool store_mt_has_block(struct gen *g, unsigned shard, uint64_t b);
+bool store_mt_get(struct gen *g, unsigned shard, uint64_t b, uint32_t node,
+                  struct mt_ent *out);
+void store_mt_each(struct gen *g, unsigned shard,
+                   void (*fn)(const struct mt_ent *e, void *arg), void *arg);
+void store_nc_each(struct gen *g, unsigned hs,
+                   void (*fn)(const struct nc_ent *e, void *arg), void *arg);
+int store_nc_put_l(struct gen *g, const uint8_t h[16], uint64_t slot);
+unsigned store_nc_find(struct gen *g, const uint8_t h[16], uint64_t *out,
+                       unsigned max);
+bool store_nc_has_slot(struct gen *g, const uint8_t h[16], uint64_t slot);
+int store_rs_add(struct ref_set *r, uint64_t slot);
+void store_rs_del(struct ref_set *r, uint64_t slot);
+bool store_rs_has(const struct ref_set *r, uint64_t slot);
+void store_rs_clear(struct ref_set *r);
+int store_refd_add_l(struct gen *g, unsigned hs, uint64_t slot);
+void store_refd_del_l(struct gen *g, unsigned hs, uint64_t slot);
+bool store_refd_has_l(struct gen *g, unsigned hs, uint64_t slot);
+static inline unsigned store_hshard_of(const uint8_t h[16])
+{
+    return h[0] % STORE_NHSHARD;
+}
+
+/* ---- dedup lookups (store-hash.c) ---- */
+int store_hash_bloom_build(struct store *st, MDB_txn *txn);
+void store_hash_bloom_free(struct store *st);
+void store_hash_bloom_add(struct store *st, const uint8_t h[16]);
+bool store_hash_bloom_maybe(struct store *st, const uint8_t h[16]);
+int store_hash_find(struct store *st, MDB_txn *rtxn, const uint8_t h[16],
+                    uint64_t *out, unsigned max, unsigned *n);
+
+/* ---- read txns (store-open.c): a pool, reset when given back ---- */
+int store_rtxn_get(struct store *st, MDB_txn **txn);
+void store_rtxn_put(struct store *st, MDB_txn *txn);
+
+/* ---- store-ckpt.c ---- */
+int store_ckpt_run(struct store *st, bool wait_gc);
+int store_bg_start(struct store *st);
+void store_bg_stop(struct store *st);
+void store_bg_wake(struct store *st);
+void store_ckpt_backpressure(struct store *st);
+int store_ckpt_room(struct store *st);
+int store_resolve_ckpt(struct store *st, MDB_cursor *c, uint64_t b, uint32_t y,
+                       uint64_t *val, uint32_t *node);
+struct gc_drop {
+    uint64_t block;
+    uint32_t node;
+    uint64_t val;
+};
+int store_gc_scan(struct store *st, MDB_txn *txn, uint64_t *next,
+                  unsigned batch, struct gc_drop **drops, size_t *ndrops,
+                  bool *done);
+bool store_gc_prune(struct store *st);
+bool store_gc_needed(struct store *st);
+void store_offline(struct store *st, int err, const char *what,
+                   const char *why);
+int store_failed(struct store *st);
+
+/* ---- store-io.c ---- */
+int store_resolve(struct store *st, MDB_cursor *c, uint64_t b, uint32_t y,
+                  uint64_t *val);
+int store_apply_ent(struct store *st, const struct log_ent *e, bool replay);
+
+/* ---- store-tree.c ---- */
+int store_check_name(struct store *st, const char *name);
+int store_tree_replay(struct store *st, const void *rec, size_t len);
+int store_tree_import(struct store *st, bool snapshot, const uint8_t src[16],
+                      const uint8_t obj[16], int64_t ctime, uint64_t seq,
+                      uint32_t node, const char *name);
+
+/* ---- store-upgrade.c ---- */
+int store_upgrade(struct store *st, struct chunk_header *h);
+int store_upgrade_journal(struct store *st);
+int store_resolve_name(struct store *st, const char *name_or_uuid,
+                       struct cobj **out);
+
+/* ---- the store ---- */
+struct store_idx {
+    MDB_env *env;
+    MDB_dbi meta, objects, names, nodes, map, refs, hashes, space, zombie;
+    unsigned psize;
+    uint64_t map_size;
+    uint64_t alloc;     /* LMDB file reserved up to this page */
+    bool no_prealloc;   /* the file system cannot reserve */
+    uint64_t room;      /* pages a checkpoint may use (store-space.c) */
+    uint64_t reserve;   /* pages writes leave to trims and deletes */
+    uint64_t leaves[3]; /* pages of map, refs, hashes at the last check */
+    pthread_mutex_t rtxn_mu;
+    MDB_txn **rtxn_pool;
+    unsigned nrtxn, rtxn_cap;
+};
+
+struct store_bloom {
+    pthread_mutex_t mu; /* adding a layer */
+    struct bloom_layer {
+        uint64_t *w;
+        uint64_t bits, keys;
+    } layer[16];
+    unsigned n; /* layers published (atomic) */
+    uint64_t bits;
 };
 
 struct store {
@@ -111,261 +516,61 @@ struct store {
     bool rdonly;
     int lock_fd;  /* IMAGE, flock()ed */
     int chunk_fd; /* IMAGE-chunks */
-    MDB_env *env;
-    MDB_dbi db_meta, db_objects, db_names, db_nodes, db_map, db_hashes, db_refs,
-        db_free, db_recent, db_dead;
-    bool dead_ok; /* db_dead is open (not on a read-only open of an image
-                     from before format version 4) */
-
-    pthread_mutex_t mu;
-    pthread_rwlock_t gate;
-    MDB_txn *txn; /* the one txn; write txn unless rdonly */
-    uint64_t txn_ops;
-    uint64_t txn_pages; /* estimate of the pages the txn dirtied */
-    uint64_t last_map, last_ref, last_new; /* last keys touched (estimate) */
-    /* random touches of the big B-trees and their leaf counts at the txn
-     * start: distinct dirty pages saturate at the leaf count */
-    uint64_t touch_map, touch_ref, touch_hash, touch_dead;
-    uint64_t leaves_map, leaves_ref, leaves_hash;
-    struct timespec txn_start;
-    bool dirty;       /* txn has changes */
-    bool chunk_dirty; /* chunk file written since last fdatasync */
-    int failed; /* -errno: acknowledged writes were lost; all I/O refused */
-    bool txn_writes;      /* the txn holds client writes (not only metadata) */
-    bool txn_broken;      /* an LMDB call failed: the txn can only be aborted */
-    char broken_msg[160]; /* what broke it */
-    unsigned chunks_unsynced; /* new chunks since the last writeback kick */
-    bool presync_busy;        /* a store_presync() is under way */
-    bool free_none;           /* no reusable free slot at free_none_gen */
-    uint64_t free_none_gen;
-
-    /* space (store-space.c): pages the txn may still dirty without a full
-     * map or a full file system failing it mid-way */
-    uint64_t map_size;    /* bytes (LMDB map) */
-    unsigned psize;       /* LMDB page size */
-    uint64_t room;        /* pages usable by this txn (map and disk) */
-    uint64_t reserve;     /* pages writes leave to trims, deletes and GC */
-    uint64_t idx_alloc;   /* LMDB file preallocated up to this page */
-    uint64_t chunk_alloc; /* chunk file preallocated up to this slot */
-    bool no_prealloc;     /* the file system cannot fallocate */
-
-    /* persisted counters (meta), current values */
-    uint64_t gen, next_slot, next_seq, refsum;
-    uint32_t next_node;
     uint8_t uuid[16];
     uint32_t version; /* the image's format version */
+    struct store_idx idx;
+    struct store_space space;
+    struct store_log log;
+    struct store_cat cat;
+    struct store_bloom bloom;
 
-    /* the journal (store-journal.c) */
-    int jfd;       /* IMAGE-journal, -1: none (read-only open) */
-    uint8_t *jbuf; /* records not yet handed to the kernel */
-    size_t jbuf_used;
-    uint64_t jbuf_off;        /* file offset of jbuf[0] */
-    uint64_t jepoch;          /* epoch of the records not in the index */
-    uint64_t jwritten;        /* bytes ever written to the file (atomic) */
-    uint64_t jsynced;         /* of which durable (atomic) */
-    uint64_t jrecs;           /* records this epoch */
-    struct timespec jckpt;    /* when the last checkpoint emptied it */
-    struct timespec jfirst;   /* when the epoch's first record came */
-    bool jbroken;             /* a write or sync failed: flushes commit */
-    bool jskip;               /* a big write was not journaled: ditto */
-    bool jreplay;             /* replaying: no records, epoch kept */
-    pthread_mutex_t jsync_mu; /* one journal fdatasync at a time */
+    pthread_mutex_t tree_mu;
+    pthread_rwlock_t gate;
+    unsigned nshard;
+    struct shard shard[STORE_NSHARD_MAX];
+    struct shard hshard[STORE_NHSHARD];
+    struct gen *active, *frozen;
+    uint64_t seq; /* entries ever appended (under log.mu) */
+    /* slots a checkpoint is about to free: dedup passes them over (per
+     * hash shard, under its lock) */
+    struct ref_set dying[STORE_NHSHARD];
 
-    /* staged hashes and the filter of `hashes` (store-hash.c) */
-    struct hp_entry *hp;
-    uint32_t hp_used, hp_tomb;
-    uint64_t dead_n;      /* entries of `dead` (deletions not yet merged) */
-    uint64_t merge_from;  /* key position where the merge pass goes on */
-    unsigned merge_pages; /* STORE_MERGE_PAGES (BUSESNAP_MERGE_PAGES) */
-    struct bloom_layer {
-        uint64_t *w;
-        uint64_t bits, keys;
-    } bloom[16];         /* oldest first; [bloom_n - 1] takes new keys */
-    unsigned bloom_n;    /* 0: no filter */
-    uint64_t bloom_bits; /* of all layers */
-
-    /* version tree */
-    struct node *nodes; /* indexed by node id, [0, nodes_cap) */
-    uint32_t nodes_cap;
-    bool tree_dirty;       /* children lists / ancestors need rebuilding */
-    uint64_t tree_version; /* bumped at every structural change */
-
-    /* open handles (list, under mu) */
-    struct store_vol *vols;
-
-    /* background thread: timed commits and garbage collection */
+    /* the background thread and checkpoints */
+    pthread_mutex_t bg_mu;
+    pthread_cond_t bg_cond, bg_done;
     pthread_t bg;
-    bool bg_running, bg_stop;
-    pthread_cond_t bg_cond;
-    bool gc_wanted;
-    pthread_mutex_t gc_mu; /* one collector pass at a time */
+    bool bg_running, bg_stop, ckpt_wanted, gc_wanted, ckpt_busy;
+    uint64_t ckpt_count; /* checkpoints done (under bg_mu) */
+    int ckpt_err;        /* the last checkpoint's error, 0 once one works */
+    char ckpt_msg[256];
+    bool index_full; /* the last checkpoint found no room: writes refused */
+    pthread_mutex_t ckpt_mu; /* one checkpoint at a time */
+    uint64_t refsum;
+    struct log_pos ckpt_pos; /* the log position the index has */
+    uint64_t gc_next;        /* the collector's place in the map */
+    uint64_t gc_ops;         /* entries the collector dropped (info) */
+    int failed;              /* -errno: acknowledged writes lost; I/O refused */
+    char failed_msg[256];
+    bool replaying;
+
+    /* open handles (under tree_mu) */
+    struct store_vol *vols;
 };
 
 struct store_vol {
     struct store *st;
     struct store_vol *next;
     uint8_t uuid[16];
-    uint32_t node; /* current node (changes on rollback) */
+    uint32_t node; /* current node (changes on snapshot and rollback, under
+                      st->gate exclusive) */
     uint64_t size;
     bool rdonly;
     char name[STORE_NAME_MAX + 1];
 };
 
-/* ---- store.c: errors, txn, meta, objects, tree ---- */
-int store_set_err(struct store *st, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-int store_mdb_err(struct store *st, int mrc, const char *what);
-int store_mdb_errno(int mrc);
-int store_commit_l(struct store *st);
-int store_abort_l(struct store *st);
-int store_maybe_commit_l(struct store *st);
-int store_presync(struct store *st);
-void store_now(struct timespec *ts);
-long store_ms_since(const struct timespec *t0);
-char *store_side_path(const char *path, const char *suffix);
-void store_hash(const void *block, uint8_t out[16]);
-
-int store_node_put_l(struct store *st, uint32_t id);
-struct node *store_node(struct store *st, uint32_t id);
-int store_tree_rebuild_l(struct store *st);
-static inline void store_tree_changed_l(struct store *st)
+static inline unsigned store_shard_of(const struct store *st, uint64_t b)
 {
-    st->tree_dirty = true;
-    st->tree_version++;
-}
-bool store_is_anc_l(struct store *st, uint32_t y, uint32_t n);
-int store_check_name(struct store *st, const char *name);
-int store_obj_get_l(struct store *st, const uint8_t uuid[16],
-                    struct obj_rec *out);
-int store_obj_put_l(struct store *st, const uint8_t uuid[16],
-                    const struct obj_rec *rec);
-int store_resolve_name_l(struct store *st, const char *name_or_uuid,
-                         uint8_t uuid[16], struct obj_rec *rec);
-void store_wake_bg(struct store *st);
-int store_gc_pass(struct store *st);
-
-/* ---- store-space.c ---- */
-#define STORE_MAP_SIZE_DEFAULT (1ULL << 40)
-#define STORE_ROOM_FULL 32768u /* pages reserved ahead with space to spare */
-void store_space_refresh_l(struct store *st);
-int store_space_slot_l(struct store *st, uint64_t slot);
-int store_room_l(struct store *st, uint64_t need, uint64_t reserve);
-int store_failed_l(struct store *st);
-void store_offline_l(struct store *st, int err, const char *what,
-                     const char *why);
-
-/* ---- store-hash.c ---- */
-int store_hash_lookup_l(struct store *st, const uint8_t h[16], uint64_t *out,
-                        size_t max, size_t *n);
-int store_hash_add_l(struct store *st, const uint8_t h[16], uint64_t slot);
-int store_hash_del_l(struct store *st, const uint8_t h[16], uint64_t slot);
-bool store_hash_has_l(struct store *st, const uint8_t h[16], uint64_t slot);
-int store_hash_load_l(struct store *st);
-void store_bloom_build_l(struct store *st);
-void store_bloom_free(struct store *st);
-bool store_hash_merge_due_l(struct store *st);
-int store_hash_merge_l(struct store *st);
-
-/* ---- store-journal.c ---- */
-enum { JR_WRITE = 1, JR_ZERO = 2, JR_SNAPSHOT = 3, JR_CLONE = 4 };
-int store_journal_open(struct store *st, bool create);
-void store_journal_close(struct store *st);
-bool store_journal_usable_l(const struct store *st);
-int store_journal_write_l(struct store *st, uint64_t *upto);
-void store_journal_add_l(struct store *st, uint32_t type, uint32_t node,
-                         uint64_t off, uint64_t len, uint32_t flags,
-                         const void *data);
-int store_journal_sync(struct store *st, uint64_t upto);
-int store_sync_begin_l(struct store *st, uint64_t *upto);
-int store_sync_end(struct store *st, uint64_t upto);
-void store_journal_checkpointed_l(struct store *st);
-void store_journal_release_l(struct store *st, bool now);
-uint64_t store_journal_next_epoch_l(const struct store *st);
-bool store_journal_pending(struct store *st);
-int store_journal_replay(struct store *st);
-int store_tree_replay(struct store *st, uint32_t type, const void *data,
-                      uint64_t len); /* store-tree.c */
-
-/* ---- store-io.c ---- */
-int store_resolve_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t y,
-                    uint64_t *val);
-int store_decref_l(struct store *st, uint64_t slot);
-int store_map_del_l(struct store *st, MDB_cursor *c, uint32_t node,
-                    uint64_t val);
-
-/* Count a page for the txn's dirty-page estimate unless key is next to the
- * last key of its kind (then it most likely shares that key's leaf). */
-static inline void store_touch_l(struct store *st, uint64_t *last, uint64_t key)
-{
-    if (key != *last && key != *last + 1) {
-        st->txn_pages++;
-        if (last == &st->last_map)
-            st->touch_map++;
-        else /* last_ref, last_new: both in `refs` (reused slots are
-                random) */
-            st->touch_ref++;
-    }
-    *last = key;
-}
-
-/* Distinct pages among k random touches of a B-tree with l leaves: about
- * l (1 - e^(-k/l)); k l / (k + l), scaled by 4/3 and capped by k and l, is
- * within ~10% of it without libm. */
-static inline uint64_t store_saturate(uint64_t k, uint64_t l)
-{
-    if (l == 0 || k == 0)
-        return k;
-    uint64_t d = k * l / (k + l) * 4 / 3;
-    d = d < k ? d : k;
-    return d < l ? d : l;
-}
-
-/* Estimate of the pages the txn has dirtied (what its commit writes and
- * LMDB keeps in memory until then), as opposed to txn_pages, an upper
- * bound used for space.  Random overwrites of a 1 GiB volume touch every
- * leaf within a few thousand writes: counting touches, as txn_pages does,
- * committed 3x as often, each commit rewriting nearly the whole index. */
-static inline uint64_t store_dirty_est_l(const struct store *st)
-{
-    uint64_t rand =
-        st->touch_map + st->touch_ref + st->touch_hash + st->touch_dead;
-    uint64_t rest = st->txn_pages > rand ? st->txn_pages - rand : 0;
-    return rest + store_saturate(st->touch_map, st->leaves_map) +
-           store_saturate(st->touch_ref, st->leaves_ref) +
-           store_saturate(st->touch_hash, st->leaves_hash) +
-           store_saturate(st->touch_dead, st->dead_n / 64 + 1);
-}
-
-/* Can the txn take need more pages and still leave reserve (store-space.c)?
- * txn_pages misses runs of adjacent keys, so 1/16 page per op counts too
- * (measured: 200 pages for 8,192 sequential block writes).  With room to
- * spare (the usual case) the saturating estimate is used with a factor 2,
- * so that space never commits earlier than the group commit limits; when
- * space is short, the upper bound txn_pages with a factor 3 (branch pages,
- * the free list, estimate error). */
-/* The txn has less than STORE_ROOM_FULL pages of room: a nearly full index
- * or disk, where estimates turn careful and frees must free pages. */
-static inline bool store_room_short_l(const struct store *st)
-{
-    return st->room < STORE_ROOM_FULL;
-}
-
-static inline bool store_room_ok_l(const struct store *st, uint64_t need,
-                                   uint64_t reserve)
-{
-    uint64_t used = !store_room_short_l(st)
-                        ? 2 * (store_dirty_est_l(st) + st->txn_ops / 16)
-                        : 3 * (st->txn_pages + st->txn_ops / 16);
-    return used + need + reserve <= st->room;
-}
-
-/* Is the txn due for a group commit (soft limits; hard = 2x)? */
-static inline bool store_commit_due_l(const struct store *st, unsigned x)
-{
-    return st->txn_ops >= x * STORE_COMMIT_OPS ||
-           st->jbuf_off + st->jbuf_used >= x * (uint64_t)STORE_JOURNAL_MAX ||
-           store_dirty_est_l(st) >= x * STORE_COMMIT_PAGES ||
-           (st->dirty && !store_room_ok_l(st, 64, st->reserve / 2));
+    return (unsigned)((b >> STORE_STRIPE_SHIFT) % st->nshard);
 }
 
 /* ---- encodings ---- */
@@ -410,11 +615,9 @@ static inline uint64_t get_be40(const uint8_t *p)
 }
 
 /* map key: block (40 bits BE), ~node (u32 BE): for one block, entries sort
- * by node id descending.  Map value: slot (40 bits BE).  Kept small because
- * every written block of every node costs one entry: 9 + 5 bytes plus
- * LMDB's 8-byte node header and 2-byte pointer is 24 bytes of leaf page
- * (with a u64 block and slot it was 30), which is what a duplicated block
- * costs (format version 2). */
+ * by node id descending.  Map value: slot (40 bits BE).  9 + 5 bytes plus
+ * LMDB's 8-byte node header and 2-byte pointer: 24 bytes of leaf page,
+ * which is what a deduplicated block costs. */
 #define MAP_KEY 9
 #define MAP_VAL 5
 static inline void map_key(uint8_t k[MAP_KEY], uint64_t b, uint32_t node)

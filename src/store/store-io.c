@@ -1,54 +1,56 @@
-/* store-io.c: block I/O on a volume or snapshot: read, write, zero and
- * extents, plus the chunk layer underneath (dedup, slots, refcounts).
+/* store-io.c: block I/O on a volume or snapshot: read, write, zero,
+ * extents and flush, and the handles they take.
  *
- * A block of node y reads from the first map entry (b, n) with n an
- * ancestor-or-self of y; entries of one block sort by node id descending,
- * so that is one MDB_SET_RANGE on (b, ~y) and usually no step further.
- * A write only ever adds or replaces the entry of the volume's head node:
- * older nodes are never touched (no copy-up).  New chunk bytes are pwritten
- * to a fresh slot before any index entry names the slot, and a freed slot
- * is reused only once the txn that freed it is durable (free DB keyed by
- * generation), so after a crash every block reads old or new content.
- * Index work happens under st->mu; chunk reads run outside it under the
- * slot gate (read mode).
+ * A block of node y reads from the nearest ancestor-or-self of y that has
+ * an entry for it, looked for in the active generation, the frozen one,
+ * then the index (map keys sort by block, then node id descending, so that
+ * is one MDB_SET_RANGE and usually no step further); an entry of a
+ * generation beats the index's for the same node.  A write never looks at
+ * the old entry (the checkpoint does): it hashes each block outside any
+ * lock, finds an identical chunk (verified byte for byte, store-hash.c) or
+ * writes the block to a fresh slot, and then, in one step under its shard
+ * locks and the log's lock, puts the entries in the active generation and
+ * appends them to the log in the same order (invariant 10).  Chunk bytes
+ * are in their slot before any entry names it, and a slot is never written
+ * while anything names it (invariants 4, 5).
+ *
+ * Every operation holds st->gate shared from start to end: a tree
+ * operation or a checkpoint switch (exclusive) happens between operations,
+ * never inside one, which is what keeps a snapshot from taking half a
+ * write and a freed slot from being reused under a read.
  */
 #include "store-int.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/uio.h>
-#include <unistd.h>
 
 /* ---- handles ---- */
 
 int store_vol_open(struct store *st, const char *name_or_uuid,
                    struct store_vol **out)
 {
-    uint8_t u[16];
-    struct obj_rec o;
     *out = NULL;
     struct store_vol *v = calloc(1, sizeof *v);
     if (!v)
         return store_set_err(st, -ENOMEM, "out of memory");
-    pthread_mutex_lock(&st->mu);
-    int rc = store_resolve_name_l(st, name_or_uuid, u, &o);
+    pthread_mutex_lock(&st->tree_mu);
+    struct cobj *o;
+    int rc = store_resolve_name(st, name_or_uuid, &o);
     if (rc) {
-        pthread_mutex_unlock(&st->mu);
+        pthread_mutex_unlock(&st->tree_mu);
         free(v);
         return rc;
     }
     v->st = st;
-    memcpy(v->uuid, u, 16);
-    v->node = o.node;
-    v->size = o.size;
-    v->rdonly = o.kind == STORE_SNAPSHOT || st->rdonly;
-    memcpy(v->name, o.name, sizeof v->name);
-    v->name[STORE_NAME_MAX] = 0;
+    memcpy(v->uuid, o->uuid, 16);
+    v->node = o->rec.node;
+    v->size = o->rec.size;
+    v->rdonly = o->rec.kind == STORE_SNAPSHOT || st->rdonly;
+    memcpy(v->name, o->rec.name, sizeof v->name);
     v->next = st->vols;
     st->vols = v;
-    pthread_mutex_unlock(&st->mu);
+    pthread_mutex_unlock(&st->tree_mu);
     *out = v;
     return 0;
 }
@@ -58,13 +60,13 @@ void store_vol_close(struct store_vol *v)
     if (!v)
         return;
     struct store *st = v->st;
-    pthread_mutex_lock(&st->mu);
+    pthread_mutex_lock(&st->tree_mu);
     for (struct store_vol **p = &st->vols; *p; p = &(*p)->next)
         if (*p == v) {
             *p = v->next;
             break;
         }
-    pthread_mutex_unlock(&st->mu);
+    pthread_mutex_unlock(&st->tree_mu);
     free(v);
 }
 
@@ -80,450 +82,108 @@ int store_vol_readonly(const struct store_vol *v)
 
 void store_vol_name(const struct store_vol *v, char buf[STORE_NAME_MAX + 1])
 {
-    pthread_mutex_lock(&v->st->mu);
+    pthread_mutex_lock(&v->st->tree_mu);
     memcpy(buf, v->name, STORE_NAME_MAX + 1);
-    pthread_mutex_unlock(&v->st->mu);
+    pthread_mutex_unlock(&v->st->tree_mu);
 }
 
-/* ---- the chunk layer ---- */
+/* ---- resolving ---- */
 
-static int map_cursor_l(struct store *st, MDB_cursor **c)
+/* What block b reads as from node y: 0 hole, 1 allocated zero, else a
+ * slot.  c: a map cursor of a read txn (or of the checkpoint's txn), NULL
+ * to consult the generations only.  shard_locked: the caller holds b's
+ * shard lock.  *from_gen: the answer came from a generation (no index
+ * entry needed). */
+static int resolve(struct store *st, MDB_cursor *c, uint64_t b, uint32_t y,
+                   bool shard_locked, uint64_t *val, bool *definitive)
 {
-    int rc = mdb_cursor_open(st->txn, st->db_map, c);
-    return rc ? store_mdb_err(st, rc, "map") : 0;
-}
-
-/* New chunks of one store_write whose slots follow each other, written by
- * one pwritev once the run ends, before the mutex is dropped and before
- * any commit (invariant 5: the index names them only inside the
- * uncommitted txn, which no reader sees until the mutex is released). */
-#define WB_MAX 256u
-struct wbatch {
-    uint64_t first; /* slot of iov[0] */
-    unsigned n;
-    bool failed; /* the txn must be dropped (by the caller) */
-    struct iovec iov[WB_MAX];
-};
-
-/* Write the pending run.  On failure the txn names slots whose bytes were
- * never written, so wb->failed tells the caller to drop it (once its
- * cursor is closed), which takes the image offline as a failed commit
- * does. */
-static int wb_flush_l(struct store *st, struct wbatch *wb)
-{
-    if (!wb || wb->n == 0)
-        return 0;
-    size_t want = (size_t)wb->n * STORE_BLOCK;
-    unsigned n = wb->n;
-    wb->n = 0;
-    ssize_t w = pwritev(st->chunk_fd, wb->iov, (int)n,
-                        (off_t)(wb->first * STORE_BLOCK));
-    if (w == (ssize_t)want) {
-        st->chunk_dirty = true;
-        st->chunks_unsynced += n;
+    unsigned sh = store_shard_of(st, b);
+    struct mt_cand best = {0}, fb;
+    bool have;
+    if (!shard_locked)
+        pthread_mutex_lock(&st->shard[sh].mu);
+    have = store_mt_best(st, st->active, sh, b, y, &best);
+    if (!shard_locked)
+        pthread_mutex_unlock(&st->shard[sh].mu);
+    if (st->frozen && store_mt_best(st, st->frozen, sh, b, y, &fb) &&
+        (!have || fb.node > best.node)) {
+        best = fb;
+        have = true;
+    }
+    *definitive = have && best.node == y;
+    if (*definitive || !c) {
+        *val = have ? best.val : 0;
         return 0;
     }
-    int e = w < 0 ? errno : EIO;
-    int rc = store_set_err(
-        st, -e, "%s-chunks: write of slots %llu-%llu failed: %s", st->path,
-        (unsigned long long)wb->first, (unsigned long long)(wb->first + n - 1),
-        w < 0 ? strerror(e) : "short write");
-    wb->failed = true;
-    return rc;
-}
-
-/* Before each block of a loop holding a map cursor: the group commit point
- * and the space check.  Up to STORE_COMMIT_OPS a writer leaves the commit
- * to store_presync() (chunk fdatasync outside the mutex); at twice that it
- * commits here.  Then there must be room for need more pages, leaving
- * reserve (store-space.c), which may commit too.  The cursor dies with the
- * txn, so it is closed and reopened around them. */
-static int cursor_checkpoint_l(struct store *st, MDB_cursor **c,
-                               struct wbatch *wb, uint64_t need,
-                               uint64_t reserve)
-{
-    bool due = store_commit_due_l(st, 2);
-    if (!due && store_room_ok_l(st, need, reserve))
-        return 0;
-    int rc = wb_flush_l(st, wb);
-    if (rc)
-        return rc;
-    mdb_cursor_close(*c);
-    *c = NULL;
-    rc = due ? store_commit_l(st) : 0;
-    if (!rc)
-        rc = store_room_l(st, need, reserve);
-    int rc2 = map_cursor_l(st, c);
-    return rc ? rc : rc2;
-}
-
-static int read_slot(struct store *st, uint64_t slot, void *buf, size_t n)
-{
-    ssize_t r = pread(st->chunk_fd, buf, n, (off_t)(slot * STORE_BLOCK));
-    if (r == (ssize_t)n)
-        return 0;
-    return store_set_err(st, r < 0 ? -errno : -EIO,
-                         "%s-chunks: read of slot %llu failed: %s", st->path,
-                         (unsigned long long)slot,
-                         r < 0 ? strerror(errno) : "short read");
-}
-
-/* Value of block b as node y sees it: 0 hole, 1 allocated zero, else a
- * slot. */
-int store_resolve_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t y,
-                    uint64_t *val)
-{
     uint8_t kb[MAP_KEY];
     map_key(kb, b, y);
     MDB_val k = {MAP_KEY, kb}, d;
     int rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
     for (; rc == 0 && map_key_block(&k) == b;
          rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
-        if (store_is_anc_l(st, y, map_key_node(&k))) {
+        uint32_t n = map_key_node(&k);
+        if (have && n <= best.node)
+            break; /* the generation's entry is nearer (or newer) */
+        if (store_is_anc(st, y, n)) {
             *val = val_u64(&d);
             return 0;
         }
     }
-    *val = 0;
     if (rc && rc != MDB_NOTFOUND)
         return store_mdb_err(st, rc, "map");
+    *val = have ? best.val : 0;
     return 0;
 }
 
-static int ref_get_l(struct store *st, uint64_t slot, struct ref_rec *r)
-{
-    uint8_t kb[8];
-    put_be64(kb, slot);
-    MDB_val k = {8, kb}, d;
-    int rc = mdb_get(st->txn, st->db_refs, &k, &d);
-    if (rc == MDB_NOTFOUND || (rc == 0 && d.mv_size != sizeof *r))
-        return store_set_err(st, -EIO, "refs: slot %llu has no chunk record",
-                             (unsigned long long)slot);
-    if (rc)
-        return store_mdb_err(st, rc, "refs");
-    memcpy(r, d.mv_data, sizeof *r);
-    return 0;
-}
-
-static int ref_put_l(struct store *st, uint64_t slot, const struct ref_rec *r)
-{
-    uint8_t kb[8];
-    put_be64(kb, slot);
-    MDB_val k = {8, kb}, d = {sizeof *r, (void *)r};
-    int rc = mdb_put(st->txn, st->db_refs, &k, &d, 0);
-    return rc ? store_mdb_err(st, rc, "refs") : 0;
-}
-
-static int incref_l(struct store *st, uint64_t slot)
-{
-    struct ref_rec r;
-    int rc = ref_get_l(st, slot, &r);
-    if (rc)
-        return rc;
-    r.refcount++;
-    st->refsum++;
-    store_touch_l(st, &st->last_ref, slot);
-    return ref_put_l(st, slot, &r);
-}
-
-/* Drop one reference to slot (0 and 1 are not chunks).  The last one
- * deletes the chunk record and its hash, and frees the slot for reuse
- * after this txn is durable. */
-int store_decref_l(struct store *st, uint64_t slot)
-{
-    if (slot < STORE_FIRST_SLOT)
-        return 0;
-    struct ref_rec r;
-    int rc = ref_get_l(st, slot, &r);
-    if (rc)
-        return rc;
-    st->refsum--;
-    st->dirty = true;
-    store_touch_l(st, &st->last_ref, slot);
-    if (--r.refcount > 0)
-        return ref_put_l(st, slot, &r);
-    uint8_t kb[16];
-    put_be64(kb, slot);
-    MDB_val k = {8, kb};
-    if ((rc = mdb_del(st->txn, st->db_refs, &k, NULL)))
-        return store_mdb_err(st, rc, "refs");
-    if ((rc = store_hash_del_l(st, r.hash, slot)))
-        return rc;
-    put_be64(kb, st->gen);
-    put_be64(kb + 8, slot);
-    MDB_val fk = {16, kb}, fd = {0, NULL};
-    if ((rc = mdb_put(st->txn, st->db_free, &fk, &fd, 0)))
-        return store_mdb_err(st, rc, "free");
-    return 0;
-}
-
-/* A slot at the end of the chunk file (map values hold 40-bit slots). */
-static int new_slot_l(struct store *st, uint64_t *slot)
-{
-    if (st->next_slot > STORE_MAX_BLOCKS)
-        return store_set_err(st, -ENOSPC, "%s-chunks: no slot left", st->path);
-    int rc = store_space_slot_l(st, st->next_slot);
-    if (rc)
-        return rc;
-    *slot = st->next_slot++;
-    return 0;
-}
-
-/* A slot for a new chunk: the lowest freed slot whose freeing txn is
- * durable (gen < st->gen), else a new one at the end of the chunk file. */
-static int alloc_slot_l(struct store *st, uint64_t *slot)
-{
+/* A map cursor of a pooled read txn, opened on first need. */
+struct reader {
+    MDB_txn *txn;
     MDB_cursor *c;
-    MDB_val k, d;
-    /* slots freed now carry the current generation: once none is
-     * reusable, none becomes so before the generation moves on */
-    if (st->free_none && st->free_none_gen == st->gen)
-        return new_slot_l(st, slot);
-    int rc = mdb_cursor_open(st->txn, st->db_free, &c);
-    if (rc)
-        return store_mdb_err(st, rc, "free");
-    rc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
-    if (rc == 0 && k.mv_size == 16 && get_be64(k.mv_data) < st->gen) {
-        *slot = get_be64((uint8_t *)k.mv_data + 8);
-        rc = mdb_cursor_del(c, 0);
-        mdb_cursor_close(c);
-        return rc ? store_mdb_err(st, rc, "free") : 0;
-    }
-    mdb_cursor_close(c);
-    if (rc && rc != MDB_NOTFOUND)
-        return store_mdb_err(st, rc, "free");
-    st->free_none = true;
-    st->free_none_gen = st->gen;
-    return new_slot_l(st, slot);
-}
+};
 
-/* Give back a slot from alloc_slot_l that was not used (write failed). */
-static void release_slot_l(struct store *st, uint64_t s)
+static int reader_cursor(struct store *st, struct reader *r)
 {
-    if (s + 1 == st->next_slot) {
-        st->next_slot--;
-        return;
-    }
-    uint8_t kb[16];
-    put_be64(kb, st->gen);
-    put_be64(kb + 8, s);
-    MDB_val fk = {16, kb}, fd = {0, NULL};
-    mdb_put(st->txn, st->db_free, &fk, &fd, 0); /* else leaked until check */
-}
-
-/* Find or store the chunk for data (hash h); *slot gets a new reference.
- * With a batch, a new chunk's bytes join the pending run (written by
- * wb_flush_l); without one they are written at once. */
-static int chunk_get_l(struct store *st, struct wbatch *wb, const void *data,
-                       const uint8_t h[16], uint64_t *slot)
-{
-    uint8_t cmp[STORE_BLOCK];
-    uint64_t cand[16];
-    size_t nc;
-    int rc = store_hash_lookup_l(st, h, cand, 16, &nc);
+    if (r->c)
+        return 0;
+    int rc = store_rtxn_get(st, &r->txn);
     if (rc)
         return rc;
-    for (size_t i = 0; i < nc; i++) {
-        const void *have = cmp;
-        if (wb && wb->n && cand[i] >= wb->first && cand[i] - wb->first < wb->n)
-            have = wb->iov[cand[i] - wb->first].iov_base; /* not yet written */
-        else if (read_slot(st, cand[i], cmp, STORE_BLOCK))
-            continue;
-        if (!memcmp(have, data, STORE_BLOCK)) {
-            *slot = cand[i];
-            return incref_l(st, cand[i]);
-        }
+    if ((rc = mdb_cursor_open(r->txn, st->idx.map, &r->c))) {
+        store_rtxn_put(st, r->txn);
+        r->txn = NULL;
+        return store_mdb_err(st, rc, "map");
     }
-    /* new chunk (or a real hash collision: both are kept) */
-    uint64_t s = 0;
-    if ((rc = alloc_slot_l(st, &s)))
-        return rc;
-    if (wb) {
-        if (wb->n && (s != wb->first + wb->n || wb->n == WB_MAX) &&
-            (rc = wb_flush_l(st, wb)))
-            return rc; /* the txn is dropped, slot s with it */
-        if (wb->n == 0)
-            wb->first = s;
-        wb->iov[wb->n++] = (struct iovec){(void *)data, STORE_BLOCK};
-    } else {
-        ssize_t w =
-            pwrite(st->chunk_fd, data, STORE_BLOCK, (off_t)(s * STORE_BLOCK));
-        if (w != STORE_BLOCK) {
-            int e = w < 0 ? errno : EIO;
-            release_slot_l(st, s);
-            return store_set_err(
-                st, -e, "%s-chunks: write of slot %llu failed: %s", st->path,
-                (unsigned long long)s, w < 0 ? strerror(e) : "short write");
-        }
-        st->chunk_dirty = true;
-        st->chunks_unsynced++;
-    }
-    if ((rc = store_hash_add_l(st, h, s)))
-        return rc;
-    struct ref_rec r = {.refcount = 1};
-    memcpy(r.hash, h, 16);
-    store_touch_l(st, &st->last_new, s);
-    if ((rc = ref_put_l(st, s, &r)))
-        return rc;
-    st->refsum++;
-    *slot = s;
     return 0;
 }
 
-/* Set map entry (b, node) to val, releasing the value it replaces.  With
- * the map cursor c: a failed MDB_NOOVERWRITE put leaves it on the existing
- * entry, which MDB_CURRENT then replaces without a second search. */
-static int map_set_l(struct store *st, MDB_cursor *c, uint64_t b, uint32_t node,
-                     uint64_t val)
+static void reader_done(struct store *st, struct reader *r)
 {
-    uint8_t kb[MAP_KEY], vb[MAP_VAL];
-    map_key(kb, b, node);
-    put_be40(vb, val);
-    MDB_val k = {MAP_KEY, kb}, d = {MAP_VAL, vb};
-    int rc = mdb_cursor_put(c, &k, &d, MDB_NOOVERWRITE);
-    st->dirty = true;
-    st->txn_ops++;
-    store_touch_l(st, &st->last_map, b);
-    if (rc == 0) {
-        struct node *n = store_node(st, node);
-        if (n) {
-            n->entries++;
-            n->dirty = 1;
-        }
-        return 0;
-    }
-    if (rc != MDB_KEYEXIST)
-        return store_mdb_err(st, rc, "map");
-    uint64_t old = val_u64(&d);
-    if (old == val) /* same chunk: drop the reference just taken */
-        return store_decref_l(st, val);
-    d = (MDB_val){MAP_VAL, vb};
-    if ((rc = mdb_cursor_put(c, &k, &d, MDB_CURRENT)))
-        return store_mdb_err(st, rc, "map");
-    return store_decref_l(st, old);
+    if (r->c)
+        mdb_cursor_close(r->c);
+    if (r->txn)
+        store_rtxn_put(st, r->txn);
+    r->c = NULL;
+    r->txn = NULL;
 }
 
-/* Delete map entry (b, node) holding val (the cursor's current entry, or
- * looked up by key if c is NULL). */
-static int map_del_key_l(struct store *st, uint64_t b, uint32_t node,
-                         uint64_t val)
+static int resolve_r(struct store *st, struct reader *r, uint64_t b, uint32_t y,
+                     bool shard_locked, uint64_t *val)
 {
-    uint8_t kb[MAP_KEY];
-    map_key(kb, b, node);
-    MDB_val k = {MAP_KEY, kb};
-    int rc = mdb_del(st->txn, st->db_map, &k, NULL);
-    if (rc)
-        return store_mdb_err(st, rc, "map");
-    st->dirty = true;
-    st->txn_ops++;
-    store_touch_l(st, &st->last_map, b);
-    struct node *n = store_node(st, node);
-    if (n && n->entries) {
-        n->entries--;
-        n->dirty = 1;
-    }
-    return store_decref_l(st, val);
-}
-
-int store_map_del_l(struct store *st, MDB_cursor *c, uint32_t node,
-                    uint64_t val)
-{
-    int rc = mdb_cursor_del(c, 0);
-    if (rc)
-        return store_mdb_err(st, rc, "map");
-    st->dirty = true;
-    st->txn_ops++;
-    struct node *n = store_node(st, node);
-    if (n && n->entries) {
-        n->entries--;
-        n->dirty = 1;
-    }
-    return store_decref_l(st, val);
-}
-
-/* Make block b of head read as zeros: drop head's own entry if what lies
- * beneath is a hole, else hide it with a tombstone (0); NO_HOLE stores 1. */
-static int zero_block_l(struct store *st, MDB_cursor *c, uint32_t head,
-                        uint64_t b, bool nohole)
-{
-    uint8_t kb[MAP_KEY];
-    map_key(kb, b, head);
-    MDB_val k = {MAP_KEY, kb}, d;
-    bool own = false, below = false;
-    uint64_t ownval = 0, belowval = 0;
-    int rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
-    for (; rc == 0 && map_key_block(&k) == b;
-         rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
-        uint32_t n = map_key_node(&k);
-        if (n == head) {
-            own = true;
-            ownval = val_u64(&d);
-        } else if (store_is_anc_l(st, head, n)) {
-            below = true;
-            belowval = val_u64(&d);
-            break;
-        }
-    }
-    if (rc && rc != MDB_NOTFOUND)
-        return store_mdb_err(st, rc, "map");
-    if (!nohole && (!below || belowval == 0)) {
-        if (!own)
-            return 0;
-        return map_del_key_l(st, b, head, ownval);
-    }
-    uint64_t v = nohole ? 1 : 0;
-    if (own && ownval == v)
-        return 0;
-    return map_set_l(st, c, b, head, v);
-}
-
-static bool all_zero(const void *p)
-{
-    const uint64_t *w = p;
-    for (size_t i = 0; i < STORE_BLOCK / 8; i++)
-        if (w[i])
-            return false;
-    return true;
-}
-
-/* Write one whole block; zero and h (XXH3-128) were computed by the caller,
- * outside the mutex when it could. */
-static int write_block_l(struct store *st, MDB_cursor *c, struct wbatch *wb,
-                         uint32_t head, uint64_t b, const void *data, bool zero,
-                         const uint8_t h[16])
-{
-    if (zero)
-        return zero_block_l(st, c, head, b, false);
-    uint64_t slot;
-    int rc = chunk_get_l(st, wb, data, h, &slot);
-    if (rc)
+    bool def;
+    int rc = resolve(st, NULL, b, y, shard_locked, val, &def);
+    if (rc || def)
         return rc;
-    return map_set_l(st, c, b, head, slot);
-}
-
-static int write_block_hash_l(struct store *st, MDB_cursor *c, uint32_t head,
-                              uint64_t b, const void *data)
-{
-    uint8_t h[16];
-    bool zero = all_zero(data);
-    if (!zero)
-        store_hash(data, h);
-    return write_block_l(st, c, NULL, head, b, data, zero, h);
-}
-
-/* Current bytes of block b as node y sees it (under the mutex). */
-static int read_block_l(struct store *st, MDB_cursor *c, uint32_t y, uint64_t b,
-                        void *buf)
-{
-    uint64_t v;
-    int rc = store_resolve_l(st, c, b, y, &v);
-    if (rc)
+    if ((rc = reader_cursor(st, r)))
         return rc;
-    if (v < STORE_FIRST_SLOT) {
-        memset(buf, 0, STORE_BLOCK);
-        return 0;
-    }
-    return read_slot(st, v, buf, STORE_BLOCK);
+    return resolve(st, r->c, b, y, shard_locked, val, &def);
+}
+
+/* For the checkpoint and the checker: resolve through cursor c. */
+int store_resolve(struct store *st, MDB_cursor *c, uint64_t b, uint32_t y,
+                  uint64_t *val)
+{
+    bool def;
+    return resolve(st, c, b, y, false, val, &def);
 }
 
 static int check_range(struct store_vol *v, uint64_t off, uint64_t len,
@@ -531,20 +191,29 @@ static int check_range(struct store_vol *v, uint64_t off, uint64_t len,
 {
     struct store *st = v->st;
     if (write && v->rdonly)
-        return store_set_err(st, -EROFS, "%s \"%s\" is read-only",
-                             st->rdonly ? "image; object" : "snapshot",
-                             v->name);
+        return store_set_err(st, -EROFS, "\"%s\" is read-only", v->name);
     if (off > v->size || len > v->size - off)
-        return store_set_err(st, -EINVAL,
-                             "\"%s\": range %llu+%llu is beyond the size "
-                             "%llu",
-                             v->name, (unsigned long long)off,
-                             (unsigned long long)len,
-                             (unsigned long long)v->size);
-    return 0;
+        return store_set_err(
+            st, -EINVAL, "\"%s\": range %llu+%llu is past the end (%llu)",
+            v->name, (unsigned long long)off, (unsigned long long)len,
+            (unsigned long long)v->size);
+    return store_failed(st);
 }
 
-/* ---- public I/O ---- */
+/* Bytes of block b as node y reads it. */
+static int read_block(struct store *st, struct reader *r, uint32_t y,
+                      uint64_t b, bool shard_locked, void *buf)
+{
+    uint64_t val;
+    int rc = resolve_r(st, r, b, y, shard_locked, &val);
+    if (rc)
+        return rc;
+    if (val < STORE_FIRST_SLOT) {
+        memset(buf, 0, STORE_BLOCK);
+        return 0;
+    }
+    return store_seg_read(st, val, buf, STORE_BLOCK);
+}
 
 int store_read(struct store_vol *v, void *buf, uint64_t off, uint32_t len)
 {
@@ -552,58 +221,318 @@ int store_read(struct store_vol *v, void *buf, uint64_t off, uint32_t len)
     int rc = check_range(v, off, len, false);
     if (rc || len == 0)
         return rc;
-    uint64_t b0 = off / STORE_BLOCK;
-    uint64_t b1 = (off + len + STORE_BLOCK - 1) / STORE_BLOCK;
-    size_t nb = b1 - b0;
-    bool aligned = off % STORE_BLOCK == 0 && len % STORE_BLOCK == 0;
-    uint8_t *dst = aligned ? buf : malloc(nb * STORE_BLOCK);
-    uint64_t small[64];
-    uint64_t *slots = nb <= 64 ? small : malloc(nb * sizeof *slots);
-    if (!dst || !slots) {
-        rc = store_set_err(st, -ENOMEM, "out of memory");
-        goto out;
-    }
-    pthread_mutex_lock(&st->mu);
-    MDB_cursor *c;
-    if ((rc = store_failed_l(st)) || (rc = map_cursor_l(st, &c))) {
-        pthread_mutex_unlock(&st->mu);
-        goto out;
-    }
-    for (size_t i = 0; i < nb && !rc; i++)
-        rc = store_resolve_l(st, c, b0 + i, v->node, &slots[i]);
-    mdb_cursor_close(c);
-    /* chunk reads outside the mutex, under the gate */
+    struct reader r = {0};
+    uint8_t tmp[STORE_BLOCK];
+    uint8_t *out = buf;
     pthread_rwlock_rdlock(&st->gate);
-    pthread_mutex_unlock(&st->mu);
-    for (size_t i = 0; i < nb && !rc;) {
-        if (slots[i] < STORE_FIRST_SLOT) {
-            memset(dst + i * STORE_BLOCK, 0, STORE_BLOCK);
-            i++;
+    uint32_t y = v->node;
+    uint64_t b = off / STORE_BLOCK, end = off + len;
+    /* a run of blocks whose slots follow each other: one read */
+    uint64_t run_slot = 0, run_n = 0;
+    uint8_t *run_dst = NULL;
+    for (uint64_t pos = off; pos < end && !rc; b++) {
+        uint64_t bs = b * STORE_BLOCK;
+        uint64_t s = pos - bs, n = STORE_BLOCK - s;
+        if (n > end - pos)
+            n = end - pos;
+        if (s || n < STORE_BLOCK) { /* a partial block */
+            if (run_n && (rc = store_seg_read(st, run_slot, run_dst,
+                                              run_n * STORE_BLOCK)))
+                break;
+            run_n = 0;
+            if ((rc = read_block(st, &r, y, b, false, tmp)))
+                break;
+            memcpy(out + (pos - off), tmp + s, n);
+            pos += n;
             continue;
         }
-        size_t j = i + 1;
-        while (j < nb && slots[j] == slots[j - 1] + 1)
-            j++;
-        rc = read_slot(st, slots[i], dst + i * STORE_BLOCK,
-                       (j - i) * STORE_BLOCK);
-        i = j;
+        uint64_t val;
+        if ((rc = resolve_r(st, &r, b, y, false, &val)))
+            break;
+        if (val >= STORE_FIRST_SLOT && run_n && val == run_slot + run_n &&
+            run_n < 256) {
+            run_n++;
+        } else {
+            if (run_n && (rc = store_seg_read(st, run_slot, run_dst,
+                                              run_n * STORE_BLOCK)))
+                break;
+            run_n = 0;
+            if (val >= STORE_FIRST_SLOT) {
+                run_slot = val;
+                run_n = 1;
+                run_dst = out + (pos - off);
+            } else {
+                memset(out + (pos - off), 0, STORE_BLOCK);
+            }
+        }
+        pos += STORE_BLOCK;
     }
+    if (!rc && run_n)
+        rc = store_seg_read(st, run_slot, run_dst, run_n * STORE_BLOCK);
+    reader_done(st, &r);
     pthread_rwlock_unlock(&st->gate);
-    if (!rc && !aligned)
-        memcpy(buf, dst + off % STORE_BLOCK, len);
-out:
-    if (!aligned)
-        free(dst);
-    if (slots != small)
-        free(slots);
     return rc;
 }
 
-/* Per-block facts computed before the mutex is taken. */
-struct blk_pre {
-    uint8_t h[16];
-    bool zero;
+/* ---- writing ---- */
+
+/* What one block of a write becomes. */
+enum { BW_ZERO = 1, BW_NEW = 2, BW_REF = 3 };
+struct bw {
+    uint8_t kind;
+    uint8_t hash[16];
+    uint64_t slot;
+    const uint8_t *data;
 };
+
+/* Find a chunk with data's bytes (hash h): a slot recorded as referenced
+ * by the active generation (the caller drops the reference if it does not
+ * use it), or 0.  The gate is held shared. */
+static int dedup_find(struct store *st, struct reader *r, const uint8_t h[16],
+                      const uint8_t *data, uint64_t *out)
+{
+    unsigned hs = store_hshard_of(h);
+    uint64_t cand[8];
+    unsigned n = 0;
+    uint8_t buf[STORE_BLOCK];
+    *out = 0;
+    pthread_mutex_lock(&st->hshard[hs].mu);
+    n = store_nc_find(st->active, h, cand, 8);
+    if (st->frozen)
+        n += store_nc_find(st->frozen, h, cand + n, 8 - n);
+    pthread_mutex_unlock(&st->hshard[hs].mu);
+    bool index_looked = false;
+    for (;;) {
+        for (unsigned i = 0; i < n; i++) {
+            pthread_mutex_lock(&st->hshard[hs].mu);
+            bool ok = !store_rs_has(&st->dying[hs], cand[i]) &&
+                      store_refd_add_l(st->active, hs, cand[i]) == 0;
+            pthread_mutex_unlock(&st->hshard[hs].mu);
+            if (!ok)
+                continue;
+            int rc = store_seg_read(st, cand[i], buf, STORE_BLOCK);
+            if (!rc && !memcmp(buf, data, STORE_BLOCK)) {
+                *out = cand[i];
+                return 0;
+            }
+            pthread_mutex_lock(&st->hshard[hs].mu);
+            store_refd_del_l(st->active, hs, cand[i]);
+            pthread_mutex_unlock(&st->hshard[hs].mu);
+            if (rc)
+                return rc;
+        }
+        if (index_looked)
+            return 0;
+        index_looked = true;
+        if (!store_hash_bloom_maybe(st, h))
+            return 0;
+        int rc = reader_cursor(st, r);
+        if (rc)
+            return rc;
+        unsigned m;
+        uint64_t found[8];
+        if ((rc = store_hash_find(st, r->txn, h, found, 8, &m)))
+            return rc;
+        n = 0;
+        for (unsigned i = 0; i < m; i++)
+            if (store_space_is_live(st, found[i]))
+                cand[n++] = found[i];
+    }
+}
+
+static void drop_refs(struct store *st, struct bw *w, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        if (w[i].kind == BW_REF) {
+            unsigned hs = store_hshard_of(w[i].hash);
+            pthread_mutex_lock(&st->hshard[hs].mu);
+            store_refd_del_l(st->active, hs, w[i].slot);
+            pthread_mutex_unlock(&st->hshard[hs].mu);
+        }
+}
+
+/* Decide each block (zero, reference, or new), allocate and write the new
+ * ones.  w[i].data and, for non-zero blocks, w[i].hash are set.  On
+ * failure nothing is left allocated or referenced. */
+static int place_blocks(struct store *st, struct reader *r, unsigned shard,
+                        struct bw *w, uint64_t n)
+{
+    int rc = 0;
+    uint64_t nnew = 0;
+    for (uint64_t i = 0; i < n && !rc; i++) {
+        if (w[i].kind == BW_ZERO)
+            continue;
+        /* the same bytes earlier in this request */
+        uint64_t j = 0;
+        for (j = 0; j < i; j++)
+            if (w[j].kind == BW_NEW && !memcmp(w[j].hash, w[i].hash, 16) &&
+                !memcmp(w[j].data, w[i].data, STORE_BLOCK))
+                break;
+        if (j < i) {
+            w[i].kind = BW_REF;
+            w[i].slot = UINT64_MAX - j; /* resolved after allocation */
+            continue;
+        }
+        uint64_t s;
+        if ((rc = dedup_find(st, r, w[i].hash, w[i].data, &s)))
+            break;
+        if (s) {
+            w[i].kind = BW_REF;
+            w[i].slot = s;
+        } else {
+            w[i].kind = BW_NEW;
+            nnew++;
+        }
+    }
+    if (rc) {
+        drop_refs(st, w, n);
+        return rc;
+    }
+    if (!nnew)
+        return 0;
+    uint64_t *slots = malloc(nnew * sizeof *slots);
+    struct iovec *iov = malloc(nnew * sizeof *iov);
+    if (!slots || !iov) {
+        free(slots);
+        free(iov);
+        drop_refs(st, w, n);
+        return store_set_err(st, -ENOMEM, "out of memory");
+    }
+    if ((rc = store_space_alloc(st, shard, slots, (unsigned)nnew))) {
+        free(slots);
+        free(iov);
+        drop_refs(st, w, n);
+        return rc;
+    }
+    uint64_t k = 0;
+    for (uint64_t i = 0; i < n; i++)
+        if (w[i].kind == BW_NEW)
+            w[i].slot = slots[k++];
+    for (uint64_t i = 0; i < n; i++)
+        if (w[i].kind == BW_REF && w[i].slot > UINT64_MAX - n)
+            w[i].slot = w[UINT64_MAX - w[i].slot].slot;
+    /* runs of consecutive slots, one write each */
+    uint64_t first = 0, cnt = 0;
+    for (uint64_t i = 0, m = 0; i <= n && !rc; i++) {
+        bool isnew = i < n && w[i].kind == BW_NEW;
+        if (isnew && cnt && w[i].slot == first + cnt) {
+            iov[m++] = (struct iovec){(void *)w[i].data, STORE_BLOCK};
+            cnt++;
+            continue;
+        }
+        if (cnt)
+            rc = store_seg_writev(st, first, iov, (int)m);
+        cnt = m = 0;
+        if (isnew) {
+            first = w[i].slot;
+            iov[m++] = (struct iovec){(void *)w[i].data, STORE_BLOCK};
+            cnt = 1;
+        }
+    }
+    if (rc) {
+        store_space_unalloc(st, slots, (unsigned)nnew);
+        drop_refs(st, w, n);
+    }
+    free(slots);
+    free(iov);
+    return rc;
+}
+
+/* Enter blocks [b0, b0 + n) of node: new chunks into the active
+ * generation's tables, then every entry into its memtable and the log, in
+ * one order.  Shard locks of the blocks held by the caller when
+ * shards_locked, else taken here. */
+static int commit_blocks(struct store *st, uint32_t node, uint64_t b0,
+                         struct bw *w, uint64_t n, bool shards_locked)
+{
+    int rc = 0;
+    for (uint64_t i = 0; i < n; i++)
+        if (w[i].kind == BW_NEW) {
+            unsigned hs = store_hshard_of(w[i].hash);
+            pthread_mutex_lock(&st->hshard[hs].mu);
+            if (store_nc_put_l(st->active, w[i].hash, w[i].slot))
+                rc = -ENOMEM;
+            pthread_mutex_unlock(&st->hshard[hs].mu);
+        }
+    bool lock[STORE_NSHARD_MAX] = {false};
+    if (!shards_locked) {
+        for (uint64_t i = 0; i < n; i += 1)
+            lock[store_shard_of(st, b0 + i)] = true;
+        for (unsigned s = 0; s < st->nshard; s++)
+            if (lock[s])
+                pthread_mutex_lock(&st->shard[s].mu);
+    }
+    pthread_mutex_lock(&st->log.mu);
+    for (uint64_t i = 0; i < n && !rc; i++) {
+        struct log_ent e = {.node = node, .block = b0 + i};
+        uint64_t val = 0;
+        if (w[i].kind == BW_ZERO) {
+            e.type = LE_ZERO;
+            e.slot = 1;
+        } else {
+            e.type = w[i].kind == BW_NEW ? LE_NEW : LE_REF;
+            e.slot = val = w[i].slot;
+            memcpy(e.hash, w[i].hash, 16);
+        }
+        uint64_t seq = ++st->seq;
+        rc = store_mt_put_l(st, st->active, store_shard_of(st, b0 + i), b0 + i,
+                            node, val, seq);
+        if (!rc)
+            store_log_add_l(st, &e);
+    }
+    pthread_mutex_unlock(&st->log.mu);
+    for (unsigned s = 0; s < st->nshard; s++)
+        if (lock[s])
+            pthread_mutex_unlock(&st->shard[s].mu);
+    /* what the checkpoint will dirty: the request's keys are adjacent, its
+     * new slots mostly too, each new hash lands anywhere */
+    uint64_t nnew = 0, nref = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        nnew += w[i].kind == BW_NEW;
+        nref += w[i].kind == BW_REF;
+    }
+    __atomic_fetch_add(&st->active->est_map, n / 64 + 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&st->active->est_ref, 2 * (n / 64 + 1) + nref,
+                       __ATOMIC_RELAXED);
+    __atomic_fetch_add(&st->active->est_hash, nnew, __ATOMIC_RELAXED);
+    if (rc) /* the tables and the log disagree: nothing more is safe */
+        store_offline(st, rc, "out of memory for the memtables",
+                      "a write was half entered");
+    return rc ? rc : store_failed(st);
+}
+
+/* Read-modify-write of block b (bytes [s, s + n) from src, or zeros if src
+ * is NULL), under b's shard lock so that two of them do not lose one
+ * another's bytes. */
+static int rmw_block(struct store *st, struct reader *r, uint32_t node,
+                     uint64_t b, uint64_t s, uint64_t n, const uint8_t *src,
+                     bool nohole)
+{
+    uint8_t tmp[STORE_BLOCK];
+    unsigned sh = store_shard_of(st, b);
+    pthread_mutex_lock(&st->shard[sh].mu);
+    int rc = read_block(st, r, node, b, true, tmp);
+    if (!rc) {
+        if (src)
+            memcpy(tmp + s, src, n);
+        else
+            memset(tmp + s, 0, n);
+        struct bw w = {.data = tmp};
+        if (store_all_zero(tmp)) {
+            w.kind = BW_ZERO;
+            (void)nohole; /* a partial zero that leaves zeros: a hole,
+                             as a full-block write of zeros is */
+        } else {
+            w.kind = BW_NEW;
+            store_hash(tmp, w.hash);
+            rc = place_blocks(st, r, sh, &w, 1);
+        }
+        if (!rc)
+            rc = commit_blocks(st, node, b, &w, 1, true);
+    }
+    pthread_mutex_unlock(&st->shard[sh].mu);
+    return rc;
+}
 
 int store_write(struct store_vol *v, const void *buf, uint64_t off,
                 uint32_t len, unsigned flags)
@@ -612,150 +541,59 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
     int rc = check_range(v, off, len, true);
     if (rc || len == 0)
         return rc;
+    if ((rc = store_ckpt_room(st)))
+        return rc;
     const uint8_t *src = buf;
-    uint8_t tmp[2][STORE_BLOCK]; /* a head and a tail partial block */
-    uint64_t b0 = off / STORE_BLOCK;
-    size_t nb = (off + len + STORE_BLOCK - 1) / STORE_BLOCK - b0;
-    struct blk_pre small[16];
-    struct blk_pre *pre = nb <= 16 ? small : malloc(nb * sizeof *pre);
-    struct wbatch *wb = malloc(sizeof *wb);
-    if (!pre || !wb) {
-        rc = store_set_err(st, -ENOMEM, "out of memory");
-        goto out_free;
-    }
-    wb->n = 0;
-    wb->failed = false;
-    /* all-zero test and hash of whole blocks: no lock needed */
     uint64_t end = off + len;
-    for (uint64_t pos = off; pos < end;) {
-        uint64_t boff = pos % STORE_BLOCK, n = STORE_BLOCK - boff;
-        if (n > end - pos)
-            n = end - pos;
-        if (n == STORE_BLOCK) {
-            struct blk_pre *p = &pre[pos / STORE_BLOCK - b0];
-            p->zero = all_zero(src + (pos - off));
-            if (!p->zero)
-                store_hash(src + (pos - off), p->h);
-        }
-        pos += n;
+    uint64_t fb0 = (off + STORE_BLOCK - 1) / STORE_BLOCK,
+             fb1 = end / STORE_BLOCK;
+    uint64_t nfull = fb1 > fb0 ? fb1 - fb0 : 0;
+    struct bw stackw[4], *w = stackw;
+    if (nfull > 4 && !(w = calloc(nfull, sizeof *w)))
+        return store_set_err(st, -ENOMEM, "out of memory");
+    if (nfull <= 4)
+        memset(stackw, 0, sizeof stackw);
+    /* hashing and the zero test need no lock */
+    for (uint64_t i = 0; i < nfull; i++) {
+        w[i].data = src + ((fb0 + i) * STORE_BLOCK - off);
+        if (store_all_zero(w[i].data))
+            w[i].kind = BW_ZERO;
+        else
+            store_hash(w[i].data, w[i].hash);
     }
-    MDB_cursor *c;
-    bool presync = false, fua = false;
-    uint64_t fua_upto = 0;
-    unsigned kick = 0;
-    pthread_mutex_lock(&st->mu);
-    c = NULL;
-    if ((rc = store_failed_l(st)) || (rc = map_cursor_l(st, &c)))
-        goto out;
-    st->txn_writes = true;
-    for (uint64_t pos = off; pos < end && !rc;) {
-        uint64_t b = pos / STORE_BLOCK, boff = pos % STORE_BLOCK;
-        uint64_t n = STORE_BLOCK - boff;
-        if (n > end - pos)
-            n = end - pos;
-        struct blk_pre *p = &pre[b - b0];
-        /* a block dirties at most a map, a refs and a free-list leaf */
-        if ((rc = cursor_checkpoint_l(st, &c, wb, 8, st->reserve)))
+    store_ckpt_backpressure(st);
+    struct reader r = {0};
+    pthread_rwlock_rdlock(&st->gate);
+    uint32_t node = v->node;
+    /* partial blocks at either end */
+    uint64_t parts[2] = {off / STORE_BLOCK, (end - 1) / STORE_BLOCK};
+    for (int i = 0; i < 2 && !rc; i++) {
+        uint64_t b = parts[i];
+        if (i == 1 && b == parts[0])
             break;
-        if (n == STORE_BLOCK) {
-            rc = write_block_l(st, c, wb, v->node, b, src + (pos - off),
-                               p->zero, p->h);
-        } else {
-            uint8_t *t = tmp[pos == off ? 0 : 1];
-            rc = read_block_l(st, c, v->node, b, t);
-            if (!rc) {
-                memcpy(t + boff, src + (pos - off), n);
-                p->zero = all_zero(t);
-                if (!p->zero)
-                    store_hash(t, p->h);
-                rc = write_block_l(st, c, wb, v->node, b, t, p->zero, p->h);
-            }
-        }
-        pos += n;
+        uint64_t bs = b * STORE_BLOCK, be = bs + STORE_BLOCK;
+        if (bs >= off && be <= end)
+            continue;
+        uint64_t s = bs > off ? bs : off, e = be < end ? be : end;
+        rc = rmw_block(st, &r, node, b, s - bs, e - s, src + (s - off), false);
     }
-    /* always: the txn names the pending run's slots even if a later block
-     * failed (say, ENOSPC) */
-    int wrc = wb_flush_l(st, wb);
-    if (!rc)
-        rc = wrc;
-    if (c)
-        mdb_cursor_close(c);
-    if (wb->failed || st->txn_broken)
-        store_abort_l(st); /* acknowledged writes went with the txn */
-    if (!rc && len >= STORE_JOURNAL_BIG && !st->jreplay)
-        st->jskip = true;
-    else if (!rc)
-        store_journal_add_l(st, JR_WRITE, v->node, off, len, 0, buf);
-    if (!rc && (flags & STORE_FUA))
-        rc = store_sync_begin_l(st, &fua_upto);
-    if (rc == 1) {
-        fua = true;
-        rc = 0;
-    }
-    if (!rc && store_commit_due_l(st, 1) && !st->presync_busy)
-        presync = st->presync_busy = true;
-    /* A kick can block in the block layer for as long as the device
-     * queue is busy (measured: up to 350 ms); a 1 MiB request pays it
-     * once per 1 MiB and gets a shorter commit fdatasync for it, while
-     * 4 KiB writes paid it as their slowest 0.1% (p99.9 of random writes
-     * at QD16: 125-150 ms with kicks, 25 ms without). */
-    if (len >= STORE_JOURNAL_BIG && st->chunks_unsynced >= 256) {
-        kick = st->chunks_unsynced;
-        st->chunks_unsynced = 0;
-    }
-out:
-    pthread_mutex_unlock(&st->mu);
-    /* start writeback early so that the commit's fdatasync waits less */
-    if (kick)
-        sync_file_range(st->chunk_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-    if (presync) {
-        int rc2 = store_presync(st);
+    if (!rc && nfull) {
+        rc = place_blocks(st, &r, store_shard_of(st, fb0), w, nfull);
         if (!rc)
-            rc = rc2;
+            rc = commit_blocks(st, node, fb0, w, nfull, false);
     }
-    if (fua && !rc)
-        rc = store_sync_end(st, fua_upto);
-out_free:
-    if (pre != small)
-        free(pre);
-    free(wb);
+    reader_done(st, &r);
+    pthread_rwlock_unlock(&st->gate);
+    if (w != stackw)
+        free(w);
+    if (!rc && (flags & STORE_FUA))
+        rc = store_log_flush(st);
     return rc;
 }
 
-/* Zero whole blocks [b0, b1) of head, touching only existing map keys
- * unless nohole (which must store an entry per block). */
-static int zero_range_l(struct store *st, MDB_cursor **c, uint32_t head,
-                        uint64_t b0, uint64_t b1, bool nohole)
-{
-    int rc = 0;
-    if (nohole) {
-        for (uint64_t b = b0; b < b1 && !rc; b++) {
-            if ((rc = cursor_checkpoint_l(st, c, NULL, 8, st->reserve / 4)))
-                break;
-            rc = zero_block_l(st, *c, head, b, true);
-        }
-        return rc;
-    }
-    uint8_t kb[MAP_KEY];
-    for (uint64_t b = b0; b < b1 && !rc;) {
-        map_key(kb, b, UINT32_MAX);
-        MDB_val k = {MAP_KEY, kb}, d;
-        int mrc = mdb_cursor_get(*c, &k, &d, MDB_SET_RANGE);
-        if (mrc == MDB_NOTFOUND)
-            break;
-        if (mrc)
-            return store_mdb_err(st, mrc, "map");
-        uint64_t blk = map_key_block(&k);
-        if (blk >= b1)
-            break;
-        if ((rc = cursor_checkpoint_l(st, c, NULL, 8, st->reserve / 8)))
-            break;
-        rc = zero_block_l(st, *c, head, blk, false);
-        st->txn_ops++;
-        b = blk + 1;
-    }
-    return rc;
-}
+/* Zero ranges up to this many blocks are entered block by block (their
+ * entries go through the shard tables); longer ones as one range. */
+#define ZERO_POINT_MAX 256u
 
 int store_zero(struct store_vol *v, uint64_t off, uint64_t len, unsigned flags)
 {
@@ -764,54 +602,109 @@ int store_zero(struct store_vol *v, uint64_t off, uint64_t len, unsigned flags)
     if (rc || len == 0)
         return rc;
     bool nohole = flags & STORE_NO_HOLE;
-    uint8_t tmp[STORE_BLOCK];
-    MDB_cursor *c;
-    pthread_mutex_lock(&st->mu);
-    c = NULL;
-    if ((rc = store_failed_l(st)) ||
-        (rc = store_room_l(st, 16, st->reserve / 4)) ||
-        (rc = map_cursor_l(st, &c)))
-        goto out;
-    st->txn_writes = true;
     uint64_t end = off + len;
-    uint64_t fb0 = (off + STORE_BLOCK - 1) / STORE_BLOCK; /* full blocks */
-    uint64_t fb1 = end / STORE_BLOCK;
-    /* partial blocks at either end: read-modify-write */
+    uint64_t fb0 = (off + STORE_BLOCK - 1) / STORE_BLOCK,
+             fb1 = end / STORE_BLOCK;
+    store_ckpt_backpressure(st);
+    struct reader r = {0};
+    pthread_rwlock_rdlock(&st->gate);
+    uint32_t node = v->node;
     uint64_t parts[2] = {off / STORE_BLOCK, (end - 1) / STORE_BLOCK};
     for (int i = 0; i < 2 && !rc; i++) {
         uint64_t b = parts[i];
         if (i == 1 && b == parts[0])
             break;
-        uint64_t s = b * STORE_BLOCK, e = s + STORE_BLOCK;
-        if (s >= off && e <= end)
-            continue; /* a full block */
-        uint64_t zs = s > off ? s : off, ze = e < end ? e : end;
-        rc = read_block_l(st, c, v->node, b, tmp);
-        if (!rc) {
-            memset(tmp + (zs - s), 0, ze - zs);
-            if (nohole && all_zero(tmp))
-                rc = zero_block_l(st, c, v->node, b, true);
-            else
-                rc = write_block_hash_l(st, c, v->node, b, tmp);
-        }
+        uint64_t bs = b * STORE_BLOCK, be = bs + STORE_BLOCK;
+        if (bs >= off && be <= end)
+            continue;
+        uint64_t s = bs > off ? bs : off, e = be < end ? be : end;
+        rc = rmw_block(st, &r, node, b, s - bs, e - s, NULL, nohole);
     }
-    if (!rc && fb0 < fb1)
-        rc = zero_range_l(st, &c, v->node, fb0, fb1, nohole);
-    if (c)
-        mdb_cursor_close(c);
-    if (st->txn_broken)
-        store_abort_l(st);
-    if (!rc)
-        store_journal_add_l(st, JR_ZERO, v->node, off, len,
-                            flags & STORE_NO_HOLE, NULL);
-    uint64_t fua_upto = 0;
+    if (!rc && fb1 > fb0) {
+        struct log_ent e = {.type = LE_ZERO,
+                            .flags = nohole ? LE_NOHOLE : 0,
+                            .node = node,
+                            .block = fb0,
+                            .slot = fb1 - fb0};
+        rc = store_apply_ent(st, &e, false);
+    }
+    reader_done(st, &r);
+    pthread_rwlock_unlock(&st->gate);
     if (!rc && (flags & STORE_FUA))
-        rc = store_sync_begin_l(st, &fua_upto);
-out:
-    pthread_mutex_unlock(&st->mu);
-    if (rc == 1)
-        rc = store_sync_end(st, fua_upto);
+        rc = store_log_flush(st);
     return rc;
+}
+
+/* Enter one zero entry (a store_zero, or a replayed LE_ZERO): blocks one by
+ * one up to ZERO_POINT_MAX, else a range; and in the log unless replay. */
+static int enter_zero(struct store *st, const struct log_ent *e, bool replay)
+{
+    uint64_t val = e->flags & LE_NOHOLE ? 1 : 0;
+    uint64_t n = e->slot, b0 = e->block;
+    int rc = 0;
+    bool lock[STORE_NSHARD_MAX] = {false};
+    if (n <= ZERO_POINT_MAX) {
+        for (uint64_t i = 0; i < n; i++)
+            lock[store_shard_of(st, b0 + i)] = true;
+        for (unsigned s = 0; s < st->nshard; s++)
+            if (lock[s])
+                pthread_mutex_lock(&st->shard[s].mu);
+    }
+    pthread_mutex_lock(&st->log.mu);
+    uint64_t seq = ++st->seq;
+    if (n <= ZERO_POINT_MAX) {
+        for (uint64_t i = 0; i < n && !rc; i++)
+            rc = store_mt_put_l(st, st->active, store_shard_of(st, b0 + i),
+                                b0 + i, e->node, val, seq);
+    } else {
+        rc = store_mt_range_l(st, st->active, b0, b0 + n, e->node,
+                              (uint32_t)val, seq);
+    }
+    if (!rc && !replay)
+        store_log_add_l(st, e);
+    pthread_mutex_unlock(&st->log.mu);
+    for (unsigned s = 0; s < st->nshard; s++)
+        if (lock[s])
+            pthread_mutex_unlock(&st->shard[s].mu);
+    __atomic_fetch_add(&st->active->est_map, n / 64 + 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&st->active->est_ref, 2 * (n / 64 + 1),
+                       __ATOMIC_RELAXED);
+    if (rc)
+        store_offline(st, rc, "out of memory for the memtables",
+                      "a zero was half entered");
+    return rc ? rc : store_failed(st);
+}
+
+/* Enter a log entry into the active generation: a store_zero's range, or
+ * (replay) an entry read back from the log, whose chunk the caller
+ * verified. */
+int store_apply_ent(struct store *st, const struct log_ent *e, bool replay)
+{
+    if (e->type == LE_ZERO)
+        return enter_zero(st, e, replay);
+    unsigned hs = store_hshard_of(e->hash);
+    pthread_mutex_lock(&st->hshard[hs].mu);
+    int rc = e->type == LE_NEW ? store_nc_put_l(st->active, e->hash, e->slot)
+                               : store_refd_add_l(st->active, hs, e->slot);
+    pthread_mutex_unlock(&st->hshard[hs].mu);
+    if (rc)
+        return store_set_err(st, -ENOMEM, "out of memory");
+    if (e->type == LE_NEW)
+        store_space_mark(st, e->slot);
+    unsigned sh = store_shard_of(st, e->block);
+    pthread_mutex_lock(&st->shard[sh].mu);
+    pthread_mutex_lock(&st->log.mu);
+    rc = store_mt_put_l(st, st->active, sh, e->block, e->node, e->slot,
+                        ++st->seq);
+    pthread_mutex_unlock(&st->log.mu);
+    pthread_mutex_unlock(&st->shard[sh].mu);
+    return rc;
+}
+
+int store_flush(struct store *st)
+{
+    int rc = store_failed(st);
+    return rc ? rc : store_log_flush(st);
 }
 
 /* ---- extents ---- */
@@ -836,6 +729,38 @@ static void ext_add(struct ext *e, unsigned *n, uint64_t off, uint64_t len,
     (*n)++;
 }
 
+/* The next block >= b below end that some generation has an entry or a
+ * range for (end if none): probed block by block, at most `budget`. */
+static uint64_t next_gen_block(struct store *st, uint64_t b, uint64_t end,
+                               unsigned *budget)
+{
+    struct gen *g[2] = {st->active, st->frozen};
+    for (int i = 0; i < 2; i++) {
+        if (!g[i])
+            continue;
+        size_t nr = __atomic_load_n(&g[i]->nranges, __ATOMIC_ACQUIRE);
+        if (!nr)
+            continue;
+        pthread_mutex_lock(&g[i]->rmu);
+        for (size_t j = 0; j < nr; j++)
+            if (g[i]->ranges[j].b1 > b && g[i]->ranges[j].b0 < end)
+                end = g[i]->ranges[j].b0 > b ? g[i]->ranges[j].b0 : b;
+        pthread_mutex_unlock(&g[i]->rmu);
+    }
+    uint64_t ents = st->active->nents + (st->frozen ? st->frozen->nents : 0);
+    if (!ents)
+        return end;
+    for (; b < end && *budget; b++, (*budget)--) {
+        unsigned sh = store_shard_of(st, b);
+        pthread_mutex_lock(&st->shard[sh].mu);
+        bool has = store_mt_has_block(st->active, sh, b);
+        pthread_mutex_unlock(&st->shard[sh].mu);
+        if (has || (st->frozen && store_mt_has_block(st->frozen, sh, b)))
+            return b;
+    }
+    return b;
+}
+
 int store_extents(struct store_vol *v, uint64_t off, uint64_t len,
                   int (*cb)(uint64_t off, uint64_t len, unsigned flags,
                             void *arg),
@@ -848,23 +773,21 @@ int store_extents(struct store_vol *v, uint64_t off, uint64_t len,
     struct ext *e = malloc(EXT_MAX * sizeof *e);
     if (!e)
         return store_set_err(st, -ENOMEM, "out of memory");
-    unsigned n = 0, scanned = 0;
+    unsigned n = 0, scanned = 0, budget = 4 * EXT_SCAN_BLOCKS;
     uint64_t b0 = off / STORE_BLOCK;
     uint64_t b1 = (off + len + STORE_BLOCK - 1) / STORE_BLOCK;
     uint64_t cur = b0;
     const unsigned hz = STORE_EXT_HOLE | STORE_EXT_ZERO;
     uint8_t kb[MAP_KEY];
-    MDB_cursor *c;
-    pthread_mutex_lock(&st->mu);
-    if ((rc = map_cursor_l(st, &c))) {
-        pthread_mutex_unlock(&st->mu);
-        free(e);
-        return rc;
-    }
-    while (cur < b1 && n < EXT_MAX - 1 && scanned < EXT_SCAN_BLOCKS) {
+    struct reader r = {0};
+    pthread_rwlock_rdlock(&st->gate);
+    uint32_t y = v->node;
+    if ((rc = reader_cursor(st, &r)))
+        goto out;
+    while (cur < b1 && n < EXT_MAX - 1 && scanned < EXT_SCAN_BLOCKS && budget) {
         map_key(kb, cur, UINT32_MAX);
         MDB_val k = {MAP_KEY, kb}, d;
-        int mrc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+        int mrc = mdb_cursor_get(r.c, &k, &d, MDB_SET_RANGE);
         if (mrc && mrc != MDB_NOTFOUND) {
             rc = store_mdb_err(st, mrc, "map");
             break;
@@ -872,21 +795,23 @@ int store_extents(struct store_vol *v, uint64_t off, uint64_t len,
         uint64_t blk = mrc ? b1 : map_key_block(&k);
         if (blk > b1)
             blk = b1;
+        blk = next_gen_block(st, cur, blk, &budget);
         if (blk > cur) {
             ext_add(e, &n, cur * STORE_BLOCK, (blk - cur) * STORE_BLOCK, hz);
             cur = blk;
             continue;
         }
         uint64_t val;
-        if ((rc = store_resolve_l(st, c, blk, v->node, &val)))
+        if ((rc = resolve_r(st, &r, blk, y, false, &val)))
             break;
         unsigned fl = val == 0 ? hz : val == 1 ? STORE_EXT_ZERO : 0;
         ext_add(e, &n, blk * STORE_BLOCK, STORE_BLOCK, fl);
         cur = blk + 1;
         scanned++;
     }
-    mdb_cursor_close(c);
-    pthread_mutex_unlock(&st->mu);
+out:
+    reader_done(st, &r);
+    pthread_rwlock_unlock(&st->gate);
     /* clip to [off, off+len) and report */
     for (unsigned i = 0; i < n && !rc; i++) {
         uint64_t s = e[i].off, t = e[i].off + e[i].len;

@@ -1,215 +1,624 @@
-/* store-space.c: a full disk or a full LMDB map must never cost a write
- * that was already acknowledged.
+/* store-space.c: which slots of the chunk file hold chunks, and where new
+ * chunks go.
  *
- * Why this file exists: the store keeps one long-lived write txn that holds
- * up to a second of acknowledged (not yet flushed) writes.  If an LMDB
- * operation inside it failed with MDB_MAP_FULL, or its commit failed with
- * ENOSPC when LMDB extends its file, the txn would be lost and with it
- * writes the client was told were done: a file system on top would read
- * stale metadata.  So space is reserved before it is used:
+ * Each segment (STORE_SEG_SLOTS slots) has two bitmaps: `live`, the slots
+ * allocated now (chunks of the index, of the generations not yet
+ * checkpointed, and of writes under way), and `dur`, the slots holding a
+ * chunk as of the last checkpoint, which is what the `space` DB persists
+ * (one record per segment that has any: segment u32 BE -> dur bitmap).  A
+ * segment is FREE (nothing live), DATA, or LOG (summary blocks of the log,
+ * store-log.c; never persisted: the log chain says which they are).
  *
- *  - LMDB file: at every txn start the pages the txn may add past the end
- *    of the file are fallocate()d (FALLOC_FL_KEEP_SIZE: LMDB's view of the
- *    file does not change) and bounded by the map size; `room` is what the
- *    txn may dirty.  Writers check `room` before each block (with a reserve
- *    left for trims, deletes and the collector, which free space) and get
- *    ENOSPC, with the txn intact, when it is short; a txn close to its room
- *    is committed early (store_commit_due_l).
- *  - chunk file: new slots at its end are fallocate()d in steps before any
- *    byte is written to them, so a pwrite into a slot cannot fail for space;
- *    a slot that cannot be reserved is ENOSPC before the index changes.
+ * Invariants (numbers as in doc/design.md):
+ *  3. a slot is live iff it is named by a refs record of the index, by a
+ *     new chunk of a generation, or by a write under way; slots 0 and 1
+ *     are always live.
+ *  4. a slot freed by a checkpoint stays live (not reusable) until that
+ *     checkpoint's commit is durable and no operation that started before
+ *     it is still running (store_space_release, under the gate).
  *
- * Reads go on when the disk is full; once space is freed (trim, delete +
- * collector) writes work again without a restart.  If a commit fails anyway
- * (a real I/O error), the acknowledged writes in it are gone: the store
- * then refuses all I/O (store_failed_l) rather than serve stale blocks.
+ * Allocation: one cursor in the open segment takes its free slots in
+ * order (appending, in a fresh
+ * segment), and when the segment is used up it takes a wholly free segment
+ * if there is one (but the log's reserve), else the one with most free
+ * slots once free slots are a sixteenth of the file (F2FS's SSR: slots
+ * freed by overwrites are reused rather than the file growing), else a new
+ * segment at the end of the file, reserved in the file system first.  All
+ * under space.mu, a leaf lock.
+ *
+ * The index has room too (store_room_refresh): LMDB's file is reserved
+ * ahead of its end (fallocate, so that a commit cannot fail for space) and
+ * bounded by the map size; writes are refused (ENOSPC) once what the
+ * generations would take and a reserve no longer fit, so that
+ * a checkpoint always has room and trims and deletes, which free space,
+ * still go through.
  */
 #include "store-int.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
-#define ROOM_STEP                                                              \
-    STORE_ROOM_FULL         /* pages of LMDB file reserved ahead (128 MiB) */
-#define ROOM_MIN 64u        /* smallest reservation tried */
-#define SLOT_STEP_MIN 256u  /* chunk slots reserved ahead: 1 MiB ... */
-#define SLOT_STEP_MAX 2048u /* ... to 8 MiB, 1/64 of the file */
+#define SEG_LOG_RESERVE                                                        \
+    2u /* free segments data may not take when the                             \
+          file system is full: the log's */
 
-/* Pages in LMDB's free list as of the last commit, but for those the last
- * txn freed (LMDB reuses a txn's pages only from the txn after next).  LMDB
- * lets only a read txn open a cursor on it; scanned when space is short. */
-static uint64_t freelist_pages_l(struct store *st)
+int store_space_init(struct store *st, uint32_t nsegs)
+{
+    struct store_space *sp = &st->space;
+    pthread_mutex_init(&sp->mu, NULL);
+    sp->cap = nsegs < 16 ? 16 : nsegs;
+    sp->segs = calloc(sp->cap, sizeof *sp->segs);
+    if (!sp->segs)
+        return store_set_err(st, -ENOMEM, "out of memory (space map)");
+    sp->nsegs = nsegs ? nsegs : 1;
+    /* slots 0 (the header) and 1 ("allocated zero") are never chunks */
+    sp->segs[0].live[0] = sp->segs[0].dur[0] = 3;
+    sp->segs[0].nlive = 2;
+    sp->segs[0].state = sp->segs[0].state_dur = SEG_DATA;
+    sp->nlive = 2;
+    return 0;
+}
+
+void store_space_free(struct store *st)
+{
+    free(st->space.segs);
+    free(st->space.release);
+    st->space.segs = NULL;
+    st->space.release = NULL;
+    pthread_mutex_destroy(&st->space.mu);
+}
+
+static int grow_l(struct store *st, uint32_t n)
+{
+    struct store_space *sp = &st->space;
+    if (n <= sp->cap)
+        return 0;
+    uint32_t cap = sp->cap;
+    while (cap < n)
+        cap *= 2;
+    struct seg_info *s = realloc(sp->segs, (size_t)cap * sizeof *s);
+    if (!s)
+        return store_set_err(st, -ENOMEM, "out of memory (space map)");
+    memset(s + sp->cap, 0, (size_t)(cap - sp->cap) * sizeof *s);
+    sp->segs = s;
+    sp->cap = cap;
+    return 0;
+}
+
+static unsigned popcount_seg(const uint64_t *w)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < STORE_SEG_WORDS; i++)
+        n += (unsigned)__builtin_popcountll(w[i]);
+    return n;
+}
+
+/* Load the `space` DB (at open, before the replay). */
+int store_space_load(struct store *st, MDB_txn *txn)
+{
+    struct store_space *sp = &st->space;
+    MDB_cursor *c;
+    MDB_val k, d;
+    int rc = mdb_cursor_open(txn, st->idx.space, &c);
+    if (rc)
+        return store_mdb_err(st, rc, "space");
+    for (rc = mdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+        if (k.mv_size != 4 || d.mv_size != sizeof sp->segs[0].dur) {
+            mdb_cursor_close(c);
+            return store_set_err(st, -EIO, "space: malformed record");
+        }
+        uint32_t seg = get_be32(k.mv_data);
+        if ((rc = grow_l(st, seg + 1))) {
+            mdb_cursor_close(c);
+            return rc;
+        }
+        if (seg >= sp->nsegs)
+            sp->nsegs = seg + 1;
+        struct seg_info *s = &sp->segs[seg];
+        memcpy(s->dur, d.mv_data, sizeof s->dur);
+        if (seg == 0)
+            s->dur[0] |= 3;
+        memcpy(s->live, s->dur, sizeof s->live);
+        sp->nlive -= s->nlive;
+        s->nlive = (uint16_t)popcount_seg(s->live);
+        sp->nlive += s->nlive;
+        s->state = s->state_dur = s->nlive ? SEG_DATA : SEG_FREE;
+    }
+    mdb_cursor_close(c);
+    if (rc != MDB_NOTFOUND)
+        return store_mdb_err(st, rc, "space");
+    /* the file's own size says how many segments exist */
+    uint64_t slots = store_space_slots(st);
+    uint32_t fsegs =
+        (uint32_t)((slots + STORE_SEG_SLOTS - 1) / STORE_SEG_SLOTS);
+    if (fsegs > sp->nsegs) {
+        if ((rc = grow_l(st, fsegs)))
+            return rc;
+        sp->nsegs = fsegs;
+    }
+    /* whole segments in the file have their space; a partial last one is
+     * reserved when first used */
+    sp->prealloc = (uint32_t)(slots / STORE_SEG_SLOTS);
+    return 0;
+}
+
+/* Slots the chunk file spans now (its size). */
+uint64_t store_space_slots(struct store *st)
+{
+    off_t end = lseek(st->chunk_fd, 0, SEEK_END);
+    return end > 0 ? (uint64_t)end / STORE_BLOCK : 0;
+}
+
+static bool seg_usable_l(struct store_space *sp, uint32_t i)
+{
+    const struct seg_info *s = &sp->segs[i];
+    return s->state != SEG_LOG && !s->owner && s->nlive < STORE_SEG_SLOTS;
+}
+
+/* A new segment at the end of the file, its space reserved. */
+static int append_seg_l(struct store *st, uint32_t *seg)
+{
+    struct store_space *sp = &st->space;
+    if (sp->nsegs >= (STORE_MAX_BLOCKS >> STORE_SEG_SHIFT))
+        return store_set_err(st, -ENOSPC,
+                             "%s-chunks: the file is at its "
+                             "largest",
+                             st->path);
+    int rc = grow_l(st, sp->nsegs + 1);
+    if (rc)
+        return rc;
+    if (sp->prealloc <= sp->nsegs) {
+        if ((rc = store_seg_prealloc(st, sp->nsegs))) {
+            sp->full = true;
+            return rc;
+        }
+        sp->prealloc = sp->nsegs + 1;
+    }
+    sp->segs[sp->nsegs] = (struct seg_info){0};
+    sp->full = false;
+    *seg = sp->nsegs++;
+    return 0;
+}
+
+/* Pick the segment a cursor moves to.  For chunks (data): a wholly free
+ * segment while more than SEG_LOG_RESERVE are free, else a new one at the
+ * end of the file, else the one with most free slots (SSR), else -ENOSPC.
+ * For the log: a free one, else a new one.  So the log always finds the
+ * segments it needs to record trims and deletes on a full disk. */
+static int pick_seg_l(struct store *st, bool data, uint32_t *out)
+{
+    struct store_space *sp = &st->space;
+    uint32_t best = 0, best_free = 0, nfree = 0, first_free = 0;
+    bool have_best = false;
+    for (uint32_t i = 0; i < sp->nsegs; i++) {
+        if (!seg_usable_l(sp, i))
+            continue;
+        uint32_t f = STORE_SEG_SLOTS - sp->segs[i].nlive;
+        if (f == STORE_SEG_SLOTS) {
+            if (!nfree++)
+                first_free = i;
+        } else if (f > best_free) {
+            best_free = f;
+            best = i;
+            have_best = true;
+        }
+    }
+    if (nfree && (!data || nfree > SEG_LOG_RESERVE)) {
+        *out = first_free;
+        return 0;
+    }
+    /* slots freed inside segments are reused before the file grows once
+     * they are a sixteenth of it (random overwrites scatter them) */
+    uint64_t slots = (uint64_t)sp->nsegs * STORE_SEG_SLOTS;
+    if (data && have_best && best_free >= 64 &&
+        (slots - sp->nlive) * 16 >= slots) {
+        *out = best;
+        return 0;
+    }
+    int rc = append_seg_l(st, out);
+    if (rc != -ENOSPC)
+        return rc;
+    if (data && have_best) {
+        *out = best;
+        return 0;
+    }
+    return store_set_err(st, -ENOSPC,
+                         "%s-chunks: no space left on the file system for "
+                         "new chunks (trim or delete to free some)",
+                         st->path);
+}
+
+/* Keep SEG_LOG_RESERVE free segments for the log (at open, best effort). */
+void store_space_reserve(struct store *st)
+{
+    struct store_space *sp = &st->space;
+    pthread_mutex_lock(&sp->mu);
+    uint32_t nfree = 0;
+    for (uint32_t i = 0; i < sp->nsegs; i++)
+        nfree += seg_usable_l(sp, i) && sp->segs[i].nlive == 0;
+    for (uint32_t seg; nfree < SEG_LOG_RESERVE; nfree++)
+        if (append_seg_l(st, &seg))
+            break;
+    pthread_mutex_unlock(&sp->mu);
+}
+
+/* The file system space of a segment the file does not cover whole yet. */
+static int ensure_prealloc_l(struct store *st, uint32_t seg)
+{
+    struct store_space *sp = &st->space;
+    if (seg < sp->prealloc)
+        return 0;
+    int rc = store_seg_prealloc(st, seg);
+    if (rc) {
+        sp->full = true;
+        return rc;
+    }
+    if (seg + 1 > sp->prealloc && seg + 1 >= sp->nsegs)
+        sp->prealloc = seg + 1;
+    return 0;
+}
+
+static void set_live_l(struct store_space *sp, uint64_t slot)
+{
+    struct seg_info *s = &sp->segs[slot >> STORE_SEG_SHIFT];
+    uint32_t i = slot & (STORE_SEG_SLOTS - 1);
+    uint64_t bit = 1ULL << (i % 64);
+    if (!(s->live[i / 64] & bit)) {
+        s->live[i / 64] |= bit;
+        s->nlive++;
+        sp->nlive++;
+        if (s->state == SEG_FREE)
+            s->state = SEG_DATA;
+    }
+}
+
+static void clear_live_l(struct store_space *sp, uint64_t slot)
+{
+    struct seg_info *s = &sp->segs[slot >> STORE_SEG_SHIFT];
+    uint32_t i = slot & (STORE_SEG_SLOTS - 1);
+    uint64_t bit = 1ULL << (i % 64);
+    if (s->live[i / 64] & bit) {
+        s->live[i / 64] &= ~bit;
+        s->nlive--;
+        sp->nlive--;
+        if (!s->nlive && s->state == SEG_DATA)
+            s->state = SEG_FREE;
+    }
+}
+
+/* n slots for new chunks of write shard `shard`, in ascending order and as
+ * contiguous as the free space allows.  0 or -ENOSPC (nothing taken). */
+int store_space_alloc(struct store *st, unsigned shard, uint64_t *slots,
+                      unsigned n)
+{
+    struct store_space *sp = &st->space;
+    /* one cursor for all shards: concurrent writes share the open segment
+     * (each shard with its own would keep up to 16 segments half filled:
+     * 64 MiB of a small image) */
+    struct alloc_cursor *c = &sp->cur[0];
+    (void)shard;
+    unsigned got = 0;
+    int rc = 0;
+    pthread_mutex_lock(&sp->mu);
+    while (got < n) {
+        if (!c->seg || sp->segs[c->seg - 1].state == SEG_LOG) {
+            uint32_t seg;
+            if ((rc = pick_seg_l(st, true, &seg)) ||
+                (rc = ensure_prealloc_l(st, seg)))
+                break;
+            c->seg = seg + 1;
+            c->pos = 0;
+            sp->segs[seg].owner = 1;
+            if (sp->segs[seg].state == SEG_FREE)
+                sp->segs[seg].state = SEG_DATA;
+        }
+        uint32_t cseg = c->seg - 1;
+        struct seg_info *s = &sp->segs[cseg];
+        while (got < n && c->pos < STORE_SEG_SLOTS) {
+            uint32_t w = c->pos / 64;
+            uint64_t freebits = ~s->live[w] & (~0ULL << (c->pos % 64));
+            if (!freebits) {
+                c->pos = (w + 1) * 64;
+                continue;
+            }
+            uint32_t i = w * 64 + (uint32_t)__builtin_ctzll(freebits);
+            uint64_t slot = ((uint64_t)cseg << STORE_SEG_SHIFT) | i;
+            set_live_l(sp, slot);
+            slots[got++] = slot;
+            c->pos = i + 1;
+        }
+        if (c->pos >= STORE_SEG_SLOTS) {
+            s->owner = 0;
+            c->seg = 0;
+        }
+    }
+    if (rc && got) { /* all or nothing */
+        for (unsigned i = 0; i < got; i++)
+            clear_live_l(sp, slots[i]);
+    }
+    pthread_mutex_unlock(&sp->mu);
+    return rc;
+}
+
+/* Give back slots that were allocated but never named (a failed write). */
+void store_space_unalloc(struct store *st, const uint64_t *slots, unsigned n)
+{
+    pthread_mutex_lock(&st->space.mu);
+    for (unsigned i = 0; i < n; i++)
+        clear_live_l(&st->space, slots[i]);
+    pthread_mutex_unlock(&st->space.mu);
+}
+
+/* A replayed new chunk's slot is live again. */
+void store_space_mark(struct store *st, uint64_t slot)
+{
+    pthread_mutex_lock(&st->space.mu);
+    if (grow_l(st, (uint32_t)(slot >> STORE_SEG_SHIFT) + 1) == 0) {
+        if ((slot >> STORE_SEG_SHIFT) >= st->space.nsegs)
+            st->space.nsegs = (uint32_t)(slot >> STORE_SEG_SHIFT) + 1;
+        set_live_l(&st->space, slot);
+    }
+    pthread_mutex_unlock(&st->space.mu);
+}
+
+bool store_space_is_live(struct store *st, uint64_t slot)
+{
+    struct store_space *sp = &st->space;
+    pthread_mutex_lock(&sp->mu);
+    bool live = false;
+    uint32_t seg = (uint32_t)(slot >> STORE_SEG_SHIFT);
+    if (seg < sp->nsegs && sp->segs[seg].state == SEG_DATA) {
+        uint32_t i = slot & (STORE_SEG_SLOTS - 1);
+        live = sp->segs[seg].live[i / 64] >> (i % 64) & 1;
+    }
+    pthread_mutex_unlock(&sp->mu);
+    return live;
+}
+
+/* A free segment for state (the log's), taken whole. */
+int store_space_take_seg(struct store *st, uint8_t state, uint32_t *seg)
+{
+    struct store_space *sp = &st->space;
+    pthread_mutex_lock(&sp->mu);
+    int rc = pick_seg_l(st, false, seg);
+    if (!rc)
+        rc = ensure_prealloc_l(st, *seg);
+    if (!rc) {
+        sp->segs[*seg].state = state;
+        sp->segs[*seg].owner = 0;
+    }
+    pthread_mutex_unlock(&sp->mu);
+    return rc;
+}
+
+/* A segment's state, as the log or the replay knows it. */
+void store_space_set_state(struct store *st, uint32_t seg, uint8_t state)
+{
+    struct store_space *sp = &st->space;
+    pthread_mutex_lock(&sp->mu);
+    if (grow_l(st, seg + 1) == 0) {
+        if (seg >= sp->nsegs)
+            sp->nsegs = seg + 1;
+        struct seg_info *s = &sp->segs[seg];
+        s->state = state == SEG_FREE && s->nlive ? SEG_DATA : state;
+        for (unsigned i = 0; i < STORE_NSHARD_MAX; i++)
+            if (sp->cur[i].seg == seg + 1 && state == SEG_LOG)
+                sp->cur[i].seg = 0;
+        if (state == SEG_LOG)
+            s->owner = 0;
+    }
+    pthread_mutex_unlock(&sp->mu);
+}
+
+/* The checkpoint's view (its thread only): slot holds a chunk of the index
+ * being committed, or no longer. */
+void store_space_dur(struct store *st, uint64_t slot, bool live)
+{
+    struct store_space *sp = &st->space;
+    pthread_mutex_lock(&sp->mu);
+    struct seg_info *s = &sp->segs[slot >> STORE_SEG_SHIFT];
+    uint32_t i = slot & (STORE_SEG_SLOTS - 1);
+    if (live)
+        s->dur[i / 64] |= 1ULL << (i % 64);
+    else
+        s->dur[i / 64] &= ~(1ULL << (i % 64));
+    s->dirty = 1;
+    pthread_mutex_unlock(&sp->mu);
+}
+
+/* Slot is freed by the checkpoint being built: reusable after its commit
+ * (store_space_release). */
+int store_space_free_later(struct store *st, uint64_t slot)
+{
+    struct store_space *sp = &st->space;
+    if (sp->nrelease == sp->release_cap) {
+        size_t cap = sp->release_cap ? 2 * sp->release_cap : 4096;
+        uint64_t *r = realloc(sp->release, cap * sizeof *r);
+        if (!r)
+            return store_set_err(st, -ENOMEM, "out of memory");
+        sp->release = r;
+        sp->release_cap = cap;
+    }
+    sp->release[sp->nrelease++] = slot;
+    return 0;
+}
+
+/* After the commit, under the gate held exclusive (invariant 4). */
+void store_space_release(struct store *st)
+{
+    struct store_space *sp = &st->space;
+    pthread_mutex_lock(&sp->mu);
+    for (size_t i = 0; i < sp->nrelease; i++)
+        clear_live_l(sp, sp->release[i]);
+    sp->nrelease = 0;
+    if (sp->release_cap > 65536) {
+        free(sp->release);
+        sp->release = NULL;
+        sp->release_cap = 0;
+    }
+    pthread_mutex_unlock(&sp->mu);
+}
+
+/* Write the `space` records of the segments whose dur bitmap changed. */
+int store_space_persist(struct store *st, MDB_txn *txn)
+{
+    struct store_space *sp = &st->space;
+    int rc = 0;
+    pthread_mutex_lock(&sp->mu);
+    for (uint32_t i = 0; i < sp->nsegs && !rc; i++) {
+        struct seg_info *s = &sp->segs[i];
+        if (!s->dirty)
+            continue;
+        s->dirty = 0;
+        uint8_t kb[4];
+        put_be32(kb, i);
+        MDB_val k = {4, kb}, d = {sizeof s->dur, s->dur};
+        bool any = false;
+        for (unsigned w = 0; w < STORE_SEG_WORDS; w++)
+            any |= s->dur[w] != 0;
+        int mrc = any ? mdb_put(txn, st->idx.space, &k, &d, 0)
+                      : mdb_del(txn, st->idx.space, &k, NULL);
+        if (mrc && mrc != MDB_NOTFOUND) {
+            rc = store_mdb_err(st, mrc, "space");
+            s->dirty = 1;
+        }
+    }
+    pthread_mutex_unlock(&sp->mu);
+    return rc;
+}
+
+/* ---- the index's room ---- */
+
+#define ROOM_STEP 32768u /* pages of LMDB file reserved ahead (128 MiB) */
+#define ROOM_MIN 64u
+
+/* Pages on LMDB's free list, but those the last txn freed (LMDB reuses a
+ * txn's pages only from the txn after next).  An estimate: a checkpoint
+ * that finds less room than this says is split (store-ckpt.c). */
+static uint64_t freelist_pages(struct store *st)
 {
     MDB_txn *rt;
     MDB_cursor *c;
     MDB_val k, d;
-    uint64_t n = 0, last = 0;
-    if (mdb_txn_begin(st->env, NULL, MDB_RDONLY, &rt))
+    uint64_t n = 0, last[2] = {0, 0};
+    if (mdb_txn_begin(st->idx.env, NULL, MDB_RDONLY, &rt))
         return 0;
     if (mdb_cursor_open(rt, 0 /* FREE_DBI */, &c) == 0) {
         while (mdb_cursor_get(c, &k, &d, MDB_NEXT) == 0)
             if (d.mv_size >= sizeof(size_t)) {
-                last = *(const size_t *)d.mv_data;
-                n += last;
+                uint64_t m = *(const size_t *)d.mv_data;
+                n += m;
+                last[0] = last[1];
+                last[1] = m;
             }
         mdb_cursor_close(c);
     }
-    n -= last;
     mdb_txn_abort(rt);
-    return n;
+    return n - last[1];
 }
 
-static bool no_space(int e)
-{
-    return e == ENOSPC || e == EDQUOT || e == EFBIG;
-}
-
-/* Free bytes of fd's file system, and *size its total (large if unknown):
- * one fstatvfs. */
 static uint64_t fs_free(int fd, uint64_t *size)
 {
     struct statvfs sv;
     if (fstatvfs(fd, &sv) < 0) {
-        if (size)
-            *size = UINT64_MAX / 2;
+        *size = UINT64_MAX / 2;
         return UINT64_MAX / 2;
     }
-    if (size)
-        *size = (uint64_t)sv.f_blocks * sv.f_frsize;
+    *size = (uint64_t)sv.f_blocks * sv.f_frsize;
     return (uint64_t)sv.f_bavail * sv.f_frsize;
 }
 
-/* Reserve [from, from + *n) pages of size unit in fd, halving *n on
- * ENOSPC down to min.  0 (with *n reserved), or -errno. */
-static int reserve(struct store *st, int fd, uint64_t unit, uint64_t from,
-                   uint64_t *n, uint64_t min)
+/* After a checkpoint (its thread): reserve LMDB file space ahead, measure
+ * the room, the reserve, and the leaf counts the estimates cap at. */
+void store_room_refresh(struct store *st)
 {
-    for (;;) {
-        if (fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)(from * unit),
-                      (off_t)(*n * unit)) == 0)
-            return 0;
-        int e = errno;
-        if (e == EOPNOTSUPP || e == ENOSYS) {
-            st->no_prealloc = true; /* tmpfs-less exotic fs: best effort */
-            return 0;
-        }
-        if (!no_space(e) || *n <= min)
-            return -e;
-        *n /= 2;
-    }
-}
-
-/* At a txn start: how many pages may this txn dirty? */
-void store_space_refresh_l(struct store *st)
-{
-    if (st->rdonly || !st->env)
-        return;
+    struct store_idx *ix = &st->idx;
     MDB_envinfo ei;
-    if (mdb_env_info(st->env, &ei))
+    if (st->rdonly || mdb_env_info(ix->env, &ei))
         return;
-    uint64_t map_pages = st->map_size / st->psize;
-    uint64_t base = ei.me_last_pgno + 1; /* pages in use in the file */
+    uint64_t map_pages = ix->map_size / ix->psize;
+    uint64_t base = ei.me_last_pgno + 1;
     uint64_t map_room = map_pages > base ? map_pages - base : 0;
-    /* reserve ahead 128 MiB, or an eighth of the free space on a small or
-     * nearly full disk, never more than the map allows */
-    uint64_t fs_size;
-    uint64_t want = fs_free(st->lock_fd, &fs_size) / 8 / st->psize;
+    uint64_t fs_size, want = fs_free(st->lock_fd, &fs_size) / 8 / ix->psize;
     want = want < ROOM_MIN ? ROOM_MIN : want > ROOM_STEP ? ROOM_STEP : want;
-    uint64_t have = st->idx_alloc > base ? st->idx_alloc - base : 0;
-    if (!st->no_prealloc && have < want) {
-        uint64_t n = want - have, from = base + have;
-        if (reserve(st, st->lock_fd, st->psize, from, &n, ROOM_MIN) == 0)
-            st->idx_alloc = from + n;
-        have = st->idx_alloc > base ? st->idx_alloc - base : 0;
+    if (want > map_room)
+        want = map_room;
+    uint64_t have = ix->alloc > base ? ix->alloc - base : 0;
+    while (!ix->no_prealloc && have < want) {
+        uint64_t n = want - have;
+        if (fallocate(st->lock_fd, FALLOC_FL_KEEP_SIZE,
+                      (off_t)((base + have) * ix->psize),
+                      (off_t)(n * ix->psize)) == 0) {
+            ix->alloc = base + have + n;
+            have += n;
+            break;
+        }
+        if (errno == EOPNOTSUPP || errno == ENOSYS) {
+            ix->no_prealloc = true;
+            break;
+        }
+        if (errno != ENOSPC && errno != EDQUOT)
+            break;
+        want = have + (want - have) / 2;
+        if (want - have < ROOM_MIN)
+            break;
     }
-    if (st->no_prealloc)
-        have = ROOM_STEP;
-    uint64_t room = have < map_room ? have : map_room;
-    if (room < ROOM_STEP) /* tight: pages freed inside the file count too */
-        room += freelist_pages_l(st);
-    st->room = room;
-    /* writes stop while this much is left, for what frees space */
-    uint64_t r = map_pages / 64, fs = fs_size / 256 / st->psize;
+    if (ix->no_prealloc)
+        have = map_room;
+    uint64_t room = (have < map_room ? have : map_room) + freelist_pages(st);
+    uint64_t r = map_pages / 64, fs = fs_size / 256 / ix->psize;
     if (r > fs)
         r = fs;
-    st->reserve = r < 128 ? 128 : r > 4096 ? 4096 : r;
-}
-
-/* Make room for need more pages (leaving reserve): commit the txn to learn
- * the real figure if the estimate says no.  0 or -ENOSPC. */
-int store_room_l(struct store *st, uint64_t need, uint64_t reserve_pages)
-{
-    if (store_room_ok_l(st, need, reserve_pages))
-        return 0;
-    if (st->dirty) {
-        int rc = store_commit_l(st);
-        if (rc)
-            return rc;
-    } else {
-        store_space_refresh_l(st);
+    r = r < 64 ? 64 : r > 4096 ? 4096 : r;
+    MDB_txn *rt;
+    MDB_stat ms;
+    if (!mdb_txn_begin(ix->env, NULL, MDB_RDONLY, &rt)) {
+        if (!mdb_stat(rt, ix->map, &ms))
+            ix->leaves[0] = ms.ms_leaf_pages + ms.ms_branch_pages;
+        if (!mdb_stat(rt, ix->refs, &ms))
+            ix->leaves[1] = ms.ms_leaf_pages + ms.ms_branch_pages;
+        if (!mdb_stat(rt, ix->hashes, &ms))
+            ix->leaves[2] = ms.ms_leaf_pages + ms.ms_branch_pages;
+        mdb_txn_abort(rt);
     }
-    if (store_room_ok_l(st, need, reserve_pages))
-        return 0;
-    MDB_envinfo ei;
-    uint64_t map_pages = st->map_size / st->psize;
-    if (mdb_env_info(st->env, &ei) == 0 &&
-        map_pages < ei.me_last_pgno + 1 + need + reserve_pages)
-        return store_set_err(st, -ENOSPC,
-                             "%s: the index is full (map size %llu MiB; "
-                             "free space with trim or delete, or serve with "
-                             "a larger --map-size)",
-                             st->path,
-                             (unsigned long long)(st->map_size >> 20));
-    return store_set_err(st, -ENOSPC,
-                         "%s: no space left on the image's file system for "
-                         "the index",
-                         st->path);
+    __atomic_store_n(&ix->reserve, r, __ATOMIC_RELAXED);
+    __atomic_store_n(&ix->room, room, __ATOMIC_RELAXED);
 }
 
-/* Slot is about to get its first bytes: make sure the file system has the
- * block (reserving ahead in steps).  0 or -ENOSPC. */
-int store_space_slot_l(struct store *st, uint64_t slot)
+static uint64_t cap(uint64_t touches, uint64_t leaves)
 {
-    if (st->no_prealloc || slot < st->chunk_alloc)
-        return 0;
-    uint64_t n = slot / 64;
-    n = n < SLOT_STEP_MIN   ? SLOT_STEP_MIN
-        : n > SLOT_STEP_MAX ? SLOT_STEP_MAX
-                            : n;
-    uint64_t eighth = fs_free(st->chunk_fd, NULL) / 8 / STORE_BLOCK;
-    if (n > eighth)
-        n = eighth ? eighth : 1;
-    int rc = reserve(st, st->chunk_fd, STORE_BLOCK, slot, &n, 1);
-    if (rc)
-        return store_set_err(st, no_space(-rc) ? -ENOSPC : rc,
-                             "%s-chunks: no space left for new chunks: %s",
-                             st->path, strerror(-rc));
-    st->chunk_alloc = slot + n;
-    return 0;
+    return touches < leaves ? touches : leaves;
 }
 
-/* Acknowledged writes were lost (err: -errno): from now on every request
- * is refused (store_failed_l) and nothing is committed; said once on
- * stderr as "IMAGE: what, image taken offline: why". */
-void store_offline_l(struct store *st, int err, const char *what,
-                     const char *why)
+/* Pages a checkpoint of g may dirty, at most: the existing leaves it
+ * touches (counted as writes enter it, capped by each tree's size: a txn
+ * dirties a page once) and the new leaves its new entries fill (map 24,
+ * refs 38, hashes 34 bytes an entry, pages three quarters full). */
+uint64_t store_room_estimate(struct store *st, const struct gen *g)
 {
-    if (st->failed)
-        return;
-    st->failed = err;
-    fprintf(stderr, "%s: %s, image taken offline: %s\n", st->path, what, why);
+    if (!g)
+        return 0;
+    const uint64_t *l = st->idx.leaves;
+    uint64_t m = __atomic_load_n(&g->est_map, __ATOMIC_RELAXED);
+    uint64_t r = __atomic_load_n(&g->est_ref, __ATOMIC_RELAXED);
+    uint64_t h = __atomic_load_n(&g->est_hash, __ATOMIC_RELAXED);
+    uint64_t n = __atomic_load_n(&g->nents, __ATOMIC_RELAXED);
+    uint64_t nnew =
+        __atomic_load_n(&g->new_bytes, __ATOMIC_RELAXED) / STORE_BLOCK;
+    return cap(m, l[0]) + cap(r, l[1]) + cap(h, l[2]) +
+           (n * 24 + nnew * (38 + 34)) / 3072 + 16;
 }
 
-/* Refuse I/O once acknowledged writes were lost (see the top). */
-int store_failed_l(struct store *st)
+/* May writes add to the index?  (Trims and deletes always may.) */
+bool store_room_ok(struct store *st)
 {
-    if (!st->failed)
-        return 0;
-    return store_set_err(st, -EIO,
-                         "%s: a commit failed and writes acknowledged since "
-                         "the last flush were lost (%s); restart to reopen "
-                         "the image from its last durable state",
-                         st->path, strerror(-st->failed));
+    uint64_t need = store_room_estimate(st, st->active) +
+                    store_room_estimate(st, st->frozen);
+    return need + __atomic_load_n(&st->idx.reserve, __ATOMIC_RELAXED) <=
+           __atomic_load_n(&st->idx.room, __ATOMIC_RELAXED);
 }

@@ -83,7 +83,8 @@ struct store_obj_info {
     char parent[STORE_NAME_MAX + 1];
     uuid_t parent_uuid; /* null if none */
     uint64_t written;   /* bytes of blocks written in this object itself
-                           (not inherited from its parent) */
+                           (not inherited from its parent), as of the last
+                           checkpoint (store_checkpoint) */
     int is_default;     /* the image's default volume */
 };
 
@@ -140,6 +141,11 @@ struct store_info {
     uint64_t map_size;         /* index size limit (bytes) */
     uint64_t map_used;         /* index pages in use (bytes) */
     uint64_t gc_pending; /* map entries waiting for the collector (est.) */
+    uint64_t index_room; /* bytes the next checkpoints may use in the index
+                            (reserved file space, map size, free pages) */
+    uint64_t index_need; /* bytes the generations not yet checkpointed may
+                            take (an estimate: writes get ENOSPC when it and
+                            a reserve exceed index_room) */
     unsigned volumes, snapshots;
 };
 int store_info(struct store *st, struct store_info *out);
@@ -149,6 +155,12 @@ int store_info(struct store *st, struct store_info *out);
 int store_diff(struct store *st, const char *from, const char *to,
                int (*cb)(uint64_t offset, uint64_t length, void *arg),
                void *arg);
+
+/* Bring the index up to date with every write that completed (a
+ * checkpoint; the store also runs them in the background).  store_info,
+ * store_diff, store_check and store_gc do it themselves; `written` of
+ * store_list and store_lookup is as of the last one. */
+int store_checkpoint(struct store *st);
 
 /* Run the collector to completion now (it also runs in the background). */
 int store_gc(struct store *st);
@@ -201,5 +213,12 @@ int store_extents(struct store_vol *v, uint64_t off, uint64_t len,
  * unit tests to force collisions.  Not thread-safe; call before I/O. */
 void store_set_hash_for_testing(void (*hash)(const void *block,
                                              uint8_t out[16]));
+
+/* Test hook: called by every checkpoint between its freeze and its index
+ * txn, on the checkpoint's thread, with no lock held (NULL: none).  The
+ * unit tests use it to write while a checkpoint decides what to free.
+ * Not thread-safe; set before I/O. */
+void store_set_ckpt_hook_for_testing(void (*hook)(struct store *st, void *arg),
+                                     void *arg);
 
 #endif

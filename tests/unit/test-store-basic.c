@@ -1,7 +1,7 @@
 /* test-store-basic.c: create, open, reopen (magic, version, UUID checks,
- * the upgrade of a version 2 image,
  * -EBUSY from a second process), aligned and unaligned read/write,
- * zero/trim and extents, names and lookups. */
+ * zero/trim and extents, names and lookups.  The upgrade of older images:
+ * test-store-upgrade.c. */
 #include "store-test-util.h"
 
 #include <fcntl.h>
@@ -19,9 +19,9 @@ static int ext_cb(uint64_t off, uint64_t len, unsigned flags, void *arg)
     return 0;
 }
 
-/* Set the index's "version" (get == NULL) or read it into *get, with LMDB
- * directly, as a build of another version would have left it. */
-static int index_version(uint32_t set, uint32_t *get)
+/* Set the index's "version", with LMDB directly, as a build of another
+ * version would have left it. */
+static int index_version(uint32_t set)
 {
     MDB_env *env;
     MDB_txn *txn;
@@ -29,23 +29,14 @@ static int index_version(uint32_t set, uint32_t *get)
     if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 16) ||
         mdb_env_open(env, t_img, MDB_NOSUBDIR, 0644))
         return -1;
-    int rc = mdb_txn_begin(env, NULL, get ? MDB_RDONLY : 0, &txn);
+    int rc = mdb_txn_begin(env, NULL, 0, &txn);
     if (!rc)
         rc = mdb_dbi_open(txn, "meta", 0, &dbi);
     MDB_val k = {7, "version"}, d = {4, &set};
-    if (!rc && get) {
-        rc = mdb_get(txn, dbi, &k, &d);
-        if (!rc && d.mv_size == 4)
-            memcpy(get, d.mv_data, 4);
-        mdb_txn_abort(txn);
-    } else if (!rc) {
+    if (!rc)
         rc = mdb_put(txn, dbi, &k, &d, 0);
-        /* images from before version 4 have no `dead` DB */
-        MDB_dbi dead;
-        if (!rc && set < 4 && !mdb_dbi_open(txn, "dead", 0, &dead))
-            rc = mdb_drop(txn, dead, 1);
-        rc = rc ? rc : mdb_txn_commit(txn);
-    }
+    if (!rc)
+        rc = mdb_txn_commit(txn);
     mdb_env_close(env);
     return rc;
 }
@@ -190,18 +181,18 @@ int main(void)
     EXPECT(store_open(cp, 0, &st) == -EPROTO, "chunk file opened as image");
     /* chunk header: version at offset 16, image UUID at 20 */
     fd = open(cp, O_RDWR);
-    uint32_t ver = 5;
+    uint32_t ver = 6;
     EXPECT(pwrite(fd, "BUSE", 4, 0) == 4 && pwrite(fd, &ver, 4, 16) == 4,
            "patch version");
     EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
-               strstr(store_errmsg(), "version 5"),
-           "chunk format version 5 accepted: %s", store_errmsg());
+               strstr(store_errmsg(), "version 6"),
+           "chunk format version 6 accepted: %s", store_errmsg());
     ver = 1;
     EXPECT(pwrite(fd, &ver, 4, 16) == 4, "patch version");
     EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
                strstr(store_errmsg(), "version 1"),
            "chunk format version 1 accepted: %s", store_errmsg());
-    ver = 4;
+    ver = 5;
     uint8_t u0;
     EXPECT(pwrite(fd, &ver, 4, 16) == 4 && pread(fd, &u0, 1, 20) == 1,
            "restore version");
@@ -214,47 +205,14 @@ int main(void)
     EXPECT(pwrite(fd, &u0, 1, 20) == 1, "restore uuid");
     close(fd);
     /* index format version */
-    EXPECT(index_version(9, NULL) == 0, "lmdb put");
+    EXPECT(index_version(9) == 0, "lmdb put");
     EXPECT(store_open(t_img, 0, &st) == -EPROTO &&
                strstr(store_errmsg(), "version 9"),
            "index format version 9 accepted: %s", store_errmsg());
-    /* version 2 (before the journal and the `dead` DB): opened; a
-     * read-only open leaves it, a read-write one marks both files 4 and
-     * creates `dead`, with the content unchanged; chunks freed then go
-     * through `dead` */
-    ver = 2;
-    EXPECT(index_version(ver, NULL) == 0, "lmdb put");
-    fd = open(cp, O_RDWR);
-    EXPECT(fd >= 0 && pwrite(fd, &ver, 4, 16) == 4, "patch version 2");
-    struct store_info si;
-    OK(store_open(t_img, STORE_OPEN_RDONLY, &st));
-    OK(store_info(st, &si));
-    EXPECT(si.format_version == 2, "read-only open reports %u, not 2",
-           si.format_version);
-    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
-    OK(store_read(v, ref, 0, 5 * STORE_BLOCK));
-    store_vol_close(v);
-    store_close(st);
-    OK(store_open(t_img, 0, &st));
-    OK(store_info(st, &si));
-    EXPECT(si.format_version == 4, "read-write open left version %u",
-           si.format_version);
-    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
-    OK(store_read(v, big, 0, 5 * STORE_BLOCK));
-    EXPECT(memcmp(big, ref, 5 * STORE_BLOCK) == 0,
-           "content changed by the upgrade");
-    OK(store_zero(v, 0, 2 * STORE_BLOCK, 0));
-    store_vol_close(v);
-    EXPECT_CLEAN(st);
-    store_close(st);
+    EXPECT(index_version(5) == 0, "lmdb put");
     OK(store_open(t_img, 0, &st));
     EXPECT_CLEAN(st);
     store_close(st);
-    EXPECT(pread(fd, &ver, 4, 16) == 4 && ver == 4,
-           "chunk header still version %u", ver);
-    EXPECT(index_version(0, &ver) == 0 && ver == 4, "index still version %u",
-           ver);
-    close(fd);
     snprintf(cp, sizeof cp, "%s/nothing.db", t_dir);
     EXPECT(store_open(cp, 0, &st) == -ENOENT, "missing image");
     free(big);

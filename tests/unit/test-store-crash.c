@@ -195,13 +195,21 @@ int main(void)
     snprintf(cp, sizeof cp, "%s-chunks", t_img);
     fd = open(cp, O_RDWR);
     EXPECT(fd >= 0, "open chunks");
-    /* a chunk still referenced whatever the killed child got to: blocks
-     * NB.. were written once, in order, on a fresh image, after blocks
-     * 0..NB-1 took slots 2..NB+1 (the first slots may since have been
-     * freed by the overwrites, so the corruption must not be there) */
-    uint64_t slot = 2 + NB + 50;
-    EXPECT(pwrite(fd, "garbage", 7, (off_t)(slot * STORE_BLOCK + 100)) == 7,
-           "pwrite");
+    /* a chunk still referenced whatever the killed child got to: block
+     * NB + 50 was written once (pattern 7) and never rewritten; its slot
+     * is where the chunk file holds those bytes */
+    uint8_t want[STORE_BLOCK], got[STORE_BLOCK];
+    t_pattern(want, 7, NB + 50);
+    off_t slot = -1;
+    for (off_t s = 0;
+         pread(fd, got, sizeof got, s * STORE_BLOCK) == (ssize_t)sizeof got;
+         s++)
+        if (!memcmp(got, want, sizeof got)) {
+            slot = s;
+            break;
+        }
+    EXPECT(slot > 0, "block %d's chunk not found in the chunk file", NB + 50);
+    EXPECT(pwrite(fd, "garbage", 7, slot * STORE_BLOCK + 100) == 7, "pwrite");
     close(fd);
     OK(store_open(t_img, STORE_OPEN_RDONLY, &st));
     int n = store_check(st, progress, NULL, NULL);
