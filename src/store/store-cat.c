@@ -537,7 +537,8 @@ int store_cat_freeze(struct store *st, struct cat_delta *d)
         o->dirty = false;
         compact |= o->deleted;
     }
-    memcpy(d->dead_names, c->dead_names, c->ndead * sizeof *d->dead_names);
+    if (c->ndead)
+        memcpy(d->dead_names, c->dead_names, c->ndead * sizeof *d->dead_names);
     d->ndead = c->ndead;
     c->ndead = 0;
     for (size_t i = 0; i < c->ndirty_nodes; i++) {

@@ -333,8 +333,10 @@ static int plan_make(struct store *st, struct gen *f, struct plan *p)
     p->npts = k.npts;
     if (k.err)
         return k.err;
-    qsort(p->pts, p->npts, sizeof *p->pts, cmp_pt);
-    qsort(p->nc, p->nnc, sizeof *p->nc, cmp_nc);
+    if (p->npts)
+        qsort(p->pts, p->npts, sizeof *p->pts, cmp_pt);
+    if (p->nnc)
+        qsort(p->nc, p->nnc, sizeof *p->nc, cmp_nc);
     return 0;
 }
 
@@ -382,6 +384,9 @@ static int release_chunk(struct ckpt *k, MDB_cursor *rc_cur, uint64_t s,
         return store_set_err(st, -ENOMEM, "out of memory");
     (void)rc_cur;
     if (*zombie) {
+        /* kept: its slot stays used (a new chunk's becomes so) */
+        if ((rc = store_space_dur(st, s, true)))
+            return rc;
         uint8_t kb[8];
         put_be64(kb, s);
         MDB_val key = {8, kb}, d = {0, ""};
@@ -389,9 +394,9 @@ static int release_chunk(struct ckpt *k, MDB_cursor *rc_cur, uint64_t s,
         return mrc ? store_mdb_err(st, mrc, "zombie") : 0;
     }
     if (in_index) {
-        if ((rc = add_hop(k, h, s, false)))
+        if ((rc = add_hop(k, h, s, false)) ||
+            (rc = store_space_dur(st, s, false)))
             return rc;
-        store_space_dur(st, s, false);
     }
     return store_space_free_later(st, s);
 }
@@ -451,8 +456,8 @@ static int apply_slot(struct ckpt *k, struct delta *dl, size_t n)
         memcpy(r.hash, dl[0].hash, 16);
         if (d > 0) {
             r.refcount = (uint32_t)d;
-            store_space_dur(st, s, true);
-            if ((rc = add_hop(k, r.hash, s, true)))
+            if ((rc = store_space_dur(st, s, true)) ||
+                (rc = add_hop(k, r.hash, s, true)))
                 return rc;
             return ref_put(k, s, &r);
         }
@@ -461,8 +466,8 @@ static int apply_slot(struct ckpt *k, struct delta *dl, size_t n)
         if (!zombie)
             return 0;
         r.refcount = 0;
-        store_space_dur(st, s, true);
-        if ((rc = add_hop(k, r.hash, s, true)))
+        if ((rc = store_space_dur(st, s, true)) ||
+            (rc = add_hop(k, r.hash, s, true)))
             return rc;
         return ref_put(k, s, &r);
     }
@@ -563,7 +568,8 @@ static int apply_refs(struct ckpt *k)
     }
     if (rc)
         return rc;
-    qsort(k->dl, k->ndl, sizeof *k->dl, cmp_dl);
+    if (k->ndl)
+        qsort(k->dl, k->ndl, sizeof *k->dl, cmp_dl);
     for (size_t i = 0; i < k->ndl && !rc;) {
         size_t j = i + 1;
         while (j < k->ndl && k->dl[j].slot == k->dl[i].slot)
@@ -592,7 +598,8 @@ static int cmp_hop(const void *a, const void *b)
 static int apply_hashes(struct ckpt *k)
 {
     struct store *st = k->st;
-    qsort(k->hops, k->nhops, sizeof *k->hops, cmp_hop);
+    if (k->nhops)
+        qsort(k->hops, k->nhops, sizeof *k->hops, cmp_hop);
     MDB_cursor *c;
     int rc = mdb_cursor_open(k->txn, st->idx.hashes, &c);
     if (rc)
@@ -717,12 +724,14 @@ static int apply_part(struct store *st, struct gen *f, const struct plan *p,
         /* nothing lost: what this txn did is undone; the node counts it
          * changed are reloaded from the index */
         st->space.nrelease = 0;
+        store_space_revert(st);
         reload_counts(st, &k);
         clear_dying(st);
         ckpt_free(&k);
         return rc;
     }
     st->refsum = refsum;
+    store_space_persisted(st);
     ckpt_free(&k);
     if (!last) { /* what this part freed is reusable now */
         pthread_rwlock_wrlock(&st->gate);
@@ -907,6 +916,7 @@ static int collect_batch(struct store *st, unsigned batch, bool *done)
         mdb_txn_abort(k.txn);
     if (rc) {
         st->space.nrelease = 0;
+        store_space_revert(st);
         reload_counts(st, &k);
         clear_dying(st);
         ckpt_free(&k);
@@ -914,6 +924,7 @@ static int collect_batch(struct store *st, unsigned batch, bool *done)
     }
     st->refsum = refsum;
     st->gc_next = next;
+    store_space_persisted(st);
     pthread_rwlock_wrlock(&st->gate);
     store_space_release(st);
     pthread_rwlock_unlock(&st->gate);

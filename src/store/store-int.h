@@ -254,6 +254,8 @@ struct store_space {
     uint64_t nlive;    /* allocated slots in all */
     uint64_t *release; /* slots freed by the checkpoint being committed */
     size_t nrelease, release_cap;
+    uint64_t *undo; /* dur bits the txn being built flipped */
+    size_t nundo, undo_cap;
     bool full; /* the file system refused a new segment */
     struct alloc_cursor cur[STORE_NSHARD_MAX];
 };
@@ -269,10 +271,12 @@ bool store_space_is_live(struct store *st, uint64_t slot);
 int store_space_take_seg(struct store *st, uint8_t state, uint32_t *seg);
 void store_space_reserve(struct store *st);
 void store_space_set_state(struct store *st, uint32_t seg, uint8_t state);
-void store_space_dur(struct store *st, uint64_t slot, bool live);
+int store_space_dur(struct store *st, uint64_t slot, bool live);
 int store_space_free_later(struct store *st, uint64_t slot);
 void store_space_release(struct store *st);
 int store_space_persist(struct store *st, MDB_txn *txn);
+void store_space_revert(struct store *st);
+void store_space_persisted(struct store *st);
 uint64_t store_space_slots(struct store *st);
 void store_room_refresh(struct store *st);
 uint64_t store_room_estimate(struct store *st, const struct gen *g);
@@ -399,6 +403,8 @@ struct gen *store_gen_new(void);
 void store_gen_free(struct gen *g);
 int store_mt_put_l(struct store *st, struct gen *g, unsigned shard, uint64_t b,
                    uint32_t node, uint64_t val, uint64_t seq);
+int store_mt_reserve_l(struct gen *g, unsigned shard, size_t n);
+int store_nc_reserve_l(struct gen *g, unsigned hs, size_t n);
 int store_mt_range_l(struct store *st, struct gen *g, uint64_t b0, uint64_t b1,
                      uint32_t node, uint32_t val, uint64_t seq);
 struct mt_cand {
@@ -415,6 +421,7 @@ void store_mt_each(struct gen *g, unsigned shard,
 void store_nc_each(struct gen *g, unsigned hs,
                    void (*fn)(const struct nc_ent *e, void *arg), void *arg);
 int store_nc_put_l(struct gen *g, const uint8_t h[16], uint64_t slot);
+void store_nc_del_l(struct gen *g, const uint8_t h[16], uint64_t slot);
 unsigned store_nc_find(struct gen *g, const uint8_t h[16], uint64_t *out,
                        unsigned max);
 bool store_nc_has_slot(struct gen *g, const uint8_t h[16], uint64_t slot);

@@ -438,52 +438,78 @@ static int place_blocks(struct store *st, struct reader *r, unsigned shard,
     return rc;
 }
 
+/* Undo a write that could not be entered: its new slots go back, its
+ * dedup references are dropped. */
+static void undo_blocks(struct store *st, struct bw *w, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        if (w[i].kind == BW_NEW)
+            store_space_unalloc(st, &w[i].slot, 1);
+    drop_refs(st, w, n);
+}
+
 /* Enter blocks [b0, b0 + n) of node: new chunks into the active
  * generation's tables, then every entry into its memtable and the log, in
  * one order.  Shard locks of the blocks held by the caller when
- * shards_locked, else taken here. */
+ * shards_locked, else taken here.  Out of memory, nothing is entered
+ * (-ENOMEM; the caller undoes the rest). */
 static int commit_blocks(struct store *st, uint32_t node, uint64_t b0,
                          struct bw *w, uint64_t n, bool shards_locked)
 {
     int rc = 0;
-    for (uint64_t i = 0; i < n; i++)
-        if (w[i].kind == BW_NEW) {
-            unsigned hs = store_hshard_of(w[i].hash);
+    uint64_t done = 0;
+    for (; done < n && !rc; done++)
+        if (w[done].kind == BW_NEW) {
+            unsigned hs = store_hshard_of(w[done].hash);
             pthread_mutex_lock(&st->hshard[hs].mu);
-            if (store_nc_put_l(st->active, w[i].hash, w[i].slot))
-                rc = -ENOMEM;
+            rc = store_nc_put_l(st->active, w[done].hash, w[done].slot);
             pthread_mutex_unlock(&st->hshard[hs].mu);
         }
     bool lock[STORE_NSHARD_MAX] = {false};
-    if (!shards_locked) {
-        for (uint64_t i = 0; i < n; i += 1)
-            lock[store_shard_of(st, b0 + i)] = true;
-        for (unsigned s = 0; s < st->nshard; s++)
-            if (lock[s])
-                pthread_mutex_lock(&st->shard[s].mu);
+    size_t count[STORE_NSHARD_MAX] = {0};
+    for (uint64_t i = 0; i < n; i++) {
+        unsigned sh = store_shard_of(st, b0 + i);
+        lock[sh] = !shards_locked;
+        count[sh]++;
     }
-    pthread_mutex_lock(&st->log.mu);
-    for (uint64_t i = 0; i < n && !rc; i++) {
-        struct log_ent e = {.node = node, .block = b0 + i};
-        uint64_t val = 0;
-        if (w[i].kind == BW_ZERO) {
-            e.type = LE_ZERO;
-            e.slot = 1;
-        } else {
-            e.type = w[i].kind == BW_NEW ? LE_NEW : LE_REF;
-            e.slot = val = w[i].slot;
-            memcpy(e.hash, w[i].hash, 16);
-        }
-        uint64_t seq = ++st->seq;
-        rc = store_mt_put_l(st, st->active, store_shard_of(st, b0 + i), b0 + i,
-                            node, val, seq);
-        if (!rc)
+    for (unsigned s = 0; s < st->nshard; s++)
+        if (lock[s])
+            pthread_mutex_lock(&st->shard[s].mu);
+    for (unsigned s = 0; s < st->nshard && !rc; s++)
+        if (count[s] && store_mt_reserve_l(st->active, s, count[s]))
+            rc = -ENOMEM;
+    if (!rc) {
+        pthread_mutex_lock(&st->log.mu);
+        for (uint64_t i = 0; i < n; i++) {
+            struct log_ent e = {.node = node, .block = b0 + i};
+            uint64_t val = 0;
+            if (w[i].kind == BW_ZERO) {
+                e.type = LE_ZERO;
+                e.slot = 1;
+            } else {
+                e.type = w[i].kind == BW_NEW ? LE_NEW : LE_REF;
+                e.slot = val = w[i].slot;
+                memcpy(e.hash, w[i].hash, 16);
+            }
+            store_mt_put_l(st, st->active, store_shard_of(st, b0 + i), b0 + i,
+                           node, val, ++st->seq); /* reserved: no failure */
             store_log_add_l(st, &e);
+        }
+        pthread_mutex_unlock(&st->log.mu);
     }
-    pthread_mutex_unlock(&st->log.mu);
     for (unsigned s = 0; s < st->nshard; s++)
         if (lock[s])
             pthread_mutex_unlock(&st->shard[s].mu);
+    if (rc) { /* the new chunks entered so far go again */
+        for (uint64_t i = 0; i < done; i++)
+            if (w[i].kind == BW_NEW) {
+                unsigned hs = store_hshard_of(w[i].hash);
+                pthread_mutex_lock(&st->hshard[hs].mu);
+                store_nc_del_l(st->active, w[i].hash, w[i].slot);
+                pthread_mutex_unlock(&st->hshard[hs].mu);
+            }
+        return store_set_err(st, -ENOMEM, "out of memory (memtables)");
+    }
     /* what the checkpoint will dirty: the request's keys are adjacent, its
      * new slots mostly too, each new hash lands anywhere */
     uint64_t nnew = 0, nref = 0;
@@ -495,10 +521,7 @@ static int commit_blocks(struct store *st, uint32_t node, uint64_t b0,
     __atomic_fetch_add(&st->active->est_ref, 2 * (n / 64 + 1) + nref,
                        __ATOMIC_RELAXED);
     __atomic_fetch_add(&st->active->est_hash, nnew, __ATOMIC_RELAXED);
-    if (rc) /* the tables and the log disagree: nothing more is safe */
-        store_offline(st, rc, "out of memory for the memtables",
-                      "a write was half entered");
-    return rc ? rc : store_failed(st);
+    return store_failed(st);
 }
 
 /* Read-modify-write of block b (bytes [s, s + n) from src, or zeros if src
@@ -527,8 +550,8 @@ static int rmw_block(struct store *st, struct reader *r, uint32_t node,
             store_hash(tmp, w.hash);
             rc = place_blocks(st, r, sh, &w, 1);
         }
-        if (!rc)
-            rc = commit_blocks(st, node, b, &w, 1, true);
+        if (!rc && (rc = commit_blocks(st, node, b, &w, 1, true)) == -ENOMEM)
+            undo_blocks(st, &w, 1);
     }
     pthread_mutex_unlock(&st->shard[sh].mu);
     return rc;
@@ -579,8 +602,9 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
     }
     if (!rc && nfull) {
         rc = place_blocks(st, &r, store_shard_of(st, fb0), w, nfull);
-        if (!rc)
-            rc = commit_blocks(st, node, fb0, w, nfull, false);
+        if (!rc &&
+            (rc = commit_blocks(st, node, fb0, w, nfull, false)) == -ENOMEM)
+            undo_blocks(st, w, nfull);
     }
     reader_done(st, &r);
     pthread_rwlock_unlock(&st->gate);
@@ -643,36 +667,42 @@ static int enter_zero(struct store *st, const struct log_ent *e, bool replay)
     uint64_t n = e->slot, b0 = e->block;
     int rc = 0;
     bool lock[STORE_NSHARD_MAX] = {false};
+    size_t count[STORE_NSHARD_MAX] = {0};
     if (n <= ZERO_POINT_MAX) {
-        for (uint64_t i = 0; i < n; i++)
+        for (uint64_t i = 0; i < n; i++) {
             lock[store_shard_of(st, b0 + i)] = true;
+            count[store_shard_of(st, b0 + i)]++;
+        }
         for (unsigned s = 0; s < st->nshard; s++)
             if (lock[s])
                 pthread_mutex_lock(&st->shard[s].mu);
+        for (unsigned s = 0; s < st->nshard && !rc; s++)
+            if (count[s] && store_mt_reserve_l(st->active, s, count[s]))
+                rc = store_set_err(st, -ENOMEM, "out of memory (memtables)");
     }
-    pthread_mutex_lock(&st->log.mu);
-    uint64_t seq = ++st->seq;
-    if (n <= ZERO_POINT_MAX) {
-        for (uint64_t i = 0; i < n && !rc; i++)
-            rc = store_mt_put_l(st, st->active, store_shard_of(st, b0 + i),
-                                b0 + i, e->node, val, seq);
-    } else {
-        rc = store_mt_range_l(st, st->active, b0, b0 + n, e->node,
-                              (uint32_t)val, seq);
+    if (!rc) {
+        pthread_mutex_lock(&st->log.mu);
+        uint64_t seq = ++st->seq;
+        if (n <= ZERO_POINT_MAX)
+            for (uint64_t i = 0; i < n; i++) /* reserved: no failure */
+                store_mt_put_l(st, st->active, store_shard_of(st, b0 + i),
+                               b0 + i, e->node, val, seq);
+        else
+            rc = store_mt_range_l(st, st->active, b0, b0 + n, e->node,
+                                  (uint32_t)val, seq);
+        if (!rc && !replay)
+            store_log_add_l(st, e);
+        pthread_mutex_unlock(&st->log.mu);
     }
-    if (!rc && !replay)
-        store_log_add_l(st, e);
-    pthread_mutex_unlock(&st->log.mu);
     for (unsigned s = 0; s < st->nshard; s++)
         if (lock[s])
             pthread_mutex_unlock(&st->shard[s].mu);
+    if (rc)
+        return rc;
     __atomic_fetch_add(&st->active->est_map, n / 64 + 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&st->active->est_ref, 2 * (n / 64 + 1),
                        __ATOMIC_RELAXED);
-    if (rc)
-        store_offline(st, rc, "out of memory for the memtables",
-                      "a zero was half entered");
-    return rc ? rc : store_failed(st);
+    return store_failed(st);
 }
 
 /* Enter a log entry into the active generation: a store_zero's range, or

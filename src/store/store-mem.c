@@ -18,6 +18,7 @@
 #include <stdlib.h>
 
 #define EMPTY UINT64_MAX
+#define NC_DELETED (1ULL << 63)
 
 struct gen *store_gen_new(void)
 {
@@ -73,6 +74,17 @@ static int mt_grow(struct mt_table *t)
     free(t->e);
     t->e = e;
     t->cap = cap;
+    return 0;
+}
+
+/* Room for n more entries in a shard's table (its lock held): after this,
+ * n puts cannot fail. */
+int store_mt_reserve_l(struct gen *g, unsigned shard, size_t n)
+{
+    struct mt_table *t = &g->mt[shard];
+    while ((t->used + n) * 2 > t->cap)
+        if (mt_grow(t))
+            return -ENOMEM;
     return 0;
 }
 
@@ -211,7 +223,7 @@ void store_nc_each(struct gen *g, unsigned hs,
 {
     const struct nc_table *t = &g->nc[hs];
     for (size_t j = 0; j < t->cap; j++)
-        if (t->e[j].slot)
+        if (t->e[j].slot && !(t->e[j].slot & NC_DELETED))
             fn(&t->e[j], arg);
 }
 
@@ -224,7 +236,7 @@ static int nc_grow(struct nc_table *t)
     if (!e)
         return -ENOMEM;
     for (size_t i = 0; i < t->cap; i++) {
-        if (!t->e[i].slot)
+        if (!t->e[i].slot || (t->e[i].slot & NC_DELETED))
             continue;
         uint64_t x;
         memcpy(&x, t->e[i].hash + 8, 8);
@@ -236,6 +248,16 @@ static int nc_grow(struct nc_table *t)
     free(t->e);
     t->e = e;
     t->cap = cap;
+    return 0;
+}
+
+/* Room for n more new chunks in a hash shard's table (its lock held). */
+int store_nc_reserve_l(struct gen *g, unsigned hs, size_t n)
+{
+    struct nc_table *t = &g->nc[hs];
+    while ((t->used + n) * 2 > t->cap)
+        if (nc_grow(t))
+            return -ENOMEM;
     return 0;
 }
 
@@ -257,6 +279,23 @@ int store_nc_put_l(struct gen *g, const uint8_t h[16], uint64_t slot)
     return 0;
 }
 
+/* Take back a new chunk put by a write that could not be entered: its
+ * place stays taken (probing goes on past it), marked deleted. */
+void store_nc_del_l(struct gen *g, const uint8_t h[16], uint64_t slot)
+{
+    struct nc_table *t = &g->nc[store_hshard_of(h)];
+    uint64_t x;
+    memcpy(&x, h + 8, 8);
+    for (size_t j = mix(x) & (t->cap - 1); t->cap && t->e[j].slot;
+         j = (j + 1) & (t->cap - 1))
+        if (t->e[j].slot == slot && !memcmp(t->e[j].hash, h, 16)) {
+            t->e[j].slot |= NC_DELETED;
+            t->used--;
+            g->new_bytes -= STORE_BLOCK;
+            return;
+        }
+}
+
 /* Slots of the generation's new chunks with hash h (up to max). */
 unsigned store_nc_find(struct gen *g, const uint8_t h[16], uint64_t *out,
                        unsigned max)
@@ -269,7 +308,8 @@ unsigned store_nc_find(struct gen *g, const uint8_t h[16], uint64_t *out,
     memcpy(&x, h + 8, 8);
     for (size_t j = mix(x) & (t->cap - 1); t->e[j].slot;
          j = (j + 1) & (t->cap - 1))
-        if (!memcmp(t->e[j].hash, h, 16) && n < max)
+        if (!(t->e[j].slot & NC_DELETED) && !memcmp(t->e[j].hash, h, 16) &&
+            n < max)
             out[n++] = t->e[j].slot;
     return n;
 }

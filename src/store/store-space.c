@@ -67,6 +67,8 @@ void store_space_free(struct store *st)
 {
     free(st->space.segs);
     free(st->space.release);
+    free(st->space.undo);
+    st->space.undo = NULL;
     st->space.segs = NULL;
     st->space.release = NULL;
     pthread_mutex_destroy(&st->space.mu);
@@ -417,18 +419,29 @@ void store_space_set_state(struct store *st, uint32_t seg, uint8_t state)
 
 /* The checkpoint's view (its thread only): slot holds a chunk of the index
  * being committed, or no longer. */
-void store_space_dur(struct store *st, uint64_t slot, bool live)
+int store_space_dur(struct store *st, uint64_t slot, bool live)
 {
     struct store_space *sp = &st->space;
-    pthread_mutex_lock(&sp->mu);
     struct seg_info *s = &sp->segs[slot >> STORE_SEG_SHIFT];
     uint32_t i = slot & (STORE_SEG_SLOTS - 1);
-    if (live)
-        s->dur[i / 64] |= 1ULL << (i % 64);
-    else
-        s->dur[i / 64] &= ~(1ULL << (i % 64));
+    uint64_t bit = 1ULL << (i % 64);
+    if (!(s->dur[i / 64] & bit) == !live)
+        return 0;
+    /* the change is noted first, so that a failed txn can undo it */
+    if (sp->nundo == sp->undo_cap) {
+        size_t cap = sp->undo_cap ? 2 * sp->undo_cap : 1024;
+        uint64_t *u = realloc(sp->undo, cap * sizeof *u);
+        if (!u)
+            return store_set_err(st, -ENOMEM, "out of memory");
+        sp->undo = u;
+        sp->undo_cap = cap;
+    }
+    sp->undo[sp->nundo++] = slot;
+    pthread_mutex_lock(&sp->mu);
+    s->dur[i / 64] ^= bit;
     s->dirty = 1;
     pthread_mutex_unlock(&sp->mu);
+    return 0;
 }
 
 /* Slot is freed by the checkpoint being built: reusable after its commit
@@ -464,7 +477,22 @@ void store_space_release(struct store *st)
     pthread_mutex_unlock(&sp->mu);
 }
 
-/* Write the `space` records of the segments whose dur bitmap changed. */
+/* After a failed txn: the dur bits it changed go back (its decisions may
+ * differ when it is tried again), newest first. */
+void store_space_revert(struct store *st)
+{
+    struct store_space *sp = &st->space;
+    pthread_mutex_lock(&sp->mu);
+    while (sp->nundo) {
+        uint64_t slot = sp->undo[--sp->nundo];
+        uint32_t i = slot & (STORE_SEG_SLOTS - 1);
+        sp->segs[slot >> STORE_SEG_SHIFT].dur[i / 64] ^= 1ULL << (i % 64);
+    }
+    pthread_mutex_unlock(&sp->mu);
+}
+
+/* Write the `space` records of the segments whose dur bitmap changed (the
+ * flags are cleared once the txn commits: store_space_persisted). */
 int store_space_persist(struct store *st, MDB_txn *txn)
 {
     struct store_space *sp = &st->space;
@@ -474,7 +502,6 @@ int store_space_persist(struct store *st, MDB_txn *txn)
         struct seg_info *s = &sp->segs[i];
         if (!s->dirty)
             continue;
-        s->dirty = 0;
         uint8_t kb[4];
         put_be32(kb, i);
         MDB_val k = {4, kb}, d = {sizeof s->dur, s->dur};
@@ -483,13 +510,26 @@ int store_space_persist(struct store *st, MDB_txn *txn)
             any |= s->dur[w] != 0;
         int mrc = any ? mdb_put(txn, st->idx.space, &k, &d, 0)
                       : mdb_del(txn, st->idx.space, &k, NULL);
-        if (mrc && mrc != MDB_NOTFOUND) {
+        if (mrc && mrc != MDB_NOTFOUND)
             rc = store_mdb_err(st, mrc, "space");
-            s->dirty = 1;
-        }
     }
     pthread_mutex_unlock(&sp->mu);
     return rc;
+}
+
+void store_space_persisted(struct store *st)
+{
+    struct store_space *sp = &st->space;
+    pthread_mutex_lock(&sp->mu);
+    for (uint32_t i = 0; i < sp->nsegs; i++)
+        sp->segs[i].dirty = 0;
+    sp->nundo = 0;
+    if (sp->undo_cap > 65536) {
+        free(sp->undo);
+        sp->undo = NULL;
+        sp->undo_cap = 0;
+    }
+    pthread_mutex_unlock(&sp->mu);
 }
 
 /* ---- the index's room ---- */
@@ -505,21 +545,19 @@ static uint64_t freelist_pages(struct store *st)
     MDB_txn *rt;
     MDB_cursor *c;
     MDB_val k, d;
-    uint64_t n = 0, last[2] = {0, 0};
+    uint64_t n = 0, last = 0;
     if (mdb_txn_begin(st->idx.env, NULL, MDB_RDONLY, &rt))
         return 0;
     if (mdb_cursor_open(rt, 0 /* FREE_DBI */, &c) == 0) {
         while (mdb_cursor_get(c, &k, &d, MDB_NEXT) == 0)
             if (d.mv_size >= sizeof(size_t)) {
-                uint64_t m = *(const size_t *)d.mv_data;
-                n += m;
-                last[0] = last[1];
-                last[1] = m;
+                last = *(const size_t *)d.mv_data;
+                n += last;
             }
         mdb_cursor_close(c);
     }
     mdb_txn_abort(rt);
-    return n - last[1];
+    return n - last;
 }
 
 static uint64_t fs_free(int fd, uint64_t *size)
@@ -533,8 +571,9 @@ static uint64_t fs_free(int fd, uint64_t *size)
     return (uint64_t)sv.f_bavail * sv.f_frsize;
 }
 
-/* After a checkpoint (its thread): reserve LMDB file space ahead, measure
- * the room, the reserve, and the leaf counts the estimates cap at. */
+/* After a checkpoint (its thread) and at open: reserve LMDB file space
+ * ahead, measure the room, the reserve, and the tree sizes the estimates
+ * cap at. */
 void store_room_refresh(struct store *st)
 {
     struct store_idx *ix = &st->idx;

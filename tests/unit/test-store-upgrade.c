@@ -135,7 +135,13 @@ static void check_image(const char *name)
 
 int main(int argc, char **argv)
 {
-    fixtures = getenv("FIXTURES") ? getenv("FIXTURES") : "tests/fixtures";
+    /* tests/unit/test-store-upgrade -> tests/fixtures, from any cwd */
+    static char dir[600];
+    snprintf(dir, sizeof dir, "%s", argv[0]);
+    char *slash = strrchr(dir, '/');
+    snprintf(slash ? slash + 1 : dir,
+             sizeof dir - (slash ? slash + 1 - dir : 0), "../fixtures");
+    fixtures = getenv("FIXTURES") ? getenv("FIXTURES") : dir;
     t_setup("upgrade");
     check_image("v4-clean");
     check_image("v4-journal");
