@@ -38,9 +38,15 @@
 
 /* TLS 1.3 first, 1.2 still accepted (doc/proto.md: implementations MUST
  * support 1.2; a client that speaks 1.3 gets 1.3, its downgrade
- * protection sees to that).  With PSK only the ECDHE/DHE exchanges, which
- * keep forward secrecy (plain PSK would not). */
-#define PRIORITY_CERT "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+ * protection sees to that).  AEAD ciphers only, AES-GCM first, in our
+ * order: a TLS 1.3 PSK is bound to SHA-256, which leaves AES-128-GCM and
+ * ChaCha20 to choose from, and with the client's order (NORMAL: ChaCha20
+ * first) nbdcopy of 1 GiB spent 2.5x the server CPU in nettle's ChaCha20
+ * (measured).  With PSK only the ECDHE/DHE exchanges, which keep forward
+ * secrecy (plain PSK would not). */
+#define PRIORITY_CERT                                                          \
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:"    \
+    "+AES-128-GCM:+CHACHA20-POLY1305:%SERVER_PRECEDENCE"
 #define PRIORITY_PSK ":+ECDHE-PSK:+DHE-PSK"
 
 #define PSK_FILE_MAX (1u << 20) /* bytes of a PSK file */
