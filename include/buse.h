@@ -225,14 +225,16 @@ int buse_server_listen_systemd(struct buse_server *srv);
  * GnuTLS.  TLS 1.3 is preferred and 1.2 accepted (the NBD specification
  * requires 1.2 support; a 1.3 client cannot be downgraded, TLS 1.3 guards
  * against that).  See doc/security.md. */
-#define BUSE_TLS_OFF 0     /* NOTLS: STARTTLS gets NBD_REP_ERR_POLICY */
-#define BUSE_TLS_ON 1      /* SELECTIVETLS: TLS at the client's choice;
-                              plaintext clients are served too */
-#define BUSE_TLS_REQUIRE 2 /* FORCEDTLS: before STARTTLS, every option
-                              but STARTTLS and ABORT gets
-                              NBD_REP_ERR_TLS_REQD (EXPORT_NAME closes);
-                              NBD_OPT_LIST only for a client with a TLS
-                              identity */
+#define BUSE_TLS_OFF 0 /* NOTLS: STARTTLS gets NBD_REP_ERR_POLICY */
+#define BUSE_TLS_ON                                                            \
+    1 /* SELECTIVETLS: TLS at the client's choice;                             \
+         plaintext clients are served too */
+#define BUSE_TLS_REQUIRE                                                       \
+    2 /* FORCEDTLS: before STARTTLS, every option                              \
+         but STARTTLS and ABORT gets                                           \
+         NBD_REP_ERR_TLS_REQD (EXPORT_NAME closes);                            \
+         NBD_OPT_LIST only for a client with a TLS                             \
+         identity */
 struct buse_tls_options {
     int mode;                 /* BUSE_TLS_OFF, _ON or _REQUIRE */
     const char *certificates; /* directory with server-cert.pem and

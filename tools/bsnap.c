@@ -296,21 +296,20 @@ static void print_cmd_help(const struct cmd *c);
 
 static int parse_opts(int argc, char **argv, const char *allowed)
 {
-    static const struct option opts[] = {
-        {"json", no_argument, 0, 'j'},
-        {"force", no_argument, 0, 'f'},
-        {"volume", required_argument, 0, 'V'},
-        {"progress", no_argument, 0, 'p'},
-        {"default", required_argument, 0, 'D'},
-        {"none", no_argument, 0, 'n'},
-        {"read-only", no_argument, 0, 'r'},
-        {"read-write", no_argument, 0, 'w'},
-        {"allow", required_argument, 0, 'a'},
-        {"allow-any", no_argument, 0, 'A'},
-        {"control", required_argument, 0, 'c'},
-        {"timeout", required_argument, 0, 't'},
-        {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"json", no_argument, 0, 'j'},
+                                         {"force", no_argument, 0, 'f'},
+                                         {"volume", required_argument, 0, 'V'},
+                                         {"progress", no_argument, 0, 'p'},
+                                         {"default", required_argument, 0, 'D'},
+                                         {"none", no_argument, 0, 'n'},
+                                         {"read-only", no_argument, 0, 'r'},
+                                         {"read-write", no_argument, 0, 'w'},
+                                         {"allow", required_argument, 0, 'a'},
+                                         {"allow-any", no_argument, 0, 'A'},
+                                         {"control", required_argument, 0, 'c'},
+                                         {"timeout", required_argument, 0, 't'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -512,7 +511,9 @@ static const char *access_of(json_t *o, char *buf, size_t len)
     if (!ro && !n)
         return "-";
     snprintf(buf, len, "%s%s%.0zu%s", ro ? "ro" : "", ro && n ? ", " : "", n,
-             n == 0 ? "" : n == 1 ? " id" : " ids");
+             n == 0   ? ""
+             : n == 1 ? " id"
+                      : " ids");
     return buf;
 }
 
@@ -529,8 +530,8 @@ static void print_access(json_t *o)
     if (!json_array_size(ids))
         printf("  any client may open it\n");
     else
-        json_array_foreach(ids, k, id) printf("  allowed: %s\n",
-                                                json_string_value(id));
+        json_array_foreach(ids, k, id)
+            printf("  allowed: %s\n", json_string_value(id));
 }
 
 static int cmd_access(int argc, char **argv)
@@ -617,8 +618,8 @@ static void print_node(struct node *v, size_t n, size_t i, int depth)
     snprintf(label, sizeof label, "%*s%s%s", depth * 2, "", jstr(o, "name"),
              json_is_true(json_object_get(o, "default")) ? "*" : "");
     char acc[32];
-    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %7lld  %s\n",
-           name_width, label, jstr(o, "kind"), jstr(o, "uuid"),
+    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %7lld  %s\n", name_width,
+           label, jstr(o, "kind"), jstr(o, "uuid"),
            *jstr(o, "parent") ? jstr(o, "parent") : "-", jstr(o, "created_iso"),
            common_human_size((unsigned long long)jint(o, "size"), size,
                              sizeof size),
@@ -681,9 +682,9 @@ static int cmd_list(int argc, char **argv)
         if (w > name_width)
             name_width = w;
     }
-    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %7s  %s\n",
-           name_width, "NAME", "KIND", "UUID", "PARENT", "CREATED", "SIZE",
-           "WRITTEN", "CLIENTS", "ACCESS");
+    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %7s  %s\n", name_width,
+           "NAME", "KIND", "UUID", "PARENT", "CREATED", "SIZE", "WRITTEN",
+           "CLIENTS", "ACCESS");
     int have_default = 0;
     for (size_t k = 0; k < n; k++) {
         have_default |= json_is_true(json_object_get(v[k].o, "default"));
@@ -861,8 +862,9 @@ static const struct cmd cmds[] = {
      "\"\" has clients (they would get another disk on reconnecting)\n"
      "unless --force, which disconnects them first.\n",
      cmd_default},
-    {"access", "NAME [--read-only | --read-write] [--allow ID]... "
-               "[--allow-any] [--force] [--json]",
+    {"access",
+     "NAME [--read-only | --read-write] [--allow ID]... "
+     "[--allow-any] [--force] [--json]",
      "Show or change who may open NAME over NBD: --read-only makes its\n"
      "export read-only; --allow ID (repeatable) restricts it to clients\n"
      "with those TLS identities (a PSK username, or a certificate's subject\n"

@@ -26,15 +26,15 @@
 
 #define BUSE_MAX_LISTENERS 16
 
-struct buse_kattach;    /* an attached kernel device (server.c) */
-struct buse_tls_creds;  /* a server's TLS credentials (tls.c) */
-struct buse_tls;        /* a connection's TLS session (tls.c) */
+struct buse_kattach;   /* an attached kernel device (server.c) */
+struct buse_tls_creds; /* a server's TLS credentials (tls.c) */
+struct buse_tls;       /* a connection's TLS session (tls.c) */
 
 struct buse_server {
     struct buse_operations ops; /* caller's, zero beyond its ops_size */
     void *userdata;
-    uint64_t size; /* default export size */
-    int tls_mode;  /* BUSE_TLS_*; set before run() */
+    uint64_t size;                    /* default export size */
+    int tls_mode;                     /* BUSE_TLS_*; set before run() */
     struct buse_tls_creds *tls_creds; /* NULL unless tls_mode */
 
     int listen_fds[BUSE_MAX_LISTENERS];

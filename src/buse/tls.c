@@ -47,7 +47,7 @@
  * (measured).  With PSK only the ECDHE/DHE exchanges, which keep forward
  * secrecy (plain PSK would not). */
 #define PRIORITY_CERT                                                          \
-    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:"    \
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:"     \
     "+AES-128-GCM:+CHACHA20-POLY1305:%SERVER_PRECEDENCE"
 #define PRIORITY_PSK ":+ECDHE-PSK:+DHE-PSK"
 
@@ -423,8 +423,7 @@ int buse_server_set_tls_sized(struct buse_server *srv,
                      o.psk_file ? PRIORITY_PSK : "");
         int g = gnutls_priority_init(&c->priority, prio, &err);
         if (g < 0) {
-            tls_err(g, "TLS priority \"%s\" (at \"%s\")", prio,
-                    err ? err : "");
+            tls_err(g, "TLS priority \"%s\" (at \"%s\")", prio, err ? err : "");
             r = -EINVAL;
         }
     }
@@ -435,7 +434,8 @@ int buse_server_set_tls_sized(struct buse_server *srv,
     buse_tls_creds_free(srv->tls_creds);
     srv->tls_creds = c;
     srv->tls_mode = o.mode;
-    buse_debug("TLS %s with%s%s%s", o.mode == BUSE_TLS_REQUIRE ? "required" : "offered",
+    buse_debug("TLS %s with%s%s%s",
+               o.mode == BUSE_TLS_REQUIRE ? "required" : "offered",
                o.certificates ? " X.509 certificates" : "",
                o.certificates && o.psk_file ? " and" : "",
                o.psk_file ? " pre-shared keys" : "");
@@ -562,9 +562,9 @@ static int tls_pull_timeout(gnutls_transport_ptr_t p, unsigned ms)
     struct buse_tls *t = p;
     struct pollfd pfd = {.fd = t->fd, .events = POLLIN};
     return poll(&pfd, 1,
-                ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int)(ms > INT32_MAX
-                                                                ? INT32_MAX
-                                                                : ms));
+                ms == GNUTLS_INDEFINITE_TIMEOUT
+                    ? -1
+                    : (int)(ms > INT32_MAX ? INT32_MAX : ms));
 }
 
 int buse_tls_start(struct buse_conn *conn)
@@ -574,8 +574,8 @@ int buse_tls_start(struct buse_conn *conn)
     int r;
     if (!t)
         return -ENOMEM;
-    r = gnutls_init(&t->s, GNUTLS_SERVER | GNUTLS_NO_SIGNAL |
-                               GNUTLS_NO_TICKETS);
+    r = gnutls_init(&t->s,
+                    GNUTLS_SERVER | GNUTLS_NO_SIGNAL | GNUTLS_NO_TICKETS);
     if (r < 0) {
         free(t);
         return gnutls_to_errno(r);
@@ -630,9 +630,8 @@ int buse_tls_start(struct buse_conn *conn)
         char *desc = gnutls_session_get_desc(t->s);
         int psk = gnutls_auth_get_type(t->s) == GNUTLS_CRD_PSK;
         gnutls_group_t g = gnutls_group_get(t->s);
-        buse_debug("TLS: %s%s%s%s, client identity %s%s%s",
-                   desc ? desc : "?", psk ? " with PSK" : "",
-                   psk && g ? " and ECDHE " : "",
+        buse_debug("TLS: %s%s%s%s, client identity %s%s%s", desc ? desc : "?",
+                   psk ? " with PSK" : "", psk && g ? " and ECDHE " : "",
                    psk && g ? gnutls_group_get_name(g) : "",
                    t->identity ? "\"" : "", t->identity ? t->identity : "none",
                    t->identity ? "\"" : "");

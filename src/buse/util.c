@@ -215,8 +215,7 @@ int buse_add_export(struct buse_export_list *list, const char *name,
     return 0;
 }
 
-const char *buse_export_list_peer(const struct buse_export_list *list,
-                                  int *tls)
+const char *buse_export_list_peer(const struct buse_export_list *list, int *tls)
 {
     if (tls)
         *tls = list->tls;

@@ -79,8 +79,10 @@ int attrs_check_identity(const char *id, char *msg, size_t len)
     }
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)id[i] < 0x20 || id[i] == 0x7f) {
-            snprintf(msg, len, "TLS identity \"%.64s\" has a control "
-                               "character", id);
+            snprintf(msg, len,
+                     "TLS identity \"%.64s\" has a control "
+                     "character",
+                     id);
             return -EINVAL;
         }
     return 0;
@@ -138,10 +140,9 @@ static json_t *to_json(const struct exports *ex)
         for (size_t i = 0; allow && i < a->nallow; i++)
             json_array_append_new(allow, json_string(a->allow[i]));
         uuid_unparse_lower(a->uuid, id);
-        json_array_append_new(list, json_pack("{s:s, s:b, s:o*}", "uuid", id,
-                                              "read_only", a->read_only,
-                                              "allow", a->nallow ? allow
-                                                                 : NULL));
+        json_array_append_new(
+            list, json_pack("{s:s, s:b, s:o*}", "uuid", id, "read_only",
+                            a->read_only, "allow", a->nallow ? allow : NULL));
         if (!a->nallow)
             json_decref(allow);
     }
@@ -167,12 +168,10 @@ int attrs_save_locked(struct exports *ex, char *msg, size_t len)
         return -ENOMEM;
     }
     snprintf(tmp, sizeof tmp, "%s.tmp", ex->attrs_path);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-              0600);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     size_t n = strlen(text);
     text[n] = '\n'; /* json_dumps leaves no newline; the NUL is ours */
-    if (fd < 0 || write(fd, text, n + 1) != (ssize_t)(n + 1) ||
-        fsync(fd) < 0)
+    if (fd < 0 || write(fd, text, n + 1) != (ssize_t)(n + 1) || fsync(fd) < 0)
         r = -errno;
     if (fd >= 0 && close(fd) < 0 && r == 0)
         r = -errno;
@@ -227,9 +226,8 @@ static int load_entry(struct exports *ex, json_t *e, char *msg, size_t len)
         }
     }
     if (r == 0)
-        r = attrs_set_locked(ex, u,
-                             json_is_true(json_object_get(e, "read_only")), v,
-                             n);
+        r = attrs_set_locked(
+            ex, u, json_is_true(json_object_get(e, "read_only")), v, n);
     free(v);
     return r;
 }
@@ -254,8 +252,9 @@ int attrs_attach(struct exports *ex, const char *path)
     json_t *def = json_object_get(j, "default");
     json_t *list = json_object_get(j, "exports");
     if (!fmt || strcmp(fmt, ATTR_FORMAT) != 0 || !json_is_integer(ver)) {
-        snprintf(msg, sizeof msg, "not a busesnap exports file (no "
-                                  "\"format\":\"" ATTR_FORMAT "\")");
+        snprintf(msg, sizeof msg,
+                 "not a busesnap exports file (no "
+                 "\"format\":\"" ATTR_FORMAT "\")");
         r = -EINVAL;
     } else if (json_integer_value(ver) != ATTR_VERSION) {
         snprintf(msg, sizeof msg,

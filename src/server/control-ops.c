@@ -117,12 +117,13 @@ static int64_t elapsed_us(const struct timespec *t0)
 static json_t *resolve_error(struct exports *ex, const char *name, int r)
 {
     if (r == -ENOENT && !name[0])
-        return ctl_error(r, "%s: there is no default volume (export \"\" "
-                            "does not exist; see bsnap default)",
+        return ctl_error(r,
+                         "%s: there is no default volume (export \"\" "
+                         "does not exist; see bsnap default)",
                          ex->image);
     if (r == -ENOENT)
-        return ctl_error(r, "%s: no such volume or snapshot \"%s\"",
-                         ex->image, name);
+        return ctl_error(r, "%s: no such volume or snapshot \"%s\"", ex->image,
+                         name);
     return ctl_store_error(r);
 }
 
@@ -190,8 +191,9 @@ static json_t *inherit_allow_locked(struct exports *ex, const uuid_t src,
     uuid_unparse_lower(made->uuid, id);
     attrs_set_locked(ex, made->uuid, 0, NULL, 0);
     store_delete(ex->st, id);
-    return ctl_error(r, "%s: \"%s\" not made: its allowed TLS identities "
-                        "could not be recorded: %s",
+    return ctl_error(r,
+                     "%s: \"%s\" not made: its allowed TLS identities "
+                     "could not be recorded: %s",
                      ex->image, made->name, msg);
 }
 
@@ -419,8 +421,7 @@ static int count_volumes_cb(const struct store_obj_info *info, void *arg)
  * deletion holds.  nd: the new default named with the request, or NULL. */
 static json_t *delete_refusal_locked(struct exports *ex,
                                      const struct store_obj_info *o,
-                                     const struct store_obj_info *nd,
-                                     int force)
+                                     const struct store_obj_info *nd, int force)
 {
     struct store_obj_info cur;
     struct count_ctx cc = {.skip = &o->uuid};
@@ -511,8 +512,8 @@ static json_t *op_delete(struct exports *ex, json_t *req)
             uuid_copy(ex->default_uuid, old_def);
             pthread_mutex_unlock(&ex->lock);
             json_decref(obj);
-            return ctl_error(r, "%s: \"%s\" not deleted: %s", ex->image,
-                             o.name, msg);
+            return ctl_error(r, "%s: \"%s\" not deleted: %s", ex->image, o.name,
+                             msg);
         }
     }
     char id[40];
@@ -589,8 +590,9 @@ static json_t *op_default(struct exports *ex, json_t *req)
         pthread_mutex_unlock(&ex->lock);
         int r = buse_server_disconnect(ex->srv, "");
         if (r < 0)
-            return ctl_error(r, "%s: cannot disconnect the clients of export "
-                                "\"\"",
+            return ctl_error(r,
+                             "%s: cannot disconnect the clients of export "
+                             "\"\"",
                              ex->image);
         disc = r;
         pthread_mutex_lock(&ex->lock);
@@ -602,11 +604,10 @@ static json_t *op_default(struct exports *ex, json_t *req)
                          "%s: export \"\" is served to %d NBD client%s (of "
                          "volume \"%s\"); on reconnecting %s would get %s%s%s; "
                          "disconnect %s or use --force",
-                         ex->image, n, n == 1 ? "" : "s",
-                         have ? cur.name : "?", n == 1 ? "it" : "they",
-                         none ? "no volume" : "volume \"",
-                         none ? "" : v.name, none ? "" : "\"",
-                         n == 1 ? "it" : "them");
+                         ex->image, n, n == 1 ? "" : "s", have ? cur.name : "?",
+                         n == 1 ? "it" : "they",
+                         none ? "no volume" : "volume \"", none ? "" : v.name,
+                         none ? "" : "\"", n == 1 ? "it" : "them");
     }
     int old_has = ex->has_default;
     uuid_t old;
@@ -741,8 +742,8 @@ static json_t *op_access(struct exports *ex, json_t *req)
                          "the new access would %s; disconnect %s or use "
                          "--force",
                          ex->image,
-                         o.kind == STORE_VOLUME ? "volume" : "snapshot",
-                         o.name, affected, affected == 1 ? "" : "s",
+                         o.kind == STORE_VOLUME ? "volume" : "snapshot", o.name,
+                         affected, affected == 1 ? "" : "s",
                          ro ? "refuse or make read-only" : "refuse",
                          affected == 1 ? "it" : "them");
     }
@@ -770,8 +771,8 @@ static json_t *op_access(struct exports *ex, json_t *req)
     if (r < 0)
         return ctl_error(r, "%s: the access of \"%s\" was not changed: %s",
                          ex->image, o.name, msg);
-    return json_pack("{s:b, s:o, s:i}", "ok", 1, "object", obj,
-                     "disconnected", disc);
+    return json_pack("{s:b, s:o, s:i}", "ok", 1, "object", obj, "disconnected",
+                     disc);
 }
 
 static json_t *op_rename(struct exports *ex, json_t *req)
@@ -1009,11 +1010,17 @@ json_t *ctl_op(struct exports *ex, const char *op, json_t *req, int fd)
     static const struct {
         const char *name;
         json_t *(*fn)(struct exports *ex, json_t *req);
-    } ops[] = {
-        {"create", op_create},   {"list", op_list},     {"rollback", op_rollback},
-        {"clone", op_clone},     {"delete", op_delete}, {"rename", op_rename},
-        {"info", op_info},       {"diff", op_diff},     {"gc", op_gc},
-        {"default", op_default}, {"access", op_access}};
+    } ops[] = {{"create", op_create},
+               {"list", op_list},
+               {"rollback", op_rollback},
+               {"clone", op_clone},
+               {"delete", op_delete},
+               {"rename", op_rename},
+               {"info", op_info},
+               {"diff", op_diff},
+               {"gc", op_gc},
+               {"default", op_default},
+               {"access", op_access}};
     if (strcmp(op, "check") == 0) {
         json_t *res = op_check(ex, req, fd);
         return res ? res : ctl_error(-ENOMEM, "check: out of memory");

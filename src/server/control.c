@@ -24,8 +24,8 @@
 
 #include "control.h"
 
-#define CTL_IDLE_TIMEOUT 120 /* seconds without a complete request */
-#define CTL_SEND_TIMEOUT 10  /* seconds to write one response */
+#define CTL_IDLE_TIMEOUT 120  /* seconds without a complete request */
+#define CTL_SEND_TIMEOUT 10   /* seconds to write one response */
 #define CTL_KEEPALIVE_MS 1000 /* "still running" lines during a long op */
 
 struct ctl_client {

@@ -223,8 +223,9 @@ static int cmd_serve(int argc, char **argv)
             else if (!strcmp(optarg, "require"))
                 tls.mode = BUSE_TLS_REQUIRE;
             else
-                usage_error("serve", "--tls wants off, on or require, not "
-                                     "\"%s\"",
+                usage_error("serve",
+                            "--tls wants off, on or require, not "
+                            "\"%s\"",
                             optarg);
             break;
         case 'C':
@@ -275,8 +276,7 @@ static int cmd_serve(int argc, char **argv)
         usage_error("serve", "--tls-verify-peer needs --tls-certificates");
     if (control)
         snprintf(ctlpath, sizeof ctlpath, "%s", control);
-    else if (common_default_control_path(prog, ctlpath, sizeof ctlpath, 1) <
-             0)
+    else if (common_default_control_path(prog, ctlpath, sizeof ctlpath, 1) < 0)
         return 1;
     if (verbose)
         buse_set_verbose(verbose);
