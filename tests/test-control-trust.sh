@@ -150,19 +150,20 @@ silent=$!
 on_exit "kill $silent"
 wait_for_socket "$tmp/silent.ctl" "$silent"
 t0=$(date +%s%N)
+# (timeout 30: without its own timeout bsnap would wait for ever)
 expect_refusal "silent server, --timeout 1" "no answer from the server in 1 s" \
-    "$top/bsnap" --control "$tmp/silent.ctl" --timeout 1 list
+    timeout 30 "$top/bsnap" --control "$tmp/silent.ctl" --timeout 1 list
 t1=$(date +%s%N)
 [ $(((t1 - t0) / 1000000)) -lt 4000 ] || fail "--timeout 1 took $(((t1 - t0) / 1000000)) ms"
 t0=$(date +%s%N)
 expect_refusal "silent server, default timeout" "no answer from the server in 5 s" \
-    "$top/bsnap" --control "$tmp/silent.ctl" list
+    timeout 30 "$top/bsnap" --control "$tmp/silent.ctl" list
 t1=$(date +%s%N)
 ms=$(((t1 - t0) / 1000000))
 [ $ms -ge 4900 ] && [ $ms -lt 15000 ] || fail "default timeout took $ms ms"
 kill -STOP $server_pid
 expect_refusal "stopped server" "no answer from the server in 1 s" \
-    env BSNAP_TIMEOUT=1 "$top/bsnap" --control "$tmp/shared/ours.ctl" create late
+    timeout 30 env BSNAP_TIMEOUT=1 "$top/bsnap" --control "$tmp/shared/ours.ctl" create late
 kill -CONT $server_pid
 "$top/bsnap" --control "$tmp/shared/ours.ctl" list --json | jq -e 'map(.name) | index("late") == null' >/dev/null ||
     fail "a request that timed out before it was sent was carried out"
