@@ -48,7 +48,6 @@ assert h.get_size() == 64 << 20
 start_tls --tls-psk "$tmp/keys.psk"
 rw "$(psk_uri)"
 rw "nbds://alice@127.0.0.1:$port/disk?tls-psk-file=$tmp/keys.psk"
-rw "nbds+unix:///disk?socket=$sock&tls-username=alice&tls-psk-file=$tmp/keys.psk"
 grep -q 'TLS: (TLS1.3).* with PSK and ECDHE .*client identity "alice"' "$tmp/server.log" ||
     fail "PSK session was not TLS 1.3 with ECDHE for alice: $(grep 'TLS:' "$tmp/server.log")"
 # A wrong key for alice, and a username the server does not know.
