@@ -66,6 +66,8 @@ extern "C" {
 #define BUSE_SERIALIZE (1u << 1)
 /* Every export is read-only. */
 #define BUSE_READONLY (1u << 2)
+/* Refuse NBD_OPT_LIST (NBD_REP_ERR_POLICY): clients must know the names. */
+#define BUSE_NO_LIST (1u << 3)
 
 /* An export as open() describes it.  libbuse zeroes it, sets size from
  * buse_operations.size before calling open(), and reads it back. */
@@ -76,6 +78,16 @@ struct buse_export {
     int readonly;            /* nonzero: writes get EPERM, no write flags */
     const char *description; /* NBD_INFO_DESCRIPTION, or NULL; must live
                                 until close(handle) */
+
+    /* Who asks (set by libbuse before open(); read them, do not change
+     * them; strings valid during open() only): */
+    int tls;                  /* the connection runs TLS */
+    const char *tls_identity; /* the client's authenticated TLS identity:
+                                 its PSK username, or the subject DN
+                                 (RFC 4514) of its verified certificate;
+                                 NULL when it has none */
+    int kernel;               /* a kernel device (attach_kernel), no
+                                 network client */
 };
 
 /* Opaque collectors handed to callbacks. */
@@ -93,6 +105,12 @@ int buse_add_extent(struct buse_extents *extents, uint64_t offset,
  * NBD_OPT_LIST reply.  Strings are copied.  Returns 0 or -errno. */
 int buse_add_export(struct buse_export_list *list, const char *name,
                     const char *description);
+/* list_exports: the listing client's TLS identity (as in struct
+ * buse_export), or NULL; *tls (if not NULL) is set to whether the
+ * connection runs TLS.  So that a list shows only what the client may open.
+ * Valid during the callback only. */
+const char *buse_export_list_peer(const struct buse_export_list *list,
+                                  int *tls);
 
 struct buse_operations {
     /* ---- BUSE 1 members (unchanged names, types and order) ---- */
@@ -194,11 +212,54 @@ struct buse_server *buse_server_new_sized(const struct buse_operations *ops,
  * unless mode is nonzero. */
 int buse_server_listen_unix(struct buse_server *srv, const char *path,
                             unsigned mode);
-/* Listen on TCP; host_port is "HOST:PORT", "[V6]:PORT" or ":PORT". */
+/* Listen on TCP; host_port is "HOST:PORT", "[V6]:PORT" (the addresses
+ * HOST resolves to) or ":PORT" (every address).  run() prints one warning
+ * line when a TCP listener on an address other than loopback serves
+ * without BUSE_TLS_REQUIRE (plaintext NBD on the network). */
 int buse_server_listen_tcp(struct buse_server *srv, const char *host_port);
 /* Take the sockets passed by systemd socket activation (LISTEN_PID,
  * LISTEN_FDS).  Returns the number taken (0: none were passed). */
 int buse_server_listen_systemd(struct buse_server *srv);
+
+/* TLS, the NBD way (NBD_OPT_STARTTLS; doc/proto.md, "TLS support"), with
+ * GnuTLS.  TLS 1.3 is preferred and 1.2 accepted (the NBD specification
+ * requires 1.2 support; a 1.3 client cannot be downgraded, TLS 1.3 guards
+ * against that).  See doc/security.md. */
+#define BUSE_TLS_OFF 0 /* NOTLS: STARTTLS gets NBD_REP_ERR_POLICY */
+#define BUSE_TLS_ON                                                            \
+    1 /* SELECTIVETLS: TLS at the client's choice;                             \
+         plaintext clients are served too */
+#define BUSE_TLS_REQUIRE                                                       \
+    2 /* FORCEDTLS: before STARTTLS, every option                              \
+         but STARTTLS and ABORT gets                                           \
+         NBD_REP_ERR_TLS_REQD (EXPORT_NAME closes);                            \
+         NBD_OPT_LIST only for a client with a TLS                             \
+         identity */
+struct buse_tls_options {
+    int mode;                 /* BUSE_TLS_OFF, _ON or _REQUIRE */
+    const char *certificates; /* directory with server-cert.pem and
+                                 server-key.pem (X.509, PEM), and
+                                 ca-cert.pem (required with verify_peer)
+                                 and ca-crl.pem (optional), as nbdkit and
+                                 qemu read them; or NULL */
+    const char *psk_file;     /* "username:hexkey" lines, as psktool
+                                 writes them; or NULL.  Read once here. */
+    int verify_peer;          /* X.509: require a client certificate
+                                 signed by ca-cert.pem; its subject DN is
+                                 the client's identity */
+    const char *priority;     /* GnuTLS priority string (NULL: libbuse's,
+                                 TLS 1.3 then 1.2, no PSK without ECDHE) */
+};
+/* Set the server's TLS mode and load its credentials (at least one of
+ * certificates and psk_file for ON and REQUIRE).  Call before run();
+ * opt is copied.  Returns 0 or -errno after one line naming the file at
+ * fault (-ENOENT, -EACCES, -EINVAL for a malformed key or certificate).
+ * Kernel devices never use TLS. */
+int buse_server_set_tls_sized(struct buse_server *srv,
+                              const struct buse_tls_options *opt,
+                              size_t opt_size);
+#define buse_server_set_tls(srv, opt)                                          \
+    buse_server_set_tls_sized((srv), (opt), sizeof *(opt))
 
 struct buse_kernel_options {
     unsigned connections;    /* sockets per device (default 1; more needs

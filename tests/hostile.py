@@ -3,6 +3,14 @@
 # Usage: hostile.py SOCKET SERVER_PID KIND   (KIND: busesnap or busexmp,
 # which differ only in that busexmp serves any export name).
 #
+# With HOSTILE_TLS_CA (the CA of a server started with --tls=on and X.509
+# certificates for "localhost"), every table row runs inside a TLS session
+# (STARTTLS first), and the STARTTLS rows are added: misuse of STARTTLS,
+# garbage and plaintext injected into the TLS handshake, plaintext state
+# that must be forgotten under TLS, connections dropped at every TLS stage.
+# HOSTILE_REQUIRE_SOCK names a second server of the same credentials with
+# --tls=require, for the rows of a client that does not start TLS.
+#
 # Each row of OPTION_ROWS and REQUEST_ROWS is one bad input: what is sent
 # (bytes built by nbdraw.Conn), the reply doc/proto.md requires, and
 # whether the connection must stay usable afterwards (then a GO and/or a
@@ -13,6 +21,7 @@
 # the export; any wrong byte, error or stall of more than 5 s fails.
 import os
 import random
+import ssl
 import struct
 import sys
 import threading
@@ -24,6 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nbdraw import *  # noqa: E402,F403
 
 path, server_pid, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+TLS = None
+if os.environ.get("HOSTILE_TLS_CA"):
+    TLS = ssl.create_default_context(cafile=os.environ["HOSTILE_TLS_CA"])
+SENDFAIL = (BrokenPipeError, ConnectionResetError, ssl.SSLError)
 M = 1 << 20
 tried = 0
 
@@ -174,16 +187,19 @@ OPTION_ROWS = [
      + opt(LIST_META, struct.pack(">II", 0xFFFFFFFF, 0)),
      [ACK, ERR_INVALID], 1),
     ("ABORT", opt(ABORT), [ACK], 0),
+    ("STARTTLS with data", opt(STARTTLS, b"x"), [ERR_INVALID], 1),
+    # Without TLS: refused by policy; inside a TLS session: already running.
+    ("STARTTLS", opt(STARTTLS), [ERR_INVALID if TLS else ERR_POLICY], 1),
 ]
 
 
 def run_option_row(name, data, expect, keep):
-    c = Conn(path)
+    c = Conn(path, tls=TLS)
     in_tx = False
     try:
         try:
             c.send(data)
-        except (BrokenPipeError, ConnectionResetError):
+        except SENDFAIL:
             # Closed before all was sent (e.g. a 100 KB EXPORT_NAME).
             assert expect == CLOSE, "connection closed while sending"
         if expect == CLOSE:
@@ -287,7 +303,7 @@ REQUEST_ROWS = [
 
 
 def tx_conn(mode):
-    c = Conn(path)
+    c = Conn(path, tls=TLS)
     c.go(structured=mode == "S", meta=mode in "Sx", extended=mode == "x")
     return c
 
@@ -297,7 +313,7 @@ def run_request_row(name, build, expect, keep, mode):
     try:
         try:
             c.send(build(c))
-        except (BrokenPipeError, ConnectionResetError):
+        except SENDFAIL:
             assert expect == CLOSE, "connection closed while sending"
         if expect == CLOSE:
             assert c.closed(), "connection not closed"
@@ -332,8 +348,170 @@ for row in REQUEST_ROWS:
         tried += 1
         nrows += 1
 survivor.check("the table")
-print("table: %d option rows, %d request rows (x modes), %.1f s"
-      % (len(OPTION_ROWS) + 2, nrows, time.monotonic() - t0))
+print("table: %d option rows, %d request rows (x modes), %.1f s%s"
+      % (len(OPTION_ROWS) + 2, nrows, time.monotonic() - t0,
+         ", inside TLS sessions" if TLS else ""))
+
+
+# ---- STARTTLS (doc/proto.md "TLS support") ----
+def plain_then_tls(pre):
+    """Options pre in plaintext (each answered ACK), then STARTTLS."""
+    c = Conn(path)
+    for o, d in pre:
+        c.option(o, d)
+        assert c.final_reply()[0] == ACK, "plaintext option %d refused" % o
+    c.starttls(TLS)
+    return c
+
+
+def forgets_structured():
+    # A man in the middle's STRUCTURED_REPLY before STARTTLS (nbdkit's
+    # CVE-2021-3716): under TLS the client negotiated nothing, so the
+    # replies must be simple.
+    c = plain_then_tls([(STRUCTURED_REPLY, b"")])
+    c.go()
+    c.request(READ, 0, 512)
+    magic = struct.unpack(">I", c.recvn(4))[0]
+    assert magic == SIMPLE, "structured reply after a plaintext " \
+        "STRUCTURED_REPLY (0x%x)" % magic
+    c.recvn(12 + 512)
+    usable(c, True)
+
+
+def forgets_meta():
+    q = b"base:allocation"
+    c = plain_then_tls([(STRUCTURED_REPLY, b""),
+                        (SET_META, struct.pack(">III", 0, 1, len(q)) + q)])
+    c.go(structured=True)  # STRUCTURED_REPLY again, but no SET_META
+    err, _ = c.call(BLOCK_STATUS, 0, 4096)
+    assert err == EINVAL, "BLOCK_STATUS with a plaintext meta context: " \
+        "errno %d" % err
+
+
+def garbage_handshake():
+    # Bytes that are no TLS record, and a record whose body is random.
+    # (Random bytes may also announce a record of up to 16 KiB: the server
+    # then waits for it, up to the handshake's idle limit.)
+    for junk in (b"\0" + os.urandom(3000),
+                 b"\x16\x03\x01\x00\xc8" + os.urandom(200)):
+        c = Conn(path)
+        c.option(STARTTLS)
+        assert c.reply()[1] == ACK
+        c.send(junk)
+        assert c.closed(), "garbage TLS handshake: not closed"
+        assert struct.pack(">Q", REP) not in c.received[20:], \
+            "an option reply after garbage in the TLS handshake"
+
+
+def injected_plaintext():
+    # STARTTLS and a plaintext GO in one write: the GO is no option (it is
+    # taken as the start of a TLS handshake, and fails it).
+    c = Conn(path)
+    c.send(struct.pack(">QII", OPT, STARTTLS, 0)
+           + struct.pack(">QII", OPT, GO, 6) + b"\0\0\0\0\0\0")
+    assert c.reply()[1] == ACK
+    assert c.closed(), "plaintext after STARTTLS: not closed"
+    assert struct.pack(">Q", REP) not in c.received[20:], \
+        "the server answered a plaintext option after STARTTLS"
+
+
+def starttls_after_go():
+    c = Conn(path, tls=TLS)
+    c.go()
+    c.send(struct.pack(">QII", OPT, STARTTLS, 0) + bytes(12))
+    assert c.closed(), "STARTTLS in transmission: not closed"
+
+
+def starttls_twice_plain_to_tls():
+    c = Conn(path, tls=TLS)
+    c.option(STARTTLS)
+    assert c.reply()[1] == ERR_INVALID, "second STARTTLS not refused"
+    c.option(STARTTLS)
+    assert c.reply()[1] == ERR_INVALID, "third STARTTLS not refused"
+    usable(c, False)
+
+
+def tls_drop(i):
+    k = i % 6
+    c = Conn(path)
+    c.option(STARTTLS)
+    assert c.reply()[1] == ACK
+    if k == 0:  # right after the ACK
+        return c.close()
+    if k == 1:  # half a ClientHello record
+        c.send(b"\x16\x03\x01\x02\x00" + os.urandom(100))
+        return c.close()
+    c.s = TLS.wrap_socket(c.s, server_hostname="localhost")
+    if k == 2:  # TLS up, nothing else; closed without close_notify
+        return c.close()
+    if k == 3:  # half an option inside TLS
+        c.send(struct.pack(">Q", OPT))
+    elif k >= 4:
+        c.go()
+        if k == 5:  # reads in flight, replies never read
+            c.send(b"".join(c.header(READ, j * 65536, 65536)
+                            for j in range(16)))
+    c.close()
+
+
+def require_rows(rpath):
+    """FORCEDTLS: a client that does not start TLS gets TLS_REQD for
+    everything (nothing else: no name, no size) or, for EXPORT_NAME, the
+    end of the connection; inside TLS without an identity it cannot list."""
+    c = Conn(rpath)
+    for o, d in ((GO, struct.pack(">I", 0) + b"\0\0"), (LIST, b""),
+                 (INFO, struct.pack(">I", 0) + b"\0\0"),
+                 (99, bytes(100000)), (STRUCTURED_REPLY, b"")):
+        c.option(o, d)
+        _, typ, _ = c.reply()
+        assert typ == ERR_TLS_REQD, "option %d before TLS: 0x%x" % (o, typ)
+    c.starttls(TLS)  # still possible after refusals
+    c.option(LIST)
+    assert c.final_reply()[0] == ERR_POLICY, "LIST without a TLS identity"
+    usable(c, False)
+    c = Conn(rpath)
+    c.option(EXPORT_NAME, b"")
+    assert c.closed(), "EXPORT_NAME before TLS: not closed"
+    assert c.received[18:] == b"", "EXPORT_NAME before TLS got an answer"
+    c = Conn(rpath)
+    c.option(ABORT)
+    assert c.reply()[1] == ACK and c.closed(), "ABORT before TLS"
+
+
+if TLS:
+    t = time.monotonic()
+    TLS_ROWS = [forgets_structured, forgets_meta, garbage_handshake,
+                injected_plaintext, starttls_after_go,
+                starttls_twice_plain_to_tls]
+    for f in TLS_ROWS:
+        try:
+            f()
+        except (AssertionError, Closed) as e:
+            sys.exit("TLS row %s: %s" % (f.__name__, e))
+        tried += 1
+    if os.environ.get("HOSTILE_REQUIRE_SOCK"):
+        try:
+            require_rows(os.environ["HOSTILE_REQUIRE_SOCK"])
+        except (AssertionError, Closed) as e:
+            sys.exit("require rows: %s" % e)
+        tried += 1
+    time.sleep(0.2)
+    fd0, th0 = nfds(), proc_status("Threads")
+    NTLSDROP = int(os.environ.get("HOSTILE_TLS_DROPS", "300"))
+    for i in range(NTLSDROP):
+        tls_drop(i)
+    tried += NTLSDROP
+    for _ in range(200):
+        fd1, th1 = nfds(), proc_status("Threads")
+        if fd1 <= fd0 and th1 <= th0:
+            break
+        time.sleep(0.05)
+    print("STARTTLS rows: %d, and %d connections dropped at every TLS "
+          "stage in %.1f s; server fds %d -> %d, threads %d -> %d"
+          % (len(TLS_ROWS) + 1, NTLSDROP, time.monotonic() - t, fd0, fd1,
+             th0, th1))
+    assert fd1 <= fd0 and th1 <= th0, "TLS connections leaked fds or threads"
+    survivor.check("the STARTTLS rows")
 
 # ---- FLUSH storms: thousands of FLUSH in one pipeline, all answered ----
 NFLUSH = int(os.environ.get("HOSTILE_FLUSHES", "3000"))

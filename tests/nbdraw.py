@@ -1,10 +1,12 @@
 # nbdraw.py: a raw-socket NBD client for tests that must send what no
 # well-behaved client (libnbd, qemu) would: bad magics, malformed options,
-# out-of-range requests, pipelines nobody reads.  One Conn per socket; every
+# out-of-range requests, pipelines nobody reads, STARTTLS misuse.  One Conn
+# per socket (Unix; TLS with Python's ssl, X.509 only); every
 # field is encoded by hand (big-endian), as doc/proto.md of
 # NetworkBlockDevice/nbd lays it out.  Shared by test-nbd-hostile.sh
 # (hostile.py), test-nbd-errors.sh and test-nbd-extended.sh.
 import socket
+import ssl
 import struct
 
 NBD_MAGIC = 0x4E42444D41474943
@@ -14,11 +16,11 @@ REQ, EXT_REQ = 0x25609513, 0x21E41C71
 SIMPLE, STRUCTURED, EXTENDED = 0x67446698, 0x668E33EF, 0x6E8A278C
 
 # Options and option replies.
-EXPORT_NAME, ABORT, LIST, INFO, GO = 1, 2, 3, 6, 7
+EXPORT_NAME, ABORT, LIST, STARTTLS, INFO, GO = 1, 2, 3, 5, 6, 7
 STRUCTURED_REPLY, LIST_META, SET_META, EXTENDED_HEADERS = 8, 9, 10, 11
 ACK, SERVER, INFO_REP, META_CONTEXT = 1, 2, 3, 4
 ERR_UNSUP, ERR_POLICY, ERR_INVALID = 0x80000001, 0x80000002, 0x80000003
-ERR_UNKNOWN, ERR_TOO_BIG = 0x80000006, 0x80000009
+ERR_TLS_REQD, ERR_UNKNOWN, ERR_TOO_BIG = 0x80000005, 0x80000006, 0x80000009
 
 # Commands, command flags, reply chunk types, errors.
 READ, WRITE, DISC, FLUSH, TRIM, CACHE, WRITE_ZEROES, BLOCK_STATUS = range(8)
@@ -36,10 +38,13 @@ class Conn:
     """One raw connection.  After the greeting (connect) it is in the option
     phase; go()/export_name() move it to transmission."""
 
-    def __init__(self, path, cflags=3, timeout=30):
+    def __init__(self, path, cflags=3, timeout=30, tls=None):
+        """tls: an ssl.SSLContext (X.509: Python's ssl has no PSK before
+        3.13) to run STARTTLS with right after the client flags."""
         self.s = socket.socket(socket.AF_UNIX)
         self.s.settimeout(timeout)
         self.s.connect(path)
+        self.received = b""  # every byte read, for "learns nothing" checks
         self.structured = self.extended = False
         self.size = self.tflags = None
         self.cookie = 0
@@ -49,6 +54,15 @@ class Conn:
         assert magic == NBD_MAGIC and opt == OPT, "bad greeting"
         assert flags & 1, "server is not fixed newstyle"
         self.send(struct.pack(">I", cflags))
+        if tls:
+            self.starttls(tls)
+
+    def starttls(self, ctx, hostname="localhost"):
+        """NBD_OPT_STARTTLS, then the TLS handshake on this socket."""
+        self.option(STARTTLS)
+        _, typ, data = self.reply()
+        assert typ == ACK, "STARTTLS refused: 0x%x %r" % (typ, data)
+        self.s = ctx.wrap_socket(self.s, server_hostname=hostname)
 
     def close(self):
         self.s.close()
@@ -61,11 +75,12 @@ class Conn:
         while len(b) < n:
             try:
                 c = self.s.recv(min(n - len(b), 1 << 20))
-            except ConnectionResetError:
+            except (ConnectionResetError, ssl.SSLError):
                 c = b""
             if not c:
                 raise Closed("server closed the connection")
             b += c
+        self.received += b
         return bytes(b)
 
     def closed(self, timeout=10):
@@ -73,10 +88,14 @@ class Conn:
         (anything it sends first is read and discarded)."""
         self.s.settimeout(timeout)
         try:
-            while self.s.recv(65536):
-                pass
+            while True:
+                c = self.s.recv(65536)
+                if not c:
+                    return True
+                self.received += c
+        except (ConnectionResetError, BrokenPipeError):
             return True
-        except ConnectionResetError:
+        except ssl.SSLError:  # the TLS session ended without close_notify
             return True
         except socket.timeout:
             return False

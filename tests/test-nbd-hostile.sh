@@ -8,6 +8,9 @@
 # that never reads its replies.  Each gets the reply doc/proto.md requires,
 # costs only its own connection, leaks no thread or descriptor, and a
 # libnbd client connected throughout keeps reading back what it wrote.
+# Then busexmp with TLS: the table inside TLS sessions and the STARTTLS
+# rows (misuse, garbage and plaintext in the TLS handshake, plaintext
+# state forgotten, drops at every TLS stage, a server requiring TLS).
 . "$(dirname "$0")/functions.sh"
 requires nbdsh
 # Sanitizer builds keep freed memory in quarantine: memory is not judged.
@@ -26,4 +29,20 @@ stop_server TERM || fail "busesnap exit status $? after the hostile table"
 start_busexmp 128M
 run busexmp
 stop_server TERM || fail "busexmp exit status $? after the hostile table"
+
+# The same table inside TLS sessions, the STARTTLS rows, and a second
+# server that requires TLS (tests/hostile.py's header).
+. "$(dirname "$0")/tls-functions.sh"
+make_pki
+"$top/busexmp" 16M --socket "$tmp/require.sock" --tls=require \
+    --tls-certificates "$tmp/pki/server" >"$tmp/require.log" 2>&1 &
+require_pid=$!
+on_exit "kill $require_pid"
+wait_for_socket "$tmp/require.sock" "$require_pid"
+: >"$tmp/server.log"
+start_busexmp 128M --tls=on --tls-certificates "$tmp/pki/server"
+HOSTILE_TLS_CA=$tmp/pki/ca/ca-cert.pem HOSTILE_REQUIRE_SOCK=$tmp/require.sock \
+    HOSTILE_FLUSHES=300 HOSTILE_DROPS=300 run busexmp
+kill -0 "$require_pid" || fail "the TLS-requiring server died"
+stop_server TERM || fail "busexmp exit status $? after the TLS hostile table"
 exit 0

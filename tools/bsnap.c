@@ -1,22 +1,28 @@
 /* bsnap.c: the operator's tool for a running busesnap (snapshots, clones,
- * rollback, delete, rename, info, check, diff, gc).
+ * rollback, delete, rename, default, access, info, check, diff, gc).
  *
  * bsnap never opens the image: it speaks the control protocol of
  * doc/control.md over the server's Unix socket (one request per run, a
  * hello first) and formats the answer.  Exit codes: 0 ok, 1 refused or
  * failed (one line on stderr), 2 usage.  The --json forms print the
  * protocol's objects unchanged, so they are as stable as the protocol.
- * The default socket path must match common_default_control_path() in
- * src/server/control.c.
+ * The default socket path is common_default_control_path()'s, as the
+ * server's.  It talks only to a server of its own user or root: before
+ * sending anything it checks the socket file's owner and type and the
+ * listening process's SO_PEERCRED uid; and it waits at most --timeout
+ * seconds for any line (the server sends keepalive lines during long
+ * operations), so a stopped or fake server cannot hang it.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -26,6 +32,8 @@
 
 static const char *control_path;
 static const char *cmd_name = NULL;
+#define BSNAP_TIMEOUT 5 /* seconds, for a line from the server */
+static int timeout_secs = BSNAP_TIMEOUT;
 
 static void usage_error(const char *fmt, ...)
     __attribute__((format(printf, 1, 2), noreturn));
@@ -79,9 +87,14 @@ static json_t *read_line(void)
 {
     char *line = NULL;
     size_t cap = 0;
+    errno = 0;
     ssize_t n = getline(&line, &cap, conn);
     if (n <= 0) {
         free(line);
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            die("%s: no answer from the server in %d s (a stopped or hung "
+                "server? --timeout SECS waits longer)",
+                control_path, timeout_secs);
         return NULL;
     }
     json_error_t err;
@@ -101,7 +114,9 @@ static void send_req(json_t *req)
     size_t len = strlen(s);
     if (send(conn_fd, s, len, MSG_NOSIGNAL) != (ssize_t)len ||
         send(conn_fd, "\n", 1, MSG_NOSIGNAL) != 1)
-        die("%s: cannot send the request: %s", control_path, strerror(errno));
+        die("%s: cannot send the request: %s", control_path,
+            errno == EAGAIN ? "the server does not read (timed out)"
+                            : strerror(errno));
     free(s);
     json_decref(req);
 }
@@ -126,19 +141,76 @@ static void check_ok(json_t *res)
     }
 }
 
+static const char *user_of(uid_t uid)
+{
+    static char buf[64];
+    struct passwd *pw = getpwuid(uid);
+    if (pw)
+        snprintf(buf, sizeof buf, "%s (uid %u)", pw->pw_name, (unsigned)uid);
+    else
+        snprintf(buf, sizeof buf, "uid %u", (unsigned)uid);
+    return buf;
+}
+
+/* Trust only a server of our own user or root: anyone may create a socket
+ * where we look (in a shared directory, or if a path was mistyped), and
+ * answer with invented volumes or swallow our commands. */
+static void check_socket_file(void)
+{
+    struct stat st;
+    uid_t me = geteuid();
+    if (lstat(control_path, &st) < 0)
+        return; /* connect() says what is wrong */
+    if (!S_ISSOCK(st.st_mode))
+        die("%s is not a socket (it is owned by %s): refusing to use it",
+            control_path, user_of(st.st_uid));
+    if (st.st_uid != me && st.st_uid != 0)
+        die("%s belongs to %s, not to you or root: refusing to talk to the "
+            "server there",
+            control_path, user_of(st.st_uid));
+}
+
+static void check_peer(void)
+{
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(conn_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+        die("%s: cannot tell who runs the server: %s", control_path,
+            strerror(errno));
+    if (cred.uid != geteuid() && cred.uid != 0)
+        die("%s: the server there runs as %s (pid %d), not as you or root: "
+            "refusing to talk to it",
+            control_path, user_of(cred.uid), (int)cred.pid);
+}
+
 static void connect_server(void)
 {
+    static char path[256];
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (!control_path) { /* not given, before or after the command */
+        if (common_default_control_path("bsnap", path, sizeof path, 0) < 0)
+            exit(1);
+        control_path = path;
+    }
     if (strlen(control_path) >= sizeof sa.sun_path)
         usage_error("control socket path too long: %s", control_path);
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s", control_path);
+    check_socket_file();
     conn_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (conn_fd < 0)
         die("socket: %s", strerror(errno));
+    /* Bounds connect() too (a server whose backlog is full), then every
+     * read and write. */
+    struct timeval tv = {.tv_sec = timeout_secs};
+    setsockopt(conn_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(conn_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     if (connect(conn_fd, (struct sockaddr *)&sa, sizeof sa) < 0)
         die("cannot reach busesnap at %s: %s (is the server running? "
             "--control PATH or $BSNAP_CONTROL choose the socket)",
-            control_path, strerror(errno));
+            control_path,
+            errno == EAGAIN ? "no room in its queue (timed out)"
+                            : strerror(errno));
+    check_peer();
     conn = fdopen(conn_fd, "r");
     if (!conn)
         die("fdopen: %s", strerror(errno));
@@ -161,6 +233,15 @@ static void connect_server(void)
 
 static int show_progress;
 
+static void set_timeout(const char *s)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || end == s || v < 1 || v > 86400)
+        usage_error("--timeout wants 1 to 86400 seconds, not \"%s\"", s);
+    timeout_secs = (int)v;
+}
+
 /* Send req (owned) and return the final response (progress lines are
  * printed to stderr when show_progress).  Exits on error responses. */
 static json_t *request(json_t *req)
@@ -171,8 +252,8 @@ static json_t *request(json_t *req)
         if (!res)
             die("%s: the server closed the connection", control_path);
         json_t *p = json_object_get(res, "progress");
-        if (p) {
-            if (show_progress) {
+        if (p) { /* check's progress, or a keepalive (elapsed_ms only) */
+            if (show_progress && json_object_get(p, "total")) {
                 long long done = jint(p, "done"), total = jint(p, "total");
                 fprintf(stderr, "\rchecking: %lld / %lld (%.0f%%)  ", done,
                         total, total ? 100.0 * done / total : 100.0);
@@ -202,8 +283,10 @@ struct cmd {
     int (*run)(int argc, char **argv);
 };
 
-static int json_out, force;
-static const char *volume;
+static int json_out, force, none, allow_any, set_ro = -1;
+static const char *volume, *new_default;
+static const char *allow[256];
+static size_t nallow;
 
 /* getopt over the command's options: --json, --force, --volume,
  * --progress, --control, --help.  Returns the index of the first
@@ -217,7 +300,14 @@ static int parse_opts(int argc, char **argv, const char *allowed)
                                          {"force", no_argument, 0, 'f'},
                                          {"volume", required_argument, 0, 'V'},
                                          {"progress", no_argument, 0, 'p'},
+                                         {"default", required_argument, 0, 'D'},
+                                         {"none", no_argument, 0, 'n'},
+                                         {"read-only", no_argument, 0, 'r'},
+                                         {"read-write", no_argument, 0, 'w'},
+                                         {"allow", required_argument, 0, 'a'},
+                                         {"allow-any", no_argument, 0, 'A'},
                                          {"control", required_argument, 0, 'c'},
+                                         {"timeout", required_argument, 0, 't'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int c;
@@ -231,6 +321,10 @@ static int parse_opts(int argc, char **argv, const char *allowed)
             control_path = optarg;
             continue;
         }
+        if (c == 't') {
+            set_timeout(optarg);
+            continue;
+        }
         if (c == '?' || !strchr(allowed, c))
             usage_error("bad option \"%s\"", argv[optind - 1]);
         if (c == 'j')
@@ -241,6 +335,22 @@ static int parse_opts(int argc, char **argv, const char *allowed)
             volume = optarg;
         else if (c == 'p')
             show_progress = 1;
+        else if (c == 'D')
+            new_default = optarg;
+        else if (c == 'n')
+            none = 1;
+        else if (c == 'r' || c == 'w') {
+            if (set_ro != -1 && set_ro != (c == 'r'))
+                usage_error("--read-only and --read-write together");
+            set_ro = c == 'r';
+        } else if (c == 'a') {
+            if (nallow == sizeof allow / sizeof allow[0])
+                usage_error("at most %zu --allow", nallow);
+            if (!*optarg)
+                usage_error("--allow wants a TLS identity");
+            allow[nallow++] = optarg;
+        } else if (c == 'A')
+            allow_any = 1;
     }
     return optind;
 }
@@ -329,12 +439,17 @@ static int cmd_rollback(int argc, char **argv)
 
 static int cmd_delete(int argc, char **argv)
 {
-    int i = parse_opts(argc, argv, "fj");
+    int i = parse_opts(argc, argv, "fjD");
     nargs(argc, argv, i, 1);
     check_name("name", argv[i]);
+    if (new_default)
+        check_name("volume", new_default);
     connect_server();
-    json_t *res = request(json_pack("{s:s, s:s, s:b}", "op", "delete", "name",
-                                    argv[i], "force", force));
+    json_t *req = json_pack("{s:s, s:s, s:b}", "op", "delete", "name", argv[i],
+                            "force", force);
+    if (new_default)
+        json_object_set_new(req, "default", json_string(new_default));
+    json_t *res = request(req);
     json_t *o = json_object_get(res, "object");
     if (json_out) {
         json_object_del(res, "ok");
@@ -342,6 +457,116 @@ static int cmd_delete(int argc, char **argv)
     } else {
         printf("deleted %s %s", jstr(o, "kind"), jstr(o, "name"));
         print_disconnected(res);
+        if (json_is_true(json_object_get(o, "default"))) {
+            json_t *d = json_object_get(res, "default");
+            if (json_is_string(d))
+                printf("the default volume (export \"\") is now %s\n",
+                       json_string_value(d));
+            else
+                printf("there is no default volume now: export \"\" does "
+                       "not exist\n");
+        }
+    }
+    json_decref(res);
+    return 0;
+}
+
+static int cmd_default(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "fjn");
+    nargs(argc, argv, i, none ? 0 : argc - i > 0 ? 1 : 0);
+    if (argc - i == 1)
+        check_name("volume", argv[i]);
+    if (force && !none && argc - i == 0)
+        usage_error("--force goes with a NAME or --none");
+    connect_server();
+    json_t *req = json_pack("{s:s}", "op", "default");
+    if (argc - i == 1)
+        json_object_set_new(req, "name", json_string(argv[i]));
+    if (none)
+        json_object_set_new(req, "none", json_true());
+    if (force)
+        json_object_set_new(req, "force", json_true());
+    json_t *res = request(req);
+    json_t *o = json_object_get(res, "object");
+    if (json_out) {
+        json_object_del(res, "ok");
+        print_json(res);
+    } else if (json_is_object(o)) {
+        printf("%s %s", jstr(o, "name"), jstr(o, "uuid"));
+        print_disconnected(res);
+    } else {
+        printf("none: export \"\" does not exist");
+        print_disconnected(res);
+    }
+    json_decref(res);
+    return 0;
+}
+
+/* "ro", "2 ids", "ro, 1 id" or "-": the access column of list. */
+static const char *access_of(json_t *o, char *buf, size_t len)
+{
+    size_t n = json_array_size(json_object_get(o, "allow"));
+    int ro = json_is_true(json_object_get(o, "read_only"));
+    if (!ro && !n)
+        return "-";
+    snprintf(buf, len, "%s%s%.0zu%s", ro ? "ro" : "", ro && n ? ", " : "", n,
+             n == 0   ? ""
+             : n == 1 ? " id"
+                      : " ids");
+    return buf;
+}
+
+static void print_access(json_t *o)
+{
+    json_t *ids = json_object_get(o, "allow");
+    size_t k;
+    json_t *id;
+    printf("%s %s: %s\n", jstr(o, "kind"), jstr(o, "name"),
+           json_is_true(json_object_get(o, "read_only")) ||
+                   !strcmp(jstr(o, "kind"), "snapshot")
+               ? "read-only"
+               : "read-write");
+    if (!json_array_size(ids))
+        printf("  any client may open it\n");
+    else
+        json_array_foreach(ids, k, id)
+            printf("  allowed: %s\n", json_string_value(id));
+}
+
+static int cmd_access(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "fjrwaA");
+    nargs(argc, argv, i, 1);
+    check_name("name", argv[i]);
+    if (allow_any && nallow)
+        usage_error("--allow and --allow-any together");
+    int change = set_ro != -1 || nallow || allow_any;
+    if (force && !change)
+        usage_error("--force goes with a change");
+    connect_server();
+    json_t *req = json_pack("{s:s, s:s}", "op", "access", "name", argv[i]);
+    if (set_ro != -1)
+        json_object_set_new(req, "read_only", json_boolean(set_ro));
+    if (allow_any)
+        json_object_set_new(req, "allow", json_null());
+    if (nallow) {
+        json_t *a = json_array();
+        for (size_t k = 0; k < nallow; k++)
+            json_array_append_new(a, json_string(allow[k]));
+        json_object_set_new(req, "allow", a);
+    }
+    if (force)
+        json_object_set_new(req, "force", json_true());
+    json_t *res = request(req);
+    if (json_out) {
+        json_object_del(res, "ok");
+        print_json(res);
+    } else {
+        print_access(json_object_get(res, "object"));
+        long long n = jint(res, "disconnected");
+        if (n)
+            printf("(disconnected %lld client%s)\n", n, n == 1 ? "" : "s");
     }
     json_decref(res);
     return 0;
@@ -392,14 +617,15 @@ static void print_node(struct node *v, size_t n, size_t i, int depth)
     v[i].shown = 1;
     snprintf(label, sizeof label, "%*s%s%s", depth * 2, "", jstr(o, "name"),
              json_is_true(json_object_get(o, "default")) ? "*" : "");
-    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %lld\n", name_width,
+    char acc[32];
+    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %7lld  %s\n", name_width,
            label, jstr(o, "kind"), jstr(o, "uuid"),
            *jstr(o, "parent") ? jstr(o, "parent") : "-", jstr(o, "created_iso"),
            common_human_size((unsigned long long)jint(o, "size"), size,
                              sizeof size),
            common_human_size((unsigned long long)jint(o, "written"), written,
                              sizeof written),
-           jint(o, "clients"));
+           jint(o, "clients"), access_of(o, acc, sizeof acc));
     for (size_t k = 0; k < n; k++)
         if (!v[k].shown && !v[k].root && strcmp(v[k].parent, v[i].uuid) == 0)
             print_node(v, n, k, depth + 1);
@@ -456,15 +682,21 @@ static int cmd_list(int argc, char **argv)
         if (w > name_width)
             name_width = w;
     }
-    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %s\n", name_width,
+    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %7s  %s\n", name_width,
            "NAME", "KIND", "UUID", "PARENT", "CREATED", "SIZE", "WRITTEN",
-           "CLIENTS");
-    for (size_t k = 0; k < n; k++)
+           "CLIENTS", "ACCESS");
+    int have_default = 0;
+    for (size_t k = 0; k < n; k++) {
+        have_default |= json_is_true(json_object_get(v[k].o, "default"));
         if (v[k].root && !v[k].shown)
             print_node(v, n, k, 0);
+    }
     for (size_t k = 0; k < n; k++) /* anything left: a cycle of snapshots */
         if (!v[k].shown)
             print_node(v, n, k, 0);
+    if (!have_default)
+        printf("(no default volume: export \"\" does not exist; bsnap "
+               "default NAME)\n");
     free(v);
     json_decref(res);
     return 0;
@@ -602,8 +834,9 @@ static const struct cmd cmds[] = {
     {"list", "[--json]",
      "Every volume and snapshot as a tree (snapshots below their volume,\n"
      "clones below their origin snapshot) with UUID, parent, creation time,\n"
-     "size, bytes written in it, and NBD clients.  * marks the default\n"
-     "volume (export \"\").\n",
+     "size, bytes written in it, NBD clients and access (ro: read-only;\n"
+     "N ids: restricted to N TLS identities; see access).  * marks the\n"
+     "default volume (export \"\"); a last line says when there is none.\n",
      cmd_list},
     {"rollback", "SNAP [--volume VOL] [--force] [--json]",
      "Make VOL (default: the volume SNAP was taken of) read as SNAP.\n"
@@ -614,12 +847,32 @@ static const struct cmd cmds[] = {
      "Create the writable volume NEWVOL starting from SNAP; it is served as\n"
      "NBD export NEWVOL at once.  O(1).\n",
      cmd_clone},
-    {"delete", "NAME [--force] [--json]",
+    {"delete", "NAME [--default VOL] [--force] [--json]",
      "Delete a snapshot or volume.  A served one is refused unless --force\n"
-     "(disconnects its clients).  A snapshot with clones may be deleted:\n"
-     "the clones keep their content.  Space is reclaimed by the collector\n"
-     "(see gc).\n",
+     "(disconnects its clients).  The default volume (export \"\") is\n"
+     "refused unless --default VOL names the next default, or --force,\n"
+     "after which export \"\" does not exist (until bsnap default).  The\n"
+     "only volume is always refused.  A refused delete changes nothing and\n"
+     "disconnects nobody.  A snapshot with clones may be deleted: the clones\n"
+     "keep their content.  Space is reclaimed by the collector (see gc).\n",
      cmd_delete},
+    {"default", "[VOL | --none] [--force] [--json]",
+     "Show the default volume (export \"\"), or make VOL the default, or\n"
+     "with --none leave export \"\" without a volume.  Refused while export\n"
+     "\"\" has clients (they would get another disk on reconnecting)\n"
+     "unless --force, which disconnects them first.\n",
+     cmd_default},
+    {"access",
+     "NAME [--read-only | --read-write] [--allow ID]... "
+     "[--allow-any] [--force] [--json]",
+     "Show or change who may open NAME over NBD: --read-only makes its\n"
+     "export read-only; --allow ID (repeatable) restricts it to clients\n"
+     "with those TLS identities (a PSK username, or a certificate's subject\n"
+     "DN as busesnap logs it), and --allow-any lifts that.  Snapshots and\n"
+     "clones made later inherit the allowed identities.  A change that\n"
+     "would refuse a connected client or take its writes away is refused\n"
+     "unless --force, which disconnects the object's clients.\n",
+     cmd_access},
     {"rename", "NAME NEWNAME [--json]",
      "Rename a volume or snapshot (its UUID stays).\n", cmd_rename},
     {"info", "[--json]",
@@ -656,17 +909,23 @@ static void main_help(void)
     printf("\n"
            "--control PATH: the server's control socket (default: "
            "$BSNAP_CONTROL,\n"
-           "$XDG_RUNTIME_DIR/busesnap.ctl, /run/busesnap.ctl for root,\n"
-           "/tmp/busesnap-UID.ctl otherwise).  Names and UUIDs are accepted\n"
-           "wherever a name is.  `bsnap COMMAND --help` for details.\n"
-           "Exit codes: 0 ok, 1 refused or failed, 2 usage.\n");
+           "$XDG_RUNTIME_DIR/busesnap.ctl or /run/user/UID/busesnap.ctl, \n"
+           "/run/busesnap.ctl for root, /tmp/busesnap-UID/busesnap.ctl\n"
+           "otherwise).  Only a server of your own user or root is trusted.\n"
+           "--timeout SECS: wait at most SECS for each answer (default %d,\n"
+           "or $BSNAP_TIMEOUT).  Names and UUIDs are accepted wherever a\n"
+           "name is.  `bsnap COMMAND --help` for details.\n"
+           "Exit codes: 0 ok, 1 refused or failed, 2 usage.\n",
+           BSNAP_TIMEOUT);
 }
 
 int main(int argc, char **argv)
 {
-    char path[256];
     int i = 1;
     opterr = 0;
+    const char *env = getenv("BSNAP_TIMEOUT");
+    if (env && *env)
+        set_timeout(env);
     while (i < argc && argv[i][0] == '-') {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             main_help();
@@ -676,6 +935,12 @@ int main(int argc, char **argv)
             i += 2;
         } else if (!strncmp(argv[i], "--control=", 10)) {
             control_path = argv[i] + 10;
+            i++;
+        } else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
+            set_timeout(argv[i + 1]);
+            i += 2;
+        } else if (!strncmp(argv[i], "--timeout=", 10)) {
+            set_timeout(argv[i] + 10);
             i++;
         } else {
             usage_error("bad option \"%s\"", argv[i]);
@@ -692,11 +957,6 @@ int main(int argc, char **argv)
             continue;
         current = &cmds[k];
         cmd_name = cmds[k].name;
-        if (!control_path) {
-            /* --control may also come after the command: parse_opts. */
-            common_default_control_path(path, sizeof path);
-            control_path = path;
-        }
         return cmds[k].run(argc - i, argv + i);
     }
     usage_error("unknown command \"%s\"", argv[i]);

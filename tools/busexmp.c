@@ -170,7 +170,14 @@ static void usage(FILE *f)
         "       busexmp [-v] SIZE --socket PATH | --tcp HOST:PORT\n"
         "       busexmp [-v] SIZE            (systemd socket activation)\n"
         "options: --exports NAME,NAME...  several memory disks by name\n"
-        "         --readonly              refuse writes\n"
+        "         --read-only             refuse writes (EPERM)\n"
+        "         --no-list               refuse to list the exports\n"
+        "         --tls=off|on|require    NBD_OPT_STARTTLS (default: off,\n"
+        "                                 require when credentials are given)\n"
+        "         --tls-certificates DIR  server-cert.pem, server-key.pem,\n"
+        "                                 ca-cert.pem (X.509)\n"
+        "         --tls-psk FILE          pre-shared keys (psktool's format)\n"
+        "         --tls-verify-peer       require a client certificate\n"
         "         --delay-ms N            sleep N ms in every read (tests)\n"
         "         --connections N         sockets per kernel device\n"
         "         --timeout S             kernel request timeout in seconds\n"
@@ -194,6 +201,8 @@ static int bad(const char *msg, const char *arg)
 
 static const char *sock, *tcp;
 static char *exports;
+static struct buse_tls_options tls = {.mode = -1}; /* -1: not given */
+static int no_list;
 static struct buse_kernel_options kopt; /* --connections, --timeout */
 static unsigned threads;                /* --threads: workers per connection */
 
@@ -215,6 +224,31 @@ static int take_option(int c)
         return -1;
     case 'r':
         readonly = 1;
+        return -1;
+    case 'L':
+        no_list = 1;
+        return -1;
+    case 'M':
+        if (!strcmp(optarg, "off"))
+            tls.mode = BUSE_TLS_OFF;
+        else if (!strcmp(optarg, "on"))
+            tls.mode = BUSE_TLS_ON;
+        else if (!strcmp(optarg, "require"))
+            tls.mode = BUSE_TLS_REQUIRE;
+        else {
+            fprintf(stderr, "busexmp: bad --tls: %s (off, on or require)\n",
+                    optarg);
+            return 2;
+        }
+        return -1;
+    case 'C':
+        tls.certificates = optarg;
+        return -1;
+    case 'P':
+        tls.psk_file = optarg;
+        return -1;
+    case 'V':
+        tls.verify_peer = 1;
         return -1;
     case 'd':
         delay_ms = (unsigned)strtoul(optarg, NULL, 10);
@@ -257,6 +291,12 @@ int main(int argc, char **argv)
         {"tcp", required_argument, NULL, 't'},
         {"exports", required_argument, NULL, 'e'},
         {"readonly", no_argument, NULL, 'r'},
+        {"read-only", no_argument, NULL, 'r'},
+        {"no-list", no_argument, NULL, 'L'},
+        {"tls", required_argument, NULL, 'M'},
+        {"tls-certificates", required_argument, NULL, 'C'},
+        {"tls-psk", required_argument, NULL, 'P'},
+        {"tls-verify-peer", no_argument, NULL, 'V'},
         {"delay-ms", required_argument, NULL, 'd'},
         {"connections", required_argument, NULL, 'c'},
         {"timeout", required_argument, NULL, 'T'},
@@ -334,9 +374,24 @@ int main(int argc, char **argv)
         .block_status = xmp_block_status,
         .list_exports = xmp_list,
         .open = xmp_open,
-        .flags = BUSE_CAN_MULTI_CONN,
+        .flags = BUSE_CAN_MULTI_CONN | (no_list ? BUSE_NO_LIST : 0),
         .threads = threads,
     };
+    int creds = tls.certificates || tls.psk_file;
+    if (tls.mode == -1) /* credentials alone mean TLS, required */
+        tls.mode = creds ? BUSE_TLS_REQUIRE : BUSE_TLS_OFF;
+    if (tls.mode != BUSE_TLS_OFF && !creds)
+        return bad("--tls=on and --tls=require need --tls-certificates or "
+                   "--tls-psk",
+                   NULL);
+    if (tls.mode == BUSE_TLS_OFF && creds)
+        return bad("--tls=off with TLS credentials", NULL);
+    if (tls.verify_peer && !tls.certificates)
+        return bad("--tls-verify-peer needs --tls-certificates", NULL);
+    if (dev && tls.mode != BUSE_TLS_OFF)
+        return bad("TLS is for --socket and --tcp clients (the kernel device "
+                   "needs none)",
+                   NULL);
 
     if (dev && size % 512)
         return bad("a kernel device needs SIZE to be a multiple of 512", NULL);
@@ -351,6 +406,10 @@ int main(int argc, char **argv)
     if (!srv)
         return 1;
     r = 0;
+    if (tls.mode != BUSE_TLS_OFF && (r = buse_server_set_tls(srv, &tls)) < 0) {
+        buse_server_free(srv);
+        return 1;
+    }
     if (dev)
         r = buse_server_attach_kernel(srv, dev, &kopt);
     if (sock)

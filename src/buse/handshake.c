@@ -2,8 +2,13 @@
  *
  * One function per option, in the order doc/proto.md lists them.  A
  * malformed or unknown option gets an error reply and the handshake goes
- * on; only I/O failures, a bad magic or a failed NBD_OPT_EXPORT_NAME end
- * the connection (the protocol leaves no other way for those).  Runs on the
+ * on; only I/O failures, a bad magic, a failed NBD_OPT_EXPORT_NAME and a
+ * failed TLS handshake end the connection (the protocol leaves no other
+ * way for those).  TLS (doc/proto.md, "TLS support"): with BUSE_TLS_ON
+ * the server is in SELECTIVETLS mode with no TLS-only export (the export's
+ * open() decides, from the identity it is given), with BUSE_TLS_REQUIRE in
+ * FORCEDTLS mode.  Every byte after the ACK to NBD_OPT_STARTTLS goes
+ * through the TLS session (conn_* I/O of internal.h).  Runs on the
  * connection's own thread; calls list_exports, open and close there.
  */
 #define BUSE_INTERNAL
@@ -43,8 +48,12 @@ int buse_open_export(struct buse_conn *conn, const char *name)
     struct buse_server *srv = conn->srv;
     memset(&conn->exp, 0, sizeof conn->exp);
     conn->exp.size = srv->size;
+    conn->exp.tls = conn->tls != NULL;
+    conn->exp.tls_identity = buse_tls_identity(conn->tls);
+    conn->exp.kernel = conn->kernel;
     if (srv->ops.open) {
         int r = srv->ops.open(name, &conn->exp, srv->userdata);
+        conn->exp.tls_identity = NULL; /* valid during open() only */
         if (r < 0) {
             buse_debug("export \"%s\": open failed: %s", name, strerror(-r));
             return r;
@@ -100,7 +109,7 @@ static int send_rep(struct buse_conn *conn, uint32_t opt, uint32_t type,
     buse_put32(h + 12, type);
     buse_put32(h + 16, (uint32_t)len);
     struct iovec iov[2] = {{h, sizeof h}, {(void *)data, len}};
-    return buse_writev_full(conn->fd, iov, len ? 2 : 1);
+    return buse_conn_writev(conn, iov, len ? 2 : 1);
 }
 
 /* An error reply with a human-readable message (the spec allows one). */
@@ -139,6 +148,16 @@ static int opt_list(struct buse_conn *conn, uint32_t len)
     if (len != 0)
         return send_err(conn, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
                         "NBD_OPT_LIST takes no data");
+    if (srv->ops.flags & BUSE_NO_LIST)
+        return send_err(conn, NBD_OPT_LIST, NBD_REP_ERR_POLICY,
+                        "listing exports is disabled on this server");
+    list.tls = conn->tls != NULL;
+    list.tls_identity = buse_tls_identity(conn->tls);
+    /* FORCEDTLS: only a client that proved who it is learns the names. */
+    if (srv->tls_mode == BUSE_TLS_REQUIRE && !list.tls_identity)
+        return send_err(conn, NBD_OPT_LIST, NBD_REP_ERR_POLICY,
+                        "listing exports needs a TLS client identity (a "
+                        "pre-shared key or a verified certificate)");
     if (srv->ops.list_exports)
         r = srv->ops.list_exports(&list, srv->userdata);
     else
@@ -321,12 +340,65 @@ static int opt_export_name(struct buse_conn *conn, const unsigned char *d,
     unsigned char b[10 + 124] = {0};
     buse_put64(b, conn->exp.size);
     buse_put16(b + 8, conn->tflags);
-    r = buse_write_full(conn->fd, b, conn->no_zeroes ? 10 : sizeof b);
+    r = buse_conn_write(conn, b, conn->no_zeroes ? 10 : sizeof b);
     if (r < 0) {
         buse_close_export(conn);
         return r;
     }
     return 1;
+}
+
+/* NBD_OPT_STARTTLS (doc/proto.md, "TLS support" and the option's entry).
+ * Returns 0 with the connection running TLS, an error reply's result, or
+ * -errno when the TLS handshake failed after our ACK (the connection must
+ * then end: there is no way back to plaintext). */
+static int opt_starttls(struct buse_conn *conn, uint32_t len)
+{
+    int r;
+    if (len != 0)
+        return send_err(conn, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                        "NBD_OPT_STARTTLS takes no data");
+    /* NOTLS mode: "MUST respond with NBD_REP_ERR_POLICY". */
+    if (conn->srv->tls_mode == BUSE_TLS_OFF)
+        return send_err(conn, NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY,
+                        "TLS is not enabled on this server");
+    /* "when TLS has already been negotiated, it MUST reply with
+     * NBD_REP_ERR_INVALID" (sent inside the running session). */
+    if (conn->tls)
+        return send_err(conn, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                        "TLS is already running");
+    if ((r = send_rep(conn, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0)) < 0)
+        return r;
+    /* Nothing was read past the STARTTLS option (reads are exact), so
+     * bytes a man in the middle appends in plaintext after it are taken as
+     * the TLS handshake, and fail it: they are never obeyed as options. */
+    if ((r = buse_tls_start(conn)) < 0)
+        return r;
+    /* What was negotiated in plaintext is forgotten: a man in the middle
+     * could have injected it (nbdkit's CVE-2021-3716: a plaintext
+     * NBD_OPT_STRUCTURED_REPLY made the server send structured replies the
+     * client never asked for).  The client negotiates again under TLS. */
+    conn->structured = conn->extended = conn->meta_base_allocation = 0;
+    return 0;
+}
+
+/* FORCEDTLS before STARTTLS: "If the server receives any other option, it
+ * MUST reply with NBD_REP_ERR_TLS_REQD"; NBD_OPT_EXPORT_NAME cannot be
+ * answered with an error and "MUST terminate the session".  The client
+ * learns nothing else: no export name, size or flag. */
+static int refuse_without_tls(struct buse_conn *conn, uint32_t opt,
+                              uint32_t len)
+{
+    int r;
+    if (opt == NBD_OPT_EXPORT_NAME) {
+        buse_debug("client: NBD_OPT_EXPORT_NAME without TLS, which this "
+                   "server requires: closing");
+        return -EACCES;
+    }
+    if ((r = buse_conn_drain(conn, len)) < 0)
+        return r;
+    return send_err(conn, opt, NBD_REP_ERR_TLS_REQD,
+                    "TLS is required: send NBD_OPT_STARTTLS first");
 }
 
 int buse_handshake(struct buse_conn *conn)
@@ -336,9 +408,9 @@ int buse_handshake(struct buse_conn *conn)
     buse_put64(b, NBD_MAGIC);
     buse_put64(b + 8, NBD_IHAVEOPT);
     buse_put16(b + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    if ((r = buse_write_full(conn->fd, b, 18)) < 0)
+    if ((r = buse_conn_write(conn, b, 18)) < 0)
         return r;
-    if ((r = buse_read_full(conn->fd, b, 4)) < 0)
+    if ((r = buse_conn_read(conn, b, 4)) < 0)
         return r;
     uint32_t cflags = buse_get32(b);
     if (cflags &
@@ -350,20 +422,27 @@ int buse_handshake(struct buse_conn *conn)
 
     for (;;) {
         unsigned char h[16];
-        if ((r = buse_read_full(conn->fd, h, 16)) < 0)
+        if ((r = buse_conn_read(conn, h, 16)) < 0)
             return r;
         if (buse_get64(h) != NBD_IHAVEOPT) {
             buse_err("client: bad option magic");
             return -EPROTO;
         }
         uint32_t opt = buse_get32(h + 8), len = buse_get32(h + 12);
-        buse_debug("option %u, %u bytes", opt, len);
+        buse_debug("option %u, %u bytes%s", opt, len,
+                   conn->tls ? " (TLS)" : "");
+        if (conn->srv->tls_mode == BUSE_TLS_REQUIRE && !conn->tls &&
+            opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
+            if ((r = refuse_without_tls(conn, opt, len)) < 0)
+                return r;
+            continue;
+        }
         if (len > NBD_MAX_OPTION) {
             if (opt == NBD_OPT_EXPORT_NAME) {
                 buse_err("client: export name too long (%u bytes)", len);
                 return -EINVAL;
             }
-            if ((r = buse_drain(conn->fd, len)) < 0)
+            if ((r = buse_conn_drain(conn, len)) < 0)
                 return r;
             if ((r = send_err(conn, opt, NBD_REP_ERR_TOO_BIG,
                               "option data too long")) < 0)
@@ -373,7 +452,7 @@ int buse_handshake(struct buse_conn *conn)
         unsigned char *d = malloc(len ? len : 1);
         if (!d)
             return -ENOMEM;
-        if ((r = buse_read_full(conn->fd, d, len)) < 0) {
+        if ((r = buse_conn_read(conn, d, len)) < 0) {
             free(d);
             return r;
         }
@@ -387,6 +466,9 @@ int buse_handshake(struct buse_conn *conn)
             break;
         case NBD_OPT_LIST:
             r = opt_list(conn, len);
+            break;
+        case NBD_OPT_STARTTLS:
+            r = opt_starttls(conn, len);
             break;
         case NBD_OPT_INFO:
         case NBD_OPT_GO:

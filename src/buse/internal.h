@@ -26,12 +26,16 @@
 
 #define BUSE_MAX_LISTENERS 16
 
-struct buse_kattach; /* an attached kernel device (server.c) */
+struct buse_kattach;   /* an attached kernel device (server.c) */
+struct buse_tls_creds; /* a server's TLS credentials (tls.c) */
+struct buse_tls;       /* a connection's TLS session (tls.c) */
 
 struct buse_server {
     struct buse_operations ops; /* caller's, zero beyond its ops_size */
     void *userdata;
-    uint64_t size; /* default export size */
+    uint64_t size;                    /* default export size */
+    int tls_mode;                     /* BUSE_TLS_*; set before run() */
+    struct buse_tls_creds *tls_creds; /* NULL unless tls_mode */
 
     int listen_fds[BUSE_MAX_LISTENERS];
     char *listen_paths[BUSE_MAX_LISTENERS]; /* unix path to unlink, or NULL */
@@ -62,6 +66,11 @@ struct buse_conn {
     int killed;          /* disconnect() shut it down (srv->lock) */
     int in_transmission; /* (srv->lock) */
     char *export_name;   /* the export opened, set before in_transmission */
+    int handshake_limit; /* idle limit of the handshake, seconds (0: none) */
+    /* NULL: plaintext.  Set once, by STARTTLS in the handshake thread,
+     * before any worker exists; read and written with the conn_* I/O
+     * below (recv_lock / send_lock serialise them in transmission). */
+    struct buse_tls *tls;
 
     /* Negotiated in the handshake. */
     int no_zeroes;
@@ -88,7 +97,6 @@ void buse_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int buse_read_full(int fd, void *buf, size_t len); /* 0, -EIO at EOF */
 int buse_write_full(int fd, const void *buf, size_t len);
 int buse_writev_full(int fd, struct iovec *iov, int iovcnt);
-int buse_drain(int fd, uint64_t len);
 void buse_put16(unsigned char *p, uint16_t v);
 void buse_put32(unsigned char *p, uint32_t v);
 void buse_put64(unsigned char *p, uint64_t v);
@@ -103,6 +111,8 @@ struct buse_export_entry {
 struct buse_export_list {
     struct buse_export_entry *v;
     size_t n, cap;
+    int tls;                  /* the listing connection's, for */
+    const char *tls_identity; /* buse_export_list_peer() */
 };
 void buse_export_list_free(struct buse_export_list *list);
 
@@ -116,6 +126,40 @@ struct buse_extents {
     struct buse_extent *v;
     unsigned n, max;
 };
+
+/* tls.c (see buse_server_set_tls in buse.h).  buse_tls_start runs the
+ * TLS handshake on conn->fd after the ACK to NBD_OPT_STARTTLS and sets
+ * conn->tls; 0 or -errno (the connection must then close: no way back to
+ * plaintext).  buse_tls_end sends close_notify (bounded wait) and frees
+ * the session; the caller closes the fd afterwards. */
+int buse_tls_start(struct buse_conn *conn);
+void buse_tls_end(struct buse_conn *conn);
+void buse_tls_creds_free(struct buse_tls_creds *creds);
+const char *buse_tls_identity(const struct buse_tls *t); /* or NULL */
+int buse_tls_read(struct buse_tls *t, void *buf, size_t len);
+int buse_tls_writev(struct buse_tls *t, struct iovec *iov, int iovcnt);
+
+/* A connection's byte stream: TLS once STARTTLS succeeded, the socket
+ * otherwise.  On the plaintext path this is one test of a pointer: no
+ * copy, no extra system call.  Same returns as buse_read_full etc. */
+static inline int buse_conn_read(struct buse_conn *c, void *buf, size_t len)
+{
+    return c->tls ? buse_tls_read(c->tls, buf, len)
+                  : buse_read_full(c->fd, buf, len);
+}
+static inline int buse_conn_writev(struct buse_conn *c, struct iovec *iov,
+                                   int iovcnt)
+{
+    return c->tls ? buse_tls_writev(c->tls, iov, iovcnt)
+                  : buse_writev_full(c->fd, iov, iovcnt);
+}
+static inline int buse_conn_write(struct buse_conn *c, const void *buf,
+                                  size_t len)
+{
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    return buse_conn_writev(c, &iov, 1);
+}
+int buse_conn_drain(struct buse_conn *c, uint64_t len);
 
 /* handshake.c: run the fixed-newstyle handshake.  Returns 1 when the
  * connection entered transmission (conn->exp open), 0 when the client

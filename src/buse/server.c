@@ -11,6 +11,7 @@
  * Kernel devices are served as connections that skip the handshake.
  */
 #define BUSE_INTERNAL
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -307,6 +308,7 @@ static void *conn_main(void *arg)
         int limit = env ? atoi(env) : HANDSHAKE_TIMEOUT;
         if (limit > 0)
             set_idle_limit(c->fd, limit);
+        c->handshake_limit = limit > 0 ? limit : 0;
         r = buse_handshake(c);
         if (r == -EAGAIN || r == -EWOULDBLOCK)
             buse_debug("handshake: client idle for %d s, closed", limit);
@@ -325,6 +327,7 @@ static void *conn_main(void *arg)
         pthread_mutex_unlock(&srv->lock);
     }
     buse_close_export(c);
+    buse_tls_end(c);
 
     pthread_mutex_lock(&srv->lock);
     if (c->prev)
@@ -512,6 +515,64 @@ int buse_server_attach_kernel(struct buse_server *srv, const char *dev,
     return 0;
 }
 
+/* Is fd a TCP listener on an address other than loopback?  If so, its
+ * address is written to buf. */
+static int tcp_not_loopback(int fd, char *buf, size_t len)
+{
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    char a[INET6_ADDRSTRLEN] = "?";
+    if (getsockname(fd, (struct sockaddr *)&sa, &sl) < 0)
+        return 0;
+    if (sa.ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&sa;
+        if ((ntohl(in->sin_addr.s_addr) >> 24) == 127)
+            return 0;
+        inet_ntop(AF_INET, &in->sin_addr, a, sizeof a);
+        snprintf(buf, len, "%s:%u", a, ntohs(in->sin_port));
+        return 1;
+    }
+    if (sa.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
+        const struct in6_addr *ad = &in6->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(ad) ||
+            (IN6_IS_ADDR_V4MAPPED(ad) && ad->s6_addr[12] == 127))
+            return 0;
+        inet_ntop(AF_INET6, ad, a, sizeof a);
+        snprintf(buf, len, "[%s]:%u", a, ntohs(in6->sin6_port));
+        return 1;
+    }
+    return 0;
+}
+
+/* One line, once per run(), when plaintext NBD is open to the network:
+ * anyone who reaches such a port may read and write every export it
+ * serves (and see them listed). */
+static void warn_plaintext_tcp(const struct buse_server *srv)
+{
+    char first[INET6_ADDRSTRLEN + 16];
+    unsigned n = 0;
+    if (srv->tls_mode == BUSE_TLS_REQUIRE)
+        return;
+    for (unsigned i = 0; i < srv->nlisten; i++) {
+        char a[INET6_ADDRSTRLEN + 16];
+        if (srv->listen_paths[i] ||
+            !tcp_not_loopback(srv->listen_fds[i], a, sizeof a))
+            continue;
+        if (n++ == 0)
+            memcpy(first, a, sizeof first);
+    }
+    if (n == 0)
+        return;
+    char more[32] = "";
+    if (n > 1)
+        snprintf(more, sizeof more, " (and %u more)", n - 1);
+    buse_err("warning: TCP %s%s is not loopback and TLS is %s: NBD clients "
+             "on the network get plaintext access to the exports (require "
+             "TLS; see doc/security.md)",
+             first, more, srv->tls_mode == BUSE_TLS_ON ? "optional" : "off");
+}
+
 static struct buse_server *volatile signal_srv;
 
 static void on_signal(int sig)
@@ -548,6 +609,7 @@ int buse_server_run(struct buse_server *srv)
                  "kernel device)");
         return -EINVAL;
     }
+    warn_plaintext_tcp(srv);
     signal_srv = srv;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
@@ -701,6 +763,7 @@ void buse_server_free(struct buse_server *srv)
     pthread_mutex_destroy(&srv->lock);
     pthread_mutex_destroy(&srv->serial_lock);
     pthread_cond_destroy(&srv->cond);
+    buse_tls_creds_free(srv->tls_creds);
     free(srv);
 }
 

@@ -15,7 +15,9 @@
  * and every reply is a chunk.  Anything a client can send is checked here
  * before a callback sees it: callbacks only get in-range, well-formed
  * requests.  A bad magic, a short header or a failed send ends this
- * connection only.
+ * connection only.  Under TLS the same code runs over the session
+ * (internal.h's conn_* I/O): the locks that keep one reader and one
+ * writer also keep GnuTLS's rule of one reading and one writing thread.
  */
 #define BUSE_INTERNAL
 #include <errno.h>
@@ -208,10 +210,13 @@ static int check(const struct buse_conn *c, const struct request *rq,
                  rq->type == NBD_CMD_WRITE_ZEROES;
     if (rq->type > NBD_CMD_BLOCK_STATUS || rq->type == NBD_CMD_DISC)
         return EINVAL;
-    if (rq->flags & ~allowed_flags(c, rq->type))
-        return EINVAL;
+    /* A read-only export refuses every write-type command with EPERM,
+     * whatever its flags (FUA is not advertised there, so a flag check
+     * first would say EINVAL to some of them). */
     if (writes && (c->tflags & NBD_FLAG_READ_ONLY))
         return EPERM;
+    if (rq->flags & ~allowed_flags(c, rq->type))
+        return EINVAL;
     if (rq->type == NBD_CMD_FLUSH)
         return o->flush ? 0 : EINVAL;
     if (rq->type == NBD_CMD_TRIM && !o->trim && !o->trim_flags)
@@ -430,7 +435,7 @@ static int send_reply(struct worker *w, const struct request *rq, int err,
 
 send:
     pthread_mutex_lock(&c->send_lock);
-    r = buse_writev_full(c->fd, iov, n);
+    r = buse_conn_writev(c, iov, n);
     pthread_mutex_unlock(&c->send_lock);
     return r;
 }
@@ -451,7 +456,7 @@ static int receive(struct worker *w, struct request *rq, int *early)
     *early = 0;
     if (atomic_load(&c->dead))
         return 0;
-    if ((r = buse_read_full(c->fd, h, hsize)) < 0) {
+    if ((r = buse_conn_read(c, h, hsize)) < 0) {
         if (r != -ECONNRESET || buse_verbose)
             buse_debug("connection closed: %s", strerror(-r));
         return 0;
@@ -478,7 +483,7 @@ static int receive(struct worker *w, struct request *rq, int *early)
         *early = EINVAL;
         if (rq->len > max)
             return 0;
-        return buse_drain(c->fd, rq->len) == 0;
+        return buse_conn_drain(c, rq->len) == 0;
     }
     if (rq->type == NBD_CMD_WRITE) {
         *early = check(c, rq, max);
@@ -491,9 +496,9 @@ static int receive(struct worker *w, struct request *rq, int *early)
             /* Keep the stream in sync: skip the payload we refuse. */
             if (!*early)
                 *early = ENOMEM;
-            return buse_drain(c->fd, rq->len) == 0;
+            return buse_conn_drain(c, rq->len) == 0;
         }
-        if ((r = buse_read_full(c->fd, w->buf, (size_t)rq->len)) < 0) {
+        if ((r = buse_conn_read(c, w->buf, (size_t)rq->len)) < 0) {
             buse_debug("connection closed in a WRITE payload: %s",
                        strerror(-r));
             return 0;

@@ -114,12 +114,12 @@ int buse_write_full(int fd, const void *buf, size_t len)
     return buse_writev_full(fd, &iov, 1);
 }
 
-int buse_drain(int fd, uint64_t len)
+int buse_conn_drain(struct buse_conn *c, uint64_t len)
 {
     char junk[65536];
     while (len > 0) {
         size_t n = len < sizeof junk ? (size_t)len : sizeof junk;
-        int r = buse_read_full(fd, junk, n);
+        int r = buse_conn_read(c, junk, n);
         if (r < 0)
             return r;
         len -= n;
@@ -213,6 +213,13 @@ int buse_add_export(struct buse_export_list *list, const char *name,
     }
     list->n++;
     return 0;
+}
+
+const char *buse_export_list_peer(const struct buse_export_list *list, int *tls)
+{
+    if (tls)
+        *tls = list->tls;
+    return list->tls_identity;
 }
 
 void buse_export_list_free(struct buse_export_list *list)

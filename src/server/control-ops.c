@@ -1,11 +1,18 @@
 /* control-ops.c: the operations of the control protocol (doc/control.md).
  *
  * Each op turns one request object into one response object through the
- * store API and the export registry (exports.h); control.c does the
- * sockets, framing and hello.  Ops run in the requesting client's thread.
- * rollback and delete hold the registry lock from their "no clients"
- * check to the store call, so no NBD client opens the object in between;
- * check runs the store's check in a worker thread (see op_check).
+ * store API, the export registry (exports.h) and the export attributes
+ * (attrs.h); control.c does the sockets, framing and hello.  A refused
+ * request changes nothing: every op validates all that its arguments and
+ * the image's state can make fail (kinds, sizes, the only volume, the
+ * default export, clients) before its first effect, and --force
+ * disconnects clients only once nothing else can refuse the request.
+ * rollback, delete, default and access hold the registry lock from their
+ * "no clients" check to their change, so no NBD client opens the object
+ * in between; create and clone hold it across the store call and the
+ * copy of the source's allowed identities, so the new object is never
+ * open to others for a moment.  check runs the store's check in a worker
+ * thread (see op_check).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -14,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "attrs.h"
 #include "control.h"
 
 #define CTL_DIFF_MAX 1000000    /* extents in one diff response */
@@ -106,27 +114,87 @@ static int64_t elapsed_us(const struct timespec *t0)
 }
 
 /* Resolve a name, UUID or "" (default volume) with a message. */
+static json_t *resolve_error(struct exports *ex, const char *name, int r)
+{
+    if (r == -ENOENT && !name[0])
+        return ctl_error(r,
+                         "%s: there is no default volume (export \"\" "
+                         "does not exist; see bsnap default)",
+                         ex->image);
+    if (r == -ENOENT)
+        return ctl_error(r, "%s: no such volume or snapshot \"%s\"", ex->image,
+                         name);
+    return ctl_store_error(r);
+}
+
 static json_t *resolve(struct exports *ex, const char *name,
                        struct store_obj_info *out)
 {
-    int r = exports_resolve(ex->st, name, out);
-    if (r < 0) {
-        if (r == -ENOENT)
-            return ctl_error(r, "%s: no such volume or snapshot \"%s\"",
-                             ex->image, name);
-        return ctl_store_error(r);
+    int r = exports_resolve(ex, name, out);
+    return r < 0 ? resolve_error(ex, name, r) : NULL;
+}
+
+/* The object as doc/control.md shows it, with its clients and its
+ * attributes (ex->lock held). */
+static json_t *obj_json_locked(struct exports *ex,
+                               const struct store_obj_info *info)
+{
+    char names[512];
+    struct store_obj_info o = *info;
+    int n = exports_count_locked(ex, o.uuid, names, sizeof names);
+    exports_mark_default_locked(ex, &o);
+    json_t *j = ctl_obj_json(&o, n, names);
+    const struct exp_attr *a = attrs_find_locked(ex, o.uuid);
+    json_t *allow = NULL;
+    if (a && a->nallow) {
+        allow = json_array();
+        for (size_t i = 0; allow && i < a->nallow; i++)
+            json_array_append_new(allow, json_string(a->allow[i]));
     }
-    return NULL;
+    if (j) {
+        json_object_set_new(j, "read_only", json_boolean(a && a->read_only));
+        json_object_set_new(j, "allow", allow ? allow : json_null());
+    } else {
+        json_decref(allow);
+    }
+    return j;
 }
 
 static json_t *obj_with_clients(struct exports *ex,
                                 const struct store_obj_info *info)
 {
-    char names[512];
     pthread_mutex_lock(&ex->lock);
-    int n = exports_count_locked(ex, info->uuid, names, sizeof names);
+    json_t *j = obj_json_locked(ex, info);
     pthread_mutex_unlock(&ex->lock);
-    return ctl_obj_json(info, n, names);
+    return j;
+}
+
+/* A new object (snapshot or clone of src) gets src's allowed identities:
+ * an export restricted to some clients must not become readable by all
+ * through a snapshot or a clone of it.  ex->lock held; on failure the new
+ * object is deleted again, so the request changes nothing. */
+static json_t *inherit_allow_locked(struct exports *ex, const uuid_t src,
+                                    const struct store_obj_info *made)
+{
+    const struct exp_attr *a = attrs_find_locked(ex, src);
+    char msg[512];
+    if (!a || a->nallow == 0)
+        return NULL;
+    int r = attrs_set_locked(ex, made->uuid, 0, a->allow, a->nallow);
+    if (r < 0)
+        snprintf(msg, sizeof msg, "out of memory");
+    else
+        r = attrs_save_locked(ex, msg, sizeof msg);
+    if (r == 0)
+        return NULL;
+    char id[40];
+    uuid_unparse_lower(made->uuid, id);
+    attrs_set_locked(ex, made->uuid, 0, NULL, 0);
+    store_delete(ex->st, id);
+    return ctl_error(r,
+                     "%s: \"%s\" not made: its allowed TLS identities "
+                     "could not be recorded: %s",
+                     ex->image, made->name, msg);
 }
 
 /* ---- operations ---- */
@@ -147,13 +215,18 @@ static json_t *op_create(struct exports *ex, json_t *req)
                          ex->image, v.name);
     char id[40];
     uuid_unparse_lower(v.uuid, id);
+    pthread_mutex_lock(&ex->lock);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int r = store_snapshot(ex->st, id, name, &s);
     int64_t us = elapsed_us(&t0);
-    if (r < 0)
-        return ctl_store_error(r);
-    return json_pack("{s:b, s:o, s:I}", "ok", 1, "object",
-                     obj_with_clients(ex, &s), "elapsed_us", (json_int_t)us);
+    if (r < 0 || (e = inherit_allow_locked(ex, v.uuid, &s))) {
+        pthread_mutex_unlock(&ex->lock);
+        return e ? e : ctl_store_error(r);
+    }
+    json_t *o = obj_json_locked(ex, &s);
+    pthread_mutex_unlock(&ex->lock);
+    return json_pack("{s:b, s:o, s:I}", "ok", 1, "object", o, "elapsed_us",
+                     (json_int_t)us);
 }
 
 static json_t *op_clone(struct exports *ex, json_t *req)
@@ -173,13 +246,20 @@ static json_t *op_clone(struct exports *ex, json_t *req)
                          "%s: \"%s\" is a volume, not a snapshot (take a "
                          "snapshot of it first)",
                          ex->image, s.name);
+    char sid[40];
+    uuid_unparse_lower(s.uuid, sid);
+    pthread_mutex_lock(&ex->lock);
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int r = store_clone(ex->st, snap, name, &v);
+    int r = store_clone(ex->st, sid, name, &v);
     int64_t us = elapsed_us(&t0);
-    if (r < 0)
-        return ctl_store_error(r);
-    return json_pack("{s:b, s:o, s:I}", "ok", 1, "object",
-                     obj_with_clients(ex, &v), "elapsed_us", (json_int_t)us);
+    if (r < 0 || (e = inherit_allow_locked(ex, s.uuid, &v))) {
+        pthread_mutex_unlock(&ex->lock);
+        return e ? e : ctl_store_error(r);
+    }
+    json_t *o = obj_json_locked(ex, &v);
+    pthread_mutex_unlock(&ex->lock);
+    return json_pack("{s:b, s:o, s:I}", "ok", 1, "object", o, "elapsed_us",
+                     (json_int_t)us);
 }
 
 struct list_ctx {
@@ -190,9 +270,7 @@ struct list_ctx {
 static int list_cb(const struct store_obj_info *info, void *arg)
 {
     struct list_ctx *lc = arg;
-    char names[512];
-    int n = exports_count_locked(lc->ex, info->uuid, names, sizeof names);
-    json_t *o = ctl_obj_json(info, n, names);
+    json_t *o = obj_json_locked(lc->ex, info);
     if (!o)
         return -ENOMEM;
     json_array_append_new(lc->arr, o);
@@ -292,6 +370,14 @@ static json_t *op_rollback(struct exports *ex, json_t *req)
     if (v.kind != STORE_VOLUME)
         return ctl_error(-EINVAL, "%s: \"%s\" is a snapshot, not a volume",
                          ex->image, v.name);
+    /* Everything store_rollback would refuse, refused before --force
+     * disconnects anyone. */
+    if (v.size != s.size)
+        return ctl_error(-EINVAL,
+                         "%s: volume \"%s\" (%llu bytes) and snapshot \"%s\" "
+                         "(%llu bytes) differ in size",
+                         ex->image, v.name, (unsigned long long)v.size, s.name,
+                         (unsigned long long)s.size);
     e = with_no_clients(ex, &v, force,
                         "rolling back under them would leave their page "
                         "caches stale",
@@ -313,29 +399,378 @@ static json_t *op_rollback(struct exports *ex, json_t *req)
                      (json_int_t)us);
 }
 
+struct count_ctx {
+    int volumes;
+    uuid_t other; /* a volume that is not the one being deleted */
+    const uuid_t *skip;
+};
+
+static int count_volumes_cb(const struct store_obj_info *info, void *arg)
+{
+    struct count_ctx *cc = arg;
+    if (info->kind == STORE_VOLUME) {
+        cc->volumes++;
+        if (uuid_compare(info->uuid, *cc->skip) != 0)
+            uuid_copy(cc->other, info->uuid);
+    }
+    return 0;
+}
+
+/* What would make deleting o fail or change export "" unasked: checked
+ * before --force disconnects anyone, and again under the lock that the
+ * deletion holds.  nd: the new default named with the request, or NULL. */
+static json_t *delete_refusal_locked(struct exports *ex,
+                                     const struct store_obj_info *o,
+                                     const struct store_obj_info *nd, int force)
+{
+    struct store_obj_info cur;
+    struct count_ctx cc = {.skip = &o->uuid};
+    int is_default = exports_resolve_locked(ex, "", &cur) == 0 &&
+                     uuid_compare(cur.uuid, o->uuid) == 0;
+    if (o->kind == STORE_VOLUME) {
+        int r = store_list(ex->st, count_volumes_cb, &cc);
+        if (r < 0)
+            return ctl_store_error(r);
+        if (cc.volumes <= 1)
+            return ctl_error(-EBUSY,
+                             "%s: volume \"%s\" is the only volume and cannot "
+                             "be deleted (an image keeps at least one)",
+                             ex->image, o->name);
+    }
+    if (nd && !is_default)
+        return ctl_error(-EINVAL,
+                         "%s: \"%s\" is not the default volume: nothing to "
+                         "name a new default for (bsnap default moves it)",
+                         ex->image, o->name);
+    if (nd && uuid_compare(nd->uuid, o->uuid) == 0)
+        return ctl_error(-EINVAL,
+                         "%s: \"%s\" cannot be the new default: it is the "
+                         "volume being deleted",
+                         ex->image, o->name);
+    if (is_default && !nd && !force)
+        return ctl_error(-EBUSY,
+                         "%s: volume \"%s\" is the default (export \"\"): "
+                         "name the next default (--default VOLUME), or use "
+                         "--force to leave export \"\" without a volume",
+                         ex->image, o->name);
+    return NULL;
+}
+
 static json_t *op_delete(struct exports *ex, json_t *req)
 {
     const char *name = arg_str(req, "name");
+    const char *next = arg_str(req, "default");
     int force = arg_bool(req, "force"), disc;
-    struct store_obj_info o;
+    struct store_obj_info o, nd;
+    char msg[512];
     json_t *e;
     if (!name)
         return ctl_error(-EINVAL, "delete: \"name\" (a string) is required");
     if ((e = resolve(ex, name, &o)))
         return e;
+    if (next && (e = resolve(ex, next, &nd)))
+        return e;
+    if (next && nd.kind != STORE_VOLUME)
+        return ctl_error(-EINVAL,
+                         "%s: \"%s\" is a snapshot: the default must be a "
+                         "volume",
+                         ex->image, nd.name);
+    pthread_mutex_lock(&ex->lock);
+    e = delete_refusal_locked(ex, &o, next ? &nd : NULL, force);
+    pthread_mutex_unlock(&ex->lock);
+    if (e)
+        return e;
     e = with_no_clients(ex, &o, force, "deleting it would fail their I/O",
                         &disc);
     if (e)
         return e;
-    json_t *obj = ctl_obj_json(&o, 0, NULL);
+    /* Under the lock again: a concurrent control client may have changed
+     * the image while clients were being disconnected. */
+    if ((e = delete_refusal_locked(ex, &o, next ? &nd : NULL, force))) {
+        pthread_mutex_unlock(&ex->lock);
+        return e;
+    }
+    struct store_obj_info cur;
+    int was_default = exports_resolve_locked(ex, "", &cur) == 0 &&
+                      uuid_compare(cur.uuid, o.uuid) == 0;
+    json_t *obj = obj_json_locked(ex, &o); /* as it was */
+    json_object_set_new(obj, "clients", json_integer(0));
+    json_object_set_new(obj, "exports", json_array());
+    int old_has = ex->has_default;
+    uuid_t old_def;
+    uuid_copy(old_def, ex->default_uuid);
+    /* The new default is recorded first: if the deletion then fails it is
+     * put back; a crash in between leaves the operator's choice, never
+     * another volume. */
+    if (was_default) {
+        ex->has_default = next != NULL;
+        if (next)
+            uuid_copy(ex->default_uuid, nd.uuid);
+        int r = attrs_save_locked(ex, msg, sizeof msg);
+        if (r < 0) {
+            ex->has_default = old_has;
+            uuid_copy(ex->default_uuid, old_def);
+            pthread_mutex_unlock(&ex->lock);
+            json_decref(obj);
+            return ctl_error(r, "%s: \"%s\" not deleted: %s", ex->image, o.name,
+                             msg);
+        }
+    }
     char id[40];
     uuid_unparse_lower(o.uuid, id);
     int r = store_delete(ex->st, id);
+    if (r < 0) {
+        e = ctl_store_error(r);
+        if (was_default) {
+            ex->has_default = old_has;
+            uuid_copy(ex->default_uuid, old_def);
+            if (attrs_save_locked(ex, msg, sizeof msg) < 0)
+                fprintf(stderr, "busesnap: %s\n", msg);
+        }
+    }
+    json_t *def = json_null();
+    if (r == 0 && ex->has_default) {
+        struct store_obj_info d;
+        if (exports_resolve_locked(ex, "", &d) == 0)
+            def = json_string(d.name);
+    }
     pthread_mutex_unlock(&ex->lock);
     if (r < 0) {
         json_decref(obj);
-        return ctl_store_error(r);
+        json_decref(def);
+        return e;
     }
+    return json_pack("{s:b, s:o, s:i, s:o}", "ok", 1, "object", obj,
+                     "disconnected", disc, "default", def);
+}
+
+/* default: show the default volume (export ""), or move it to "name", or
+ * with "none" leave export "" without a volume.  Clients of export ""
+ * hold the old default until they reconnect, when they would get the new
+ * one: refused while there are any, unless force disconnects them. */
+static json_t *op_default(struct exports *ex, json_t *req)
+{
+    const char *name = arg_str(req, "name");
+    int none = arg_bool(req, "none"), force = arg_bool(req, "force");
+    struct store_obj_info v, cur;
+    char msg[512];
+    json_t *e;
+    int disc = 0;
+    if (name && none)
+        return ctl_error(-EINVAL, "default: \"name\" or \"none\", not both");
+    if (!name && !none) {
+        pthread_mutex_lock(&ex->lock);
+        json_t *o = exports_resolve_locked(ex, "", &cur) == 0
+                        ? obj_json_locked(ex, &cur)
+                        : json_null();
+        pthread_mutex_unlock(&ex->lock);
+        return json_pack("{s:b, s:o}", "ok", 1, "object", o);
+    }
+    if (name) {
+        if ((e = resolve(ex, name, &v)))
+            return e;
+        if (v.kind != STORE_VOLUME)
+            return ctl_error(-EINVAL,
+                             "%s: \"%s\" is a snapshot: the default must be "
+                             "a volume",
+                             ex->image, v.name);
+    }
+    pthread_mutex_lock(&ex->lock);
+    int have = exports_resolve_locked(ex, "", &cur) == 0;
+    if ((!have && none) ||
+        (have && name && uuid_compare(cur.uuid, v.uuid) == 0)) {
+        /* Already so: nothing changes, nobody is disconnected. */
+        json_t *o = have ? obj_json_locked(ex, &cur) : json_null();
+        pthread_mutex_unlock(&ex->lock);
+        return json_pack("{s:b, s:o, s:i}", "ok", 1, "object", o,
+                         "disconnected", 0);
+    }
+    int n = exports_count_name_locked(ex, "");
+    if (n > 0 && force) {
+        pthread_mutex_unlock(&ex->lock);
+        int r = buse_server_disconnect(ex->srv, "");
+        if (r < 0)
+            return ctl_error(r,
+                             "%s: cannot disconnect the clients of export "
+                             "\"\"",
+                             ex->image);
+        disc = r;
+        pthread_mutex_lock(&ex->lock);
+        n = exports_count_name_locked(ex, "");
+    }
+    if (n > 0) {
+        pthread_mutex_unlock(&ex->lock);
+        return ctl_error(-EBUSY,
+                         "%s: export \"\" is served to %d NBD client%s (of "
+                         "volume \"%s\"); on reconnecting %s would get %s%s%s; "
+                         "disconnect %s or use --force",
+                         ex->image, n, n == 1 ? "" : "s", have ? cur.name : "?",
+                         n == 1 ? "it" : "they",
+                         none ? "no volume" : "volume \"", none ? "" : v.name,
+                         none ? "" : "\"", n == 1 ? "it" : "them");
+    }
+    int old_has = ex->has_default;
+    uuid_t old;
+    uuid_copy(old, ex->default_uuid);
+    ex->has_default = !none;
+    if (!none)
+        uuid_copy(ex->default_uuid, v.uuid);
+    int r = attrs_save_locked(ex, msg, sizeof msg);
+    if (r < 0) {
+        ex->has_default = old_has;
+        uuid_copy(ex->default_uuid, old);
+        pthread_mutex_unlock(&ex->lock);
+        return ctl_error(r, "%s: the default was not changed: %s", ex->image,
+                         msg);
+    }
+    json_t *o = none ? json_null() : obj_json_locked(ex, &v);
+    pthread_mutex_unlock(&ex->lock);
+    return json_pack("{s:b, s:o, s:i}", "ok", 1, "object", o, "disconnected",
+                     disc);
+}
+
+/* access: show or change who may open an object over NBD and whether it
+ * is read-only.  "read_only" (bool) and "allow" (an array of TLS
+ * identities, or null for anyone) replace what they name; the other is
+ * kept.  A change that would refuse a connected client, or take its
+ * writes away, is refused unless force disconnects the object's clients
+ * (they reconnect under the new rules). */
+static json_t *op_access(struct exports *ex, json_t *req)
+{
+    const char *name = arg_str(req, "name");
+    json_t *jro = json_object_get(req, "read_only");
+    json_t *jallow = json_object_get(req, "allow");
+    int force = arg_bool(req, "force"), disc = 0, r;
+    struct store_obj_info o;
+    char msg[512];
+    json_t *e;
+    if (!name)
+        return ctl_error(-EINVAL, "access: \"name\" (a string) is required");
+    if (jro && !json_is_boolean(jro))
+        return ctl_error(-EINVAL, "access: \"read_only\" is a boolean");
+    if (jallow && !json_is_null(jallow) &&
+        (!json_is_array(jallow) || json_array_size(jallow) == 0 ||
+         json_array_size(jallow) > 256))
+        return ctl_error(-EINVAL, "access: \"allow\" is null (anyone) or an "
+                                  "array of 1 to 256 TLS identities");
+    size_t n = jallow ? json_array_size(jallow) : 0;
+    char **allow = calloc(n ? n : 1, sizeof *allow);
+    if (!allow)
+        return ctl_error(-ENOMEM, "access: out of memory");
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *id = json_string_value(json_array_get(jallow, i));
+        if (!id) {
+            free(allow);
+            return ctl_error(-EINVAL, "access: a TLS identity is a string");
+        }
+        if (attrs_check_identity(id, msg, sizeof msg) < 0) {
+            free(allow);
+            return ctl_error(-EINVAL, "access: %s", msg);
+        }
+        int dup = 0;
+        for (size_t j = 0; j < k; j++)
+            dup |= strcmp(allow[j], id) == 0;
+        if (!dup)
+            allow[k++] = (char *)id;
+    }
+    if ((e = resolve(ex, name, &o))) {
+        free(allow);
+        return e;
+    }
+    pthread_mutex_lock(&ex->lock);
+    const struct exp_attr *a = attrs_find_locked(ex, o.uuid);
+    int ro = jro ? json_is_true(jro) : (a && a->read_only);
+    char **list = jallow ? allow : (a ? a->allow : NULL);
+    size_t nlist = jallow ? k : (a ? a->nallow : 0);
+    if (!jro && !jallow) { /* show */
+        json_t *obj = obj_json_locked(ex, &o);
+        pthread_mutex_unlock(&ex->lock);
+        free(allow);
+        return json_pack("{s:b, s:o}", "ok", 1, "object", obj);
+    }
+    /* The current list may be freed by attrs_set_locked: copy it first. */
+    char **keep = NULL;
+    if (!jallow && nlist) {
+        keep = calloc(nlist, sizeof *keep);
+        for (size_t i = 0; keep && i < nlist; i++)
+            keep[i] = list[i];
+        list = keep;
+        if (!keep) {
+            pthread_mutex_unlock(&ex->lock);
+            free(allow);
+            return ctl_error(-ENOMEM, "access: out of memory");
+        }
+    }
+    int affected = exports_affected_locked(ex, o.uuid, ro, list, nlist);
+    if (affected > 0 && force) {
+        pthread_mutex_unlock(&ex->lock);
+        r = exports_disconnect(ex, o.uuid);
+        pthread_mutex_lock(&ex->lock);
+        if (r < 0) {
+            pthread_mutex_unlock(&ex->lock);
+            free(allow);
+            free(keep);
+            return ctl_error(r, "%s: \"%s\": cannot disconnect its clients",
+                             ex->image, o.name);
+        }
+        disc = r;
+        /* attributes may have changed meanwhile: recompute from scratch */
+        a = attrs_find_locked(ex, o.uuid);
+        ro = jro ? json_is_true(jro) : (a && a->read_only);
+        if (!jallow) {
+            free(keep);
+            keep = NULL;
+            nlist = a ? a->nallow : 0;
+            if (nlist && !(keep = calloc(nlist, sizeof *keep))) {
+                pthread_mutex_unlock(&ex->lock);
+                free(allow);
+                return ctl_error(-ENOMEM, "access: out of memory");
+            }
+            for (size_t i = 0; i < nlist; i++)
+                keep[i] = a->allow[i];
+            list = keep;
+        }
+        affected = exports_affected_locked(ex, o.uuid, ro, list, nlist);
+    }
+    if (affected > 0) {
+        pthread_mutex_unlock(&ex->lock);
+        free(allow);
+        free(keep);
+        return ctl_error(-EBUSY,
+                         "%s: %s \"%s\" is served to %d NBD client%s that "
+                         "the new access would %s; disconnect %s or use "
+                         "--force",
+                         ex->image,
+                         o.kind == STORE_VOLUME ? "volume" : "snapshot", o.name,
+                         affected, affected == 1 ? "" : "s",
+                         ro ? "refuse or make read-only" : "refuse",
+                         affected == 1 ? "it" : "them");
+    }
+    /* Keep the old attributes to put back if the sidecar cannot be
+     * written (strings copied: attrs_set_locked frees the entry). */
+    a = attrs_find_locked(ex, o.uuid);
+    int old_ro = a && a->read_only;
+    size_t old_n = a ? a->nallow : 0;
+    char **old = calloc(old_n ? old_n : 1, sizeof *old);
+    int oom = !old;
+    for (size_t i = 0; !oom && i < old_n; i++)
+        oom = !(old[i] = strdup(a->allow[i]));
+    r = oom ? -ENOMEM : attrs_set_locked(ex, o.uuid, ro, list, nlist);
+    if (r == 0 && (r = attrs_save_locked(ex, msg, sizeof msg)) < 0)
+        attrs_set_locked(ex, o.uuid, old_ro, old, old_n);
+    else if (r < 0)
+        snprintf(msg, sizeof msg, "out of memory");
+    json_t *obj = r == 0 ? obj_json_locked(ex, &o) : NULL;
+    pthread_mutex_unlock(&ex->lock);
+    for (size_t i = 0; old && i < old_n; i++)
+        free(old[i]);
+    free(old);
+    free(allow);
+    free(keep);
+    if (r < 0)
+        return ctl_error(r, "%s: the access of \"%s\" was not changed: %s",
+                         ex->image, o.name, msg);
     return json_pack("{s:b, s:o, s:i}", "ok", 1, "object", obj, "disconnected",
                      disc);
 }
@@ -444,6 +879,9 @@ static json_t *op_check(struct exports *ex, json_t *req, int fd)
     struct check_job cj = {.st = ex->st, .msgs = json_array()};
     pthread_t th;
     int send_failed = 0, sent_final = 0;
+    struct timespec last, t0;
+    clock_gettime(CLOCK_MONOTONIC, &last);
+    t0 = last;
     if (!cj.msgs)
         return ctl_error(-ENOMEM, "check: out of memory");
     pthread_mutex_init(&cj.lock, NULL);
@@ -471,10 +909,24 @@ static json_t *op_check(struct exports *ex, json_t *req, int fd)
         cj.changed = 0;
         pthread_mutex_unlock(&cj.lock);
         /* Sending may block on a client that stopped reading; the check
-         * goes on meanwhile and we catch up (or give up) afterwards. */
+         * goes on meanwhile and we catch up (or give up) afterwards.  A
+         * line at least every second, changed or not, so that a client
+         * can tell a long phase from a server that stopped answering. */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int stale = (now.tv_sec - last.tv_sec) * 1000 +
+                        (now.tv_nsec - last.tv_nsec) / 1000000 >=
+                    1000;
         if (changed && !send_failed) {
             send_failed = send_progress(fd, done, total) < 0;
             sent_final = done == total;
+            last = now;
+        } else if (stale && !send_failed) { /* the index phase says nothing */
+            json_t *k = json_pack("{s:{s:I}}", "progress", "elapsed_ms",
+                                  (json_int_t)elapsed_us(&t0) / 1000);
+            send_failed = k ? ctl_send(fd, k) < 0 : 0;
+            json_decref(k);
+            last = now;
         }
         if (finished) {
             if (!sent_final && !send_failed && cj.result >= 0)
@@ -558,10 +1010,17 @@ json_t *ctl_op(struct exports *ex, const char *op, json_t *req, int fd)
     static const struct {
         const char *name;
         json_t *(*fn)(struct exports *ex, json_t *req);
-    } ops[] = {
-        {"create", op_create}, {"list", op_list},     {"rollback", op_rollback},
-        {"clone", op_clone},   {"delete", op_delete}, {"rename", op_rename},
-        {"info", op_info},     {"diff", op_diff},     {"gc", op_gc}};
+    } ops[] = {{"create", op_create},
+               {"list", op_list},
+               {"rollback", op_rollback},
+               {"clone", op_clone},
+               {"delete", op_delete},
+               {"rename", op_rename},
+               {"info", op_info},
+               {"diff", op_diff},
+               {"gc", op_gc},
+               {"default", op_default},
+               {"access", op_access}};
     if (strcmp(op, "check") == 0) {
         json_t *res = op_check(ex, req, fd);
         return res ? res : ctl_error(-ENOMEM, "check: out of memory");

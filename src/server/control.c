@@ -24,8 +24,9 @@
 
 #include "control.h"
 
-#define CTL_IDLE_TIMEOUT 120 /* seconds without a complete request */
-#define CTL_SEND_TIMEOUT 10  /* seconds to write one response */
+#define CTL_IDLE_TIMEOUT 120  /* seconds without a complete request */
+#define CTL_SEND_TIMEOUT 10   /* seconds to write one response */
+#define CTL_KEEPALIVE_MS 1000 /* "still running" lines during a long op */
 
 struct ctl_client {
     struct ctl_server *c;
@@ -143,6 +144,78 @@ static json_t *op_hello(struct ctl_client *cl, json_t *req)
                      cl->c->uuid);
 }
 
+/* An op in a thread of its own, while the client's thread tells the client
+ * every CTL_KEEPALIVE_MS that it is still running: {"progress":
+ * {"elapsed_ms":N}} lines, which clients skip (doc/control.md), so that a
+ * client can tell a long op (gc, a --force that waits for clients to go)
+ * from a server that stopped answering, and time out on the latter only.
+ * check sends its own progress lines (op_check) and runs here directly. */
+struct op_job {
+    struct exports *ex;
+    const char *op;
+    json_t *req, *res;
+    int fd, done;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+};
+
+static void *op_thread(void *arg)
+{
+    struct op_job *j = arg;
+    json_t *res = ctl_op(j->ex, j->op, j->req, j->fd);
+    pthread_mutex_lock(&j->lock);
+    j->res = res;
+    j->done = 1;
+    pthread_cond_signal(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+    return NULL;
+}
+
+static json_t *run_op(struct ctl_client *cl, const char *op, json_t *req)
+{
+    struct op_job j = {.ex = cl->c->ex, .op = op, .req = req, .fd = cl->fd};
+    pthread_t th;
+    struct timespec t0, until;
+    if (strcmp(op, "check") == 0)
+        return ctl_op(j.ex, op, req, cl->fd);
+    pthread_mutex_init(&j.lock, NULL);
+    pthread_cond_init(&j.cond, NULL);
+    if (pthread_create(&th, NULL, op_thread, &j) != 0) {
+        /* No thread to spare: run it here, without keepalives. */
+        pthread_cond_destroy(&j.cond);
+        pthread_mutex_destroy(&j.lock);
+        return ctl_op(j.ex, op, req, cl->fd);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int send_failed = 0;
+    pthread_mutex_lock(&j.lock);
+    while (!j.done) {
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += CTL_KEEPALIVE_MS * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        if (pthread_cond_timedwait(&j.cond, &j.lock, &until) == 0 || j.done)
+            continue;
+        pthread_mutex_unlock(&j.lock);
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        json_int_t ms = (json_int_t)(t1.tv_sec - t0.tv_sec) * 1000 +
+                        (t1.tv_nsec - t0.tv_nsec) / 1000000;
+        json_t *k = json_pack("{s:{s:I}}", "progress", "elapsed_ms", ms);
+        /* A client that stopped reading only loses its keepalives: the op
+         * goes on and its response is tried at the end. */
+        if (k && !send_failed)
+            send_failed = ctl_send(cl->fd, k) < 0;
+        json_decref(k);
+        pthread_mutex_lock(&j.lock);
+    }
+    pthread_mutex_unlock(&j.lock);
+    pthread_join(th, NULL);
+    pthread_cond_destroy(&j.cond);
+    pthread_mutex_destroy(&j.lock);
+    return j.res;
+}
+
 static json_t *ctl_dispatch(struct ctl_client *cl, const char *line, size_t len)
 {
     json_error_t jerr;
@@ -169,7 +242,7 @@ static json_t *ctl_dispatch(struct ctl_client *cl, const char *line, size_t len)
         res = ctl_error(-EPROTO, "send {\"op\":\"hello\",\"version\":%d} first",
                         CTL_PROTOCOL_VERSION);
     } else {
-        res = ctl_op(cl->c->ex, op, req, cl->fd);
+        res = run_op(cl, op, req);
         if (!res)
             res = ctl_error(-ENOSYS, "unknown op \"%s\"", op);
     }

@@ -18,27 +18,50 @@
 #include "store/store.h"
 
 struct exp_handle; /* one open export (private to exports.c) */
+struct exp_attr;   /* attributes of an export (attrs.h) */
 
 struct exports {
     struct store *st;
     const char *image;       /* path, for messages */
     struct buse_server *srv; /* set once the server exists */
-    pthread_mutex_t lock;    /* protects list */
+    pthread_mutex_t lock;    /* protects everything below */
     struct exp_handle *list; /* open handles */
+    /* The default volume, export "" (attrs.c): none when has_default is
+     * 0, or when default_uuid names no volume. */
+    int has_default;
+    uuid_t default_uuid;
+    struct exp_attr *attrs; /* read-only flags, allowed identities */
+    char *attrs_path;       /* the sidecar, or NULL: memory only */
 };
 
-/* Initialise ex for st (not owned) and fill ops with the callbacks. */
+/* Initialise ex for st (not owned) and fill ops with the callbacks.  The
+ * default volume is the store's until attrs_attach() loads a sidecar. */
 void exports_init(struct exports *ex, struct store *st, const char *image,
                   struct buse_operations *ops);
 void exports_destroy(struct exports *ex);
 
 /* Resolve "" to the default volume, any other string to the object it
- * names (name or UUID).  Returns 0 or -ENOENT (message in store_errmsg or
- * written to msg). */
-int exports_resolve(struct store *st, const char *name,
+ * names (name or UUID); out->is_default says whether it is busesnap's
+ * default (not the store's).  Returns 0 or -ENOENT (message in
+ * store_errmsg, or on stderr for "" without a default).  The first takes
+ * ex->lock, the second needs it held. */
+int exports_resolve(struct exports *ex, const char *name,
                     struct store_obj_info *out);
+int exports_resolve_locked(struct exports *ex, const char *name,
+                           struct store_obj_info *out);
+/* Set info->is_default from busesnap's default (ex->lock held). */
+void exports_mark_default_locked(const struct exports *ex,
+                                 struct store_obj_info *info);
 
-/* The caller must hold ex->lock for the next two. */
+/* The caller must hold ex->lock for the next four. */
+/* Number of open handles that asked for export name (e.g. ""). */
+int exports_count_name_locked(struct exports *ex, const char *name);
+/* Number of open handles of uuid that new attributes would refuse (a
+ * client whose identity is not in allow, when nallow) or turn read-only
+ * (a read-write client, when read_only).  Kernel devices count only for
+ * read_only. */
+int exports_affected_locked(struct exports *ex, const uuid_t uuid,
+                            int read_only, char *const *allow, size_t nallow);
 /* Number of open handles of the object uuid; when names is not NULL,
  * writes the distinct export names they opened (quoted, comma-separated)
  * into names (truncated to len). */

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "attrs.h"
 #include "control.h"
 #include "common/common.h"
 #include "exports.h"
@@ -60,12 +61,24 @@ static const char serve_help[] =
     "  --attach DEV=EXPORT   attach EXPORT (a volume or snapshot) to DEV\n"
     "                        (repeatable)\n"
     "  --socket PATH         serve NBD clients on a Unix socket\n"
-    "  --tcp HOST:PORT       serve NBD clients on TCP\n"
+    "  --tcp HOST:PORT       serve NBD clients on TCP, on the addresses HOST\n"
+    "                        has (:PORT: every address; plaintext on one that\n"
+    "                        is not loopback gets a warning: see --tls)\n"
+    "  --tls=off|on|require  NBD_OPT_STARTTLS: on offers TLS, require refuses\n"
+    "                        every client that does not start it (default:\n"
+    "                        off; require when credentials are given)\n"
+    "  --tls-certificates DIR  X.509: server-cert.pem, server-key.pem,\n"
+    "                        ca-cert.pem (and ca-crl.pem) in DIR\n"
+    "  --tls-psk FILE        pre-shared keys, USER:HEXKEY lines (psktool)\n"
+    "  --tls-verify-peer     require a client certificate signed by the CA\n"
+    "  --read-only           every export read-only for NBD clients\n"
+    "  --no-list             refuse to list the exports (NBD_OPT_LIST)\n"
     "  --control PATH        control socket for bsnap (default: "
     "$BSNAP_CONTROL,\n"
-    "                        $XDG_RUNTIME_DIR/busesnap.ctl, /run/busesnap.ctl "
+    "                        $XDG_RUNTIME_DIR/busesnap.ctl or\n"
+    "                        /run/user/UID/busesnap.ctl, /run/busesnap.ctl "
     "for\n"
-    "                        root, /tmp/busesnap-UID.ctl otherwise)\n"
+    "                        root, /tmp/busesnap-UID/busesnap.ctl otherwise)\n"
     "  --size SIZE           create IMAGE with this size if it does not "
     "exist\n"
     "                        (suffixes K, M, G, T); must match if it does\n"
@@ -77,9 +90,11 @@ static const char serve_help[] =
     "  -v, --verbose         log requests to stderr\n"
     "  -h, --help            this help\n"
     "\n"
-    "Export \"\" is the default volume; every volume and snapshot is also an\n"
-    "export by its name and by its UUID.  Sockets passed by systemd socket\n"
-    "activation are served too.  SIGINT/SIGTERM stop cleanly.\n";
+    "Export \"\" is the default volume (bsnap default); every volume and\n"
+    "snapshot is also an export by its name and by its UUID.  Per-export\n"
+    "read-only and TLS identities: bsnap access.  Sockets passed by systemd\n"
+    "socket activation are served too.  SIGINT/SIGTERM stop cleanly.  See\n"
+    "doc/security.md for serving beyond one machine.\n";
 
 /* Index size limit for serve (--map-size; 0: the store's 1 TiB). */
 static uint64_t map_size;
@@ -148,6 +163,12 @@ static int cmd_serve(int argc, char **argv)
         {"attach", required_argument, 0, 'a'},
         {"connections", required_argument, 0, 'n'},
         {"timeout", required_argument, 0, 'T'},
+        {"tls", required_argument, 0, 'L'},
+        {"tls-certificates", required_argument, 0, 'C'},
+        {"tls-psk", required_argument, 0, 'P'},
+        {"tls-verify-peer", no_argument, 0, 'V'},
+        {"read-only", no_argument, 0, 'R'},
+        {"no-list", no_argument, 0, 'N'},
         {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
@@ -155,8 +176,9 @@ static int cmd_serve(int argc, char **argv)
     char ctlpath[256];
     uint64_t size = 0;
     char *attach[MAX_ATTACH];
-    int nattach = 0, verbose = 0, c, r;
+    int nattach = 0, verbose = 0, c, r, read_only = 0, no_list = 0;
     unsigned connections = 1, timeout = 0;
+    struct buse_tls_options tls = {.mode = -1}; /* -1: --tls not given */
 
     while ((c = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
         switch (c) {
@@ -193,6 +215,34 @@ static int cmd_serve(int argc, char **argv)
         case 'T':
             timeout = (unsigned)atoi(optarg);
             break;
+        case 'L':
+            if (!strcmp(optarg, "off"))
+                tls.mode = BUSE_TLS_OFF;
+            else if (!strcmp(optarg, "on"))
+                tls.mode = BUSE_TLS_ON;
+            else if (!strcmp(optarg, "require"))
+                tls.mode = BUSE_TLS_REQUIRE;
+            else
+                usage_error("serve",
+                            "--tls wants off, on or require, not "
+                            "\"%s\"",
+                            optarg);
+            break;
+        case 'C':
+            tls.certificates = optarg;
+            break;
+        case 'P':
+            tls.psk_file = optarg;
+            break;
+        case 'V':
+            tls.verify_peer = 1;
+            break;
+        case 'R':
+            read_only = 1;
+            break;
+        case 'N':
+            no_list = 1;
+            break;
         case 'v':
             verbose++;
             break;
@@ -214,13 +264,26 @@ static int cmd_serve(int argc, char **argv)
     if (!sock && !tcp && !device && !nattach && !systemd)
         usage_error("serve", "nothing to serve on: give DEVICE, --socket or "
                              "--tcp");
+    int creds = tls.certificates || tls.psk_file;
+    if (tls.mode == -1) /* credentials alone mean TLS, required (qemu-nbd) */
+        tls.mode = creds ? BUSE_TLS_REQUIRE : BUSE_TLS_OFF;
+    if (tls.mode != BUSE_TLS_OFF && !creds)
+        usage_error("serve", "--tls=%s needs --tls-certificates or --tls-psk",
+                    tls.mode == BUSE_TLS_ON ? "on" : "require");
+    if (tls.mode == BUSE_TLS_OFF && creds)
+        usage_error("serve", "--tls=off with TLS credentials");
+    if (tls.verify_peer && !tls.certificates)
+        usage_error("serve", "--tls-verify-peer needs --tls-certificates");
     if (control)
         snprintf(ctlpath, sizeof ctlpath, "%s", control);
-    else
-        common_default_control_path(ctlpath, sizeof ctlpath);
+    else if (common_default_control_path(prog, ctlpath, sizeof ctlpath, 1) < 0)
+        return 1;
     if (verbose)
         buse_set_verbose(verbose);
 
+    if (common_check_socket_path(prog, "control socket", ctlpath) < 0 ||
+        (sock && common_check_socket_path(prog, "socket", sock) < 0))
+        return 1;
     if (ctl_prepare(ctlpath) < 0)
         return 1;
     struct store *st;
@@ -233,10 +296,21 @@ static int cmd_serve(int argc, char **argv)
     struct ctl_server *ctl = NULL;
     int rc = 1;
     exports_init(&ex, st, image, &ops);
-    struct buse_server *srv = buse_server_new(&ops, &ex);
+    if (read_only)
+        ops.flags |= BUSE_READONLY;
+    if (no_list)
+        ops.flags |= BUSE_NO_LIST;
+    char attrs_path[4096];
+    snprintf(attrs_path, sizeof attrs_path, "%s-exports.json", image);
+    struct buse_server *srv = NULL;
+    if (attrs_attach(&ex, attrs_path) < 0)
+        goto out_store;
+    srv = buse_server_new(&ops, &ex);
     if (!srv)
         goto out_store;
     ex.srv = srv;
+    if (tls.mode != BUSE_TLS_OFF && buse_server_set_tls(srv, &tls) < 0)
+        goto out_srv;
     if (sock && buse_server_listen_unix(srv, sock, 0) < 0)
         goto out_srv;
     if (tcp && buse_server_listen_tcp(srv, tcp) < 0)

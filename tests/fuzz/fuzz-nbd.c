@@ -31,6 +31,14 @@
  *   6    BUSE_SERIALIZE (else threads = 1: one worker, deterministic)
  *   7    the prefix opens export "odd" (a size that is not a multiple of
  *        512)
+ * TLS: every server offers it (BUSE_TLS_ON, a pre-shared key written at
+ * start-up), so NBD_OPT_STARTTLS in the input runs libbuse's STARTTLS
+ * path and hands the rest of the input to the TLS handshake as a
+ * ClientHello (garbage, almost always: what a hostile client sends); with
+ * no prefix (bits 0-1 clear), bit 3 makes it BUSE_TLS_REQUIRE (FORCEDTLS:
+ * every option but STARTTLS and ABORT refused before TLS).  (Prefixed
+ * inputs end their handshake with GO in plaintext: their reply check
+ * never sees TLS.)
  */
 #define BUSE_INTERNAL
 #include <errno.h>
@@ -244,6 +252,29 @@ static size_t make_prefix(unsigned char *p, unsigned mode)
     return n;
 }
 
+static char psk_path[256]; /* a key for user "fuzz", written at start */
+
+static void remove_psk(void)
+{
+    unlink(psk_path);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+    snprintf(psk_path, sizeof psk_path, "%s/fuzz-nbd-psk.XXXXXX", base);
+    int fd = mkstemp(psk_path);
+    static const char key[] = "fuzz:0123456789abcdef0123456789abcdef\n";
+    if (fd < 0 || write(fd, key, sizeof key - 1) != (ssize_t)(sizeof key - 1)) {
+        perror("fuzz-nbd: PSK file");
+        abort();
+    }
+    close(fd); /* mkstemp made it 0600 */
+    atexit(remove_psk);
+    return 0;
+}
+
 static struct buse_server *make_server(unsigned mode)
 {
     struct buse_operations ops = {.read = m_read};
@@ -276,6 +307,13 @@ static struct buse_server *make_server(unsigned mode)
     struct buse_server *srv = buse_server_new(&ops, NULL);
     if (!srv) {
         fprintf(stderr, "fuzz-nbd: buse_server_new failed\n");
+        abort();
+    }
+    struct buse_tls_options tls = {
+        .mode = (mode & 3) == 0 && (mode & 8) ? BUSE_TLS_REQUIRE : BUSE_TLS_ON,
+        .psk_file = psk_path};
+    if (buse_server_set_tls(srv, &tls) < 0) {
+        fprintf(stderr, "fuzz-nbd: buse_server_set_tls failed\n");
         abort();
     }
     return srv;
@@ -470,6 +508,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (buse_handshake(c) == 1)
         buse_transmission(c);
     buse_close_export(c);
+    buse_tls_end(c);
     if (c->export_name)
         broken("export name left after close", 0, 0);
     close(c->fd);

@@ -14,7 +14,7 @@ FUZZ_CFLAGS := -g -O1 -fno-omit-frame-pointer \
                $(shell pkg-config --cflags libnl-genl-3.0 2>/dev/null || echo -I/usr/include/libnl3)
 
 FUZZ_NBD_SRC := tests/fuzz/fuzz-nbd.c $(BUSE_SRC)
-FUZZ_CONTROL_SRC := tests/fuzz/fuzz-control.c src/server/control-ops.c \
+FUZZ_CONTROL_SRC := tests/fuzz/fuzz-control.c src/server/control-ops.c src/server/attrs.c \
                     src/server/exports.c $(STORE_SRC) $(BUSE_SRC) \
                     src/common/common.c
 

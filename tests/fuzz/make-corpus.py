@@ -52,6 +52,16 @@ def nbd_seeds():
     s["hs-abort"] = b"\x00" + FLAGS + opt(2)
     s["hs-list"] = b"\x00" + FLAGS + opt(3) + opt(2)
     s["hs-starttls"] = b"\x00" + FLAGS + opt(5) + opt(2)
+    # STARTTLS, then what follows is the TLS handshake: a ClientHello-like
+    # record with a random-looking body, and plaintext options (injected).
+    s["hs-starttls-hello"] = b"\x00" + FLAGS + opt(5) + \
+        b"\x16\x03\x01\x00\x30\x01\x00\x00\x2c\x03\x03" + bytes(range(44))
+    s["hs-starttls-plain-go"] = b"\x00" + FLAGS + opt(5) + opt(7, go(b"disk"))
+    s["hs-starttls-data"] = b"\x00" + FLAGS + opt(5, b"x") + opt(5) + opt(2)
+    # Mode 0x08 without a prefix: TLS required; options refused first.
+    s["hs-require"] = b"\x08" + FLAGS + opt(3) + opt(7, go(b"disk")) + \
+        opt(99, bytes(100)) + opt(5) + b"\x15\x03\x03\x00\x02\x02\x28"
+    s["hs-require-export-name"] = b"\x08" + FLAGS + opt(1, b"disk")
     s["hs-info"] = b"\x00" + FLAGS + opt(6, go(b"disk", (0, 1, 2, 3))) + opt(2)
     s["hs-info-eio"] = b"\x00" + FLAGS + opt(6, go(b"eio")) + opt(2)
     s["hs-go"] = b"\x00" + FLAGS + opt(7, go(b"")) + req(DISC, 0, 0)
