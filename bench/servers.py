@@ -50,8 +50,10 @@ def parse_size(s):
 class Server:
     """One running server.  uri(export) gives its NBD URI; stop() ends it."""
 
-    def __init__(self, kind, workdir, logdir, size="1G", tag=None, image=None):
+    def __init__(self, kind, workdir, logdir, size="1G", tag=None, image=None,
+                 prog=None):
         self.kind = kind
+        self.prog = prog or KINDS[kind][1]  # another busesnap build: A/B
         self.size = size
         self.dir = os.path.join(workdir, tag or kind)
         os.makedirs(self.dir, exist_ok=True)
@@ -75,7 +77,7 @@ class Server:
     def argv(self):
         k = self.kind
         if k == "busesnap":
-            return [KINDS[k][1], "serve", self.image, "--size", self.size,
+            return [self.prog, "serve", self.image, "--size", self.size,
                     "--socket", self.sock, "--control", self.control]
         if k == "busexmp":
             return [KINDS[k][1], self.size, "--socket", self.sock]

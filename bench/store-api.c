@@ -14,8 +14,10 @@
  *                   the close included
  *   dev_per_data    the same counted at the block device (every writer of
  *                   the machine: only meaningful on a quiet machine)
- *   image_per_live  the image's files (allocated bytes) over the live data
- *                   after the overwrites and the close
+ *   image_per_live  the image's files (allocated bytes, du) over the live
+ *                   data after the overwrites and the close
+ *   files_per_live  the same without the space reserved past the files'
+ *                   ends (the index's room), as store_info counts it
  * Modes (-m): "rand" (the above), "flush32" (a store_flush after every 32
  * writes of each thread), "seq" (1 MiB sequential overwrites instead of
  * 4 KiB random ones).  The figures of one run mean something only beside
@@ -245,6 +247,9 @@ int main(int argc, char **argv)
     double wall = now() - t0;
     uint64_t n = atomic_load(&writes_done);
     uint64_t bytes = n * (mode_seq ? MIB : STORE_BLOCK);
+    struct store_info inf;
+    if ((rc = store_info(st, &inf)))
+        die("info", rc);
     /* the background work that the writes left is theirs too */
     store_vol_close(vol);
     double tc = now();
@@ -263,6 +268,7 @@ int main(int argc, char **argv)
     printf("disk_per_data %.3f\n", (double)io / bytes);
     printf("dev_per_data %.3f\n", (double)dev / bytes);
     printf("image_per_live %.3f\n", (double)image_bytes(tdir) / size);
+    printf("files_per_live %.3f\n", (double)inf.file_bytes / size);
     if (!keep) {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", tdir);

@@ -1008,11 +1008,31 @@ int store_ckpt_run(struct store *st, bool with_gc)
 
 /* ---- the background thread ---- */
 
+/* New chunk bytes that make a checkpoint due: the slots the generations'
+ * overwrites free come back only with checkpoints, so the image holds up
+ * to about three times this beyond its live data under random overwrites
+ * (the frozen generation, and the active one at twice it): a 32nd of the
+ * live data keeps that under a tenth, 64 MiB at least keeps checkpoints of
+ * small images from rewriting their whole index too often. */
+static uint64_t ckpt_bytes(struct store *st)
+{
+    uint64_t live = st->space.nlive * STORE_BLOCK / 32;
+    return live > (64u << 20) ? live : (64u << 20);
+}
+
+/* Is generation g at mult times the size that makes a checkpoint due? */
+static bool gen_full(struct store *st, struct gen *g, unsigned mult)
+{
+    return __atomic_load_n(&g->nents, __ATOMIC_RELAXED) >=
+               mult * STORE_CKPT_OPS ||
+           __atomic_load_n(&g->new_bytes, __ATOMIC_RELAXED) >=
+               mult * ckpt_bytes(st);
+}
+
 static bool ckpt_due(struct store *st)
 {
     struct gen *a = st->active;
-    uint64_t n = __atomic_load_n(&a->nents, __ATOMIC_RELAXED);
-    return st->ckpt_wanted || n >= STORE_CKPT_OPS ||
+    return st->ckpt_wanted || gen_full(st, a, 1) ||
            (a->any && store_ms_since(&a->first) >= (long)STORE_CKPT_MS) ||
            st->frozen || st->gc_wanted;
 }
@@ -1090,10 +1110,7 @@ void store_bg_wake(struct store *st)
 void store_ckpt_backpressure(struct store *st)
 {
     struct gen *a = st->active;
-    uint64_t n = __atomic_load_n(&a->nents, __ATOMIC_RELAXED);
-    if (n == STORE_CKPT_OPS)
-        store_bg_wake(st);
-    if (n < STORE_GEN_MAX)
+    if (!gen_full(st, a, 2))
         return;
     if (!st->bg_running) { /* the open's replay: no thread yet */
         store_ckpt_run(st, false);
@@ -1104,8 +1121,7 @@ void store_ckpt_backpressure(struct store *st)
     pthread_cond_broadcast(&st->bg_cond);
     uint64_t seen = st->ckpt_count;
     while (!st->bg_stop && st->ckpt_count == seen &&
-           __atomic_load_n(&st->active->nents, __ATOMIC_RELAXED) >=
-               STORE_GEN_MAX)
+           gen_full(st, st->active, 2))
         pthread_cond_wait(&st->bg_done, &st->bg_mu);
     pthread_mutex_unlock(&st->bg_mu);
 }

@@ -76,12 +76,12 @@ struct gen;
 #define STORE_STRIPE_SHIFT 8u
 #define STORE_NHSHARD 16u /* hash shards: by the hash's first byte */
 
-/* A checkpoint is due at this many entries in the active generation, or
- * STORE_CKPT_MS after its first one; writers wait while the active
- * generation holds STORE_GEN_MAX entries and a checkpoint is running. */
+/* A checkpoint is due at this many entries in the active generation (or
+ * so many new chunk bytes: store-ckpt.c), or STORE_CKPT_MS after its first
+ * one; writers wait while the active generation holds twice that and a
+ * checkpoint is running. */
 #define STORE_CKPT_OPS 65536u
 #define STORE_CKPT_MS 5000u
-#define STORE_GEN_MAX (4u * STORE_CKPT_OPS)
 /* Unflushed log older than this is synced by the background thread: what a
  * client that never flushes can lose. */
 #define STORE_SYNC_MS 500u

@@ -21,7 +21,7 @@
  * order (appending, in a fresh
  * segment), and when the segment is used up it takes a wholly free segment
  * if there is one (but the log's reserve), else the one with most free
- * slots once free slots are a sixteenth of the file (F2FS's SSR: slots
+ * slots once free slots are a 32nd of the file (F2FS's SSR: slots
  * freed by overwrites are reused rather than the file growing), else a new
  * segment at the end of the file, reserved in the file system first.  All
  * under space.mu, a leaf lock.
@@ -215,10 +215,10 @@ static int pick_seg_l(struct store *st, bool data, uint32_t *out)
         return 0;
     }
     /* slots freed inside segments are reused before the file grows once
-     * they are a sixteenth of it (random overwrites scatter them) */
+     * they are a 32nd of it (random overwrites scatter them) */
     uint64_t slots = (uint64_t)sp->nsegs * STORE_SEG_SLOTS;
-    if (data && have_best && best_free >= 64 &&
-        (slots - sp->nlive) * 16 >= slots) {
+    if (data && have_best && best_free >= 16 &&
+        (slots - sp->nlive) * 32 >= slots) {
         *out = best;
         return 0;
     }
