@@ -20,7 +20,11 @@
  *                   ends (the index's room), as store_info counts it
  * Modes (-m): "rand" (the above), "flush32" (a store_flush after every 32
  * writes of each thread), "seq" (1 MiB sequential overwrites instead of
- * 4 KiB random ones).  The figures of one run mean something only beside
+ * 4 KiB random ones), "snaps" (-n N snapshots of the volume, a 4 KiB write
+ * before each, then clones and deletes: the time of each as the history
+ * grows, "create_us_first" over the first thousand, "create_us_last" over
+ * the last, "clone_us", "delete_us" at the end; the tree's operations must
+ * not grow with the depth).  The figures of one run mean something only beside
  * another binary's, measured in the same minutes (bench/notes.md).
  *
  * Usage: store-api [-d DIR] [-s SIZE_MIB] [-t THREADS] [-T SECONDS]
@@ -46,7 +50,7 @@
 static struct store *st;
 static struct store_vol *vol;
 static uint64_t nblocks;
-static int mode_flush32, mode_seq;
+static int mode_flush32, mode_seq, mode_snaps;
 static atomic_bool stop;
 static atomic_uint_fast64_t writes_done;
 
@@ -162,13 +166,68 @@ static void *writer(void *arg)
     return NULL;
 }
 
+/* -m snaps: the cost of tree operations as one volume's history grows. */
+static int snaps(const char *tdir, long n, int keep)
+{
+    uint8_t blk[STORE_BLOCK];
+    uint64_t seed = 7;
+    char name[32];
+    double first = 0, last = 0;
+    int rc;
+    for (long i = 0; i < n; i++) {
+        fill(&seed, blk, sizeof blk);
+        if ((rc = store_write(vol, blk, (uint64_t)(i % nblocks) * STORE_BLOCK,
+                              STORE_BLOCK, 0)))
+            die("write", rc);
+        snprintf(name, sizeof name, "s%ld", i);
+        double t = now();
+        if ((rc = store_snapshot(st, "bench", name, NULL)))
+            die("snapshot", rc);
+        t = now() - t;
+        if (i < 1000)
+            first += t;
+        if (i >= n - 1000)
+            last += t;
+        if (i % 10000 == 9999)
+            fprintf(stderr, "store-api: %ld snapshots\n", i + 1);
+    }
+    long k = n < 1000 ? n : 1000;
+    printf("snapshots %ld\n", n);
+    printf("create_us_first %.1f\ncreate_us_last %.1f\n", first * 1e6 / k,
+           last * 1e6 / k);
+    double tc = 0, td = 0;
+    for (int i = 0; i < 100; i++) {
+        char c[32];
+        snprintf(name, sizeof name, "s%ld", n - 1 - i);
+        snprintf(c, sizeof c, "c%d", i);
+        double t = now();
+        if ((rc = store_clone(st, name, c, NULL)))
+            die("clone", rc);
+        tc += now() - t;
+        t = now();
+        if ((rc = store_delete(st, c)) || (rc = store_delete(st, name)))
+            die("delete", rc);
+        td += (now() - t) / 2;
+    }
+    printf("clone_us %.1f\ndelete_us %.1f\n", tc * 1e6 / 100, td * 1e6 / 100);
+    store_vol_close(vol);
+    store_close(st);
+    if (!keep) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tdir);
+        return system(cmd) ? 1 : 0;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *dir = "/var/tmp";
     uint64_t size_mib = 1024;
     int threads = 1, seconds = 10, keep = 0, opt;
     const char *mode = "rand";
-    while ((opt = getopt(argc, argv, "d:s:t:T:m:k")) != -1) {
+    long nsnaps = 100000;
+    while ((opt = getopt(argc, argv, "d:s:t:T:m:kn:")) != -1) {
         switch (opt) {
         case 'd': dir = optarg; break;
         case 's': size_mib = strtoull(optarg, NULL, 0); break;
@@ -176,6 +235,7 @@ int main(int argc, char **argv)
         case 'T': seconds = atoi(optarg); break;
         case 'm': mode = optarg; break;
         case 'k': keep = 1; break;
+        case 'n': nsnaps = atol(optarg); break;
         default:
             fprintf(stderr, "usage: store-api [-d DIR] [-s SIZE_MIB] "
                             "[-t THREADS] [-T SECONDS] [-m rand|flush32|seq] "
@@ -185,7 +245,8 @@ int main(int argc, char **argv)
     }
     mode_flush32 = !strcmp(mode, "flush32");
     mode_seq = !strcmp(mode, "seq");
-    if (!mode_flush32 && !mode_seq && strcmp(mode, "rand")) {
+    mode_snaps = !strcmp(mode, "snaps");
+    if (!mode_flush32 && !mode_seq && !mode_snaps && strcmp(mode, "rand")) {
         fprintf(stderr, "store-api: unknown mode %s\n", mode);
         return 2;
     }
@@ -233,6 +294,8 @@ int main(int argc, char **argv)
         die("reopen", rc);
 
     sync();
+    if (mode_snaps)
+        return snaps(tdir, nsnaps, keep);
     uint64_t io0 = io_written(), dev0 = dev_written(dir);
     double c0 = cpu();
     t0 = now();

@@ -33,6 +33,7 @@
  */
 #include "store-int.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -823,6 +824,40 @@ static bool worth_freezing(struct store *st)
            st->log.next.idx != st->ckpt_pos.idx;
 }
 
+/* The in-memory invariants that must hold between checkpoints (SQLite's
+ * assert_pager_state is the model): nothing frozen, nothing waiting to be
+ * released or undone, no dying slot; every segment's persisted bits are
+ * among its allocated ones (inv. 3) and its count is right; the index's
+ * log position is in the log chain.  O(segments): cheap next to a
+ * checkpoint.  The checkpoint thread, ckpt_mu held. */
+static bool ckpt_invariants(struct store *st)
+{
+    struct store_space *sp = &st->space;
+    bool ok = !st->frozen && !sp->nrelease && !sp->nundo;
+    for (unsigned hs = 0; hs < STORE_NHSHARD; hs++)
+        ok &= st->dying[hs].used == 0;
+    pthread_mutex_lock(&sp->mu);
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < sp->nsegs && ok; i++) {
+        const struct seg_info *g = &sp->segs[i];
+        unsigned n = 0;
+        for (unsigned w = 0; w < STORE_SEG_WORDS; w++) {
+            ok &= (g->dur[w] & ~g->live[w]) == 0;
+            n += (unsigned)__builtin_popcountll(g->live[w]);
+        }
+        ok &= n == g->nlive;
+        total += n;
+    }
+    ok &= total == sp->nlive;
+    pthread_mutex_unlock(&sp->mu);
+    pthread_mutex_lock(&st->log.mu);
+    bool in_chain = st->ckpt_pos.seg == 0;
+    for (size_t i = 0; i < st->log.nchain; i++)
+        in_chain |= st->log.chain[i] == st->ckpt_pos.seg;
+    pthread_mutex_unlock(&st->log.mu);
+    return ok && in_chain;
+}
+
 /* Run one checkpoint now (and, with gc, collector passes after it).
  * 0 or -errno (the index is unchanged then). */
 static int checkpoint(struct store *st)
@@ -983,6 +1018,7 @@ int store_ckpt_run(struct store *st, bool with_gc)
         if (rc)
             st->gc_wanted = true;
     }
+    assert(rc || ckpt_invariants(st));
     pthread_mutex_lock(&st->bg_mu);
     st->ckpt_busy = false;
     st->ckpt_count++;
