@@ -849,11 +849,22 @@ static bool ckpt_invariants(struct store *st)
         total += n;
     }
     ok &= total == sp->nlive;
+    if (!ok)
+        fprintf(stderr,
+                "%s: checkpoint invariants: frozen %d, to release %zu, to "
+                "undo %zu, slots counted %llu of %llu\n",
+                st->path, st->frozen != NULL, sp->nrelease, sp->nundo,
+                (unsigned long long)total, (unsigned long long)sp->nlive);
     pthread_mutex_unlock(&sp->mu);
     pthread_mutex_lock(&st->log.mu);
     bool in_chain = st->ckpt_pos.seg == 0;
     for (size_t i = 0; i < st->log.nchain; i++)
         in_chain |= st->log.chain[i] == st->ckpt_pos.seg;
+    if (!in_chain)
+        fprintf(stderr,
+                "%s: checkpoint invariants: log segment %u not in "
+                "the chain\n",
+                st->path, st->ckpt_pos.seg);
     pthread_mutex_unlock(&st->log.mu);
     return ok && in_chain;
 }
