@@ -105,7 +105,7 @@ check-kernel:
 
 bench:
 	tests/deps.sh --build
-	$(MAKE) all
+	$(MAKE) all bench/store-api
 	bench/run.sh
 
 # The main job on an embedded default: an 8 GiB disk in ./busesnap.db,

@@ -38,10 +38,11 @@ MIB = 1 << 20
 
 if QUICK:
     CFG = dict(region="256M", big="512M", many=50, history=20, chain=5, clones=10,
-               samples=3, multiconn=False, rounds=1, round_dur=1)
+               samples=3, multiconn=False, rounds=1, round_dur=1, snapshots=2000)
 else:
     CFG = dict(region="1G", big="8G",
                many=1000, history=100, chain=20, clones=10, samples=7, multiconn=True,
+               snapshots=100000,
                rounds=int(os.environ.get("BENCH_ROUNDS", "3")),
                round_dur=int(os.environ.get("BENCH_ROUND_DURATION", "2")))
 REGION = servers.parse_size(CFG["region"])
@@ -565,6 +566,68 @@ def machine(work):
     }
 
 
+def phase_big(kinds, work, logs):
+    """4K random writes at QD16 over an 8 GiB region (CFG['big']): busesnap,
+    nbdkit memory and qcow2 up at once, each pre-filled over the whole
+    region, the points side by side as in the standard phase; then
+    busesnap's anonymous memory."""
+    big = servers.parse_size(CFG["big"])
+    who = [k for k in kinds if k in ("busesnap", "nbdkit-memory", "qemu-qcow2")]
+    srvs = {}
+    try:
+        for k in who:
+            srvs[k] = Server(k, work, logs, size=CFG["big"], tag=k + "-big").start()
+            add_point(k, "prefill-big-seqwrite-1m-qd8", prefill(srvs[k].uri(), size=big))
+        name = "randwrite-4k-qd16-%s" % CFG["big"]
+        meds = side_by_side(who, lambda k, rnd: fio(
+            srvs[k].uri(), "randwrite", "4k", 16, runtime=CFG["round_dur"], size=big))
+        for k in who:
+            add_point(k, name, meds[k])
+        if "busesnap" in srvs:
+            with open("/proc/%d/status" % srvs["busesnap"].pid) as f:
+                anon = [int(l.split()[1]) for l in f if l.startswith("RssAnon:")][0]
+            results["memory"].append({"server": "busesnap", "written": big,
+                                      "case": "after random writes",
+                                      "rss_anon_kib": anon})
+    finally:
+        for s in srvs.values():
+            s.stop()
+
+
+def phase_storeapi(kind, work, logs):
+    """The store through its C API (bench/store-api, no transport): random
+    4 KiB overwrites of a 1 GiB volume from 1 and 2 threads and of an 8 GiB
+    one from 1, CPU per write with the background work included, device
+    bytes per data byte and the image over its live data; then 100,000
+    snapshots of one volume (creation time first and last, clone and
+    delete at the end)."""
+    prog = os.path.join(TOP, "bench", "store-api")
+    runs = [("1G", 1, "rand"), ("1G", 2, "rand"), (CFG["big"], 1, "rand"),
+            ("1G", 1, "flush32"), ("1G", 1, "seq")]
+    runs += [("64M", 1, "snaps")]
+    for size, threads, mode in runs:
+        argv = [prog, "-d", work, "-s", str(servers.parse_size(size) >> 20),
+                "-t", str(threads), "-T", str(CFG["round_dur"] * 5), "-m", mode]
+        if mode == "snaps":
+            argv += ["-n", str(CFG["snapshots"])]
+        p = subprocess.run(argv, capture_output=True, text=True)
+        if p.returncode:
+            raise RuntimeError("store-api %s: %s" % (" ".join(argv[1:]), p.stderr[-300:]))
+        r = {"size": size, "threads": threads, "mode": mode}
+        for line in p.stdout.splitlines():
+            k, _, v = line.partition(" ")
+            try:
+                r[k] = float(v)
+            except ValueError:
+                r[k] = v
+        results.setdefault("storeapi", []).append(r)
+        log("store-api %s %s t=%d: %s" % (mode, size, threads, " ".join(
+            "%s=%s" % (k, r[k]) for k in ("iops", "cpu_us_per_write", "dev_per_data",
+                                          "files_per_live", "create_us_first",
+                                          "create_us_last", "clone_us", "delete_us")
+            if k in r)))
+
+
 def run_phase(name, fn, *args):
     if PHASES and name not in PHASES:
         return
@@ -597,6 +660,9 @@ def main():
     ok = [k for k in kinds if results["servers"][k]["available"]]
     have_bsnap = os.access(BSNAP, os.X_OK)
     run_phase("standard", phase_standard, ok, work, logs)
+    run_phase("big", phase_big, ok, work, logs)
+    if "busesnap" in ok:
+        run_phase("storeapi", phase_storeapi, "busesnap", work, logs)
     for k in [k for k in ok if k in ("busesnap", "qemu-qcow2")]:
         if k == "busesnap" and not have_bsnap:
             results["errors"].append("busesnap store phases skipped: bsnap is not built")

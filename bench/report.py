@@ -47,6 +47,13 @@ def targets(res):
 
     add("4K randwrite QD16 vs nbdkit memory", ratio_of(res, "randwrite-4k-qd16", "nbdkit-memory"), 0.8)
     add("4K randwrite QD16 vs qemu-nbd qcow2", ratio_of(res, "randwrite-4k-qd16", "qemu-qcow2"), 3)
+    big = res["config"].get("big", "8G")
+    add("4K randwrite QD16 over %s vs nbdkit memory" % big,
+        ratio_of(res, "randwrite-4k-qd16-%s" % big, "nbdkit-memory"), 0.8)
+    add("4K randwrite QD16 over %s vs qemu-nbd qcow2" % big,
+        ratio_of(res, "randwrite-4k-qd16-%s" % big, "qemu-qcow2"), 3)
+    add("4K randwrite QD16, two connections, vs nbdkit memory",
+        ratio_of(res, "randwrite-4k-qd16-2conn", "nbdkit-memory"), 0.8)
     add("4K randwrite QD16 fsync=32 vs qemu-nbd qcow2",
         ratio_of(res, "randwrite-4k-qd16-fsync32", "qemu-qcow2"), 2)
     add("4K randread QD16 vs nbdkit memory", ratio_of(res, "randread-4k-qd16", "nbdkit-memory"), 0.9)
@@ -104,7 +111,34 @@ def targets(res):
         detail="measured once idle; right after the writes %.2f, of it the journal's work area "
         "(at most ~64 MiB, given back when idle) %.1f MiB"
         % (r["busy_growth"] / r["written"], r["busy_journal"] / MIB) if r and "busy_journal" in r else "")
-    mem = [m for m in res["memory"] if m["server"] == "busesnap"]
+    sa = {(r["mode"], r["size"], r["threads"]): r for r in res.get("storeapi", [])}
+    sn = sa.get(("snaps", "64M", 1))
+    if sn:
+        last = sn.get("create_us_last", 1e9)
+        flat = last <= max(2 * sn.get("create_us_first", 0), 1000)
+        out.append({"target": "snapshot, clone, delete < 1 ms at %d snapshots, flat"
+                    % sn.get("snapshots", 0),
+                    "ratio": round(max(last, sn.get("clone_us", 0), sn.get("delete_us", 0)) / 1000, 3),
+                    "rule": "worst us / 1000 < 1; last thousand within 2x of the first",
+                    "met": flat and max(last, sn.get("clone_us", 0), sn.get("delete_us", 0)) < 1000,
+                    "detail": "store API: create %.0f us first thousand, %.0f us last; clone %.0f us, "
+                    "delete %.0f us" % (sn.get("create_us_first", 0), last, sn.get("clone_us", 0),
+                                        sn.get("delete_us", 0))})
+    r1, r2 = sa.get(("rand", "1G", 1)), sa.get(("rand", "1G", 2))
+    if r1 and r2:
+        add("store API: 2 threads vs 1, random 4K overwrites of 1G", r2["iops"] / r1["iops"], 1.7)
+    if r1:
+        add("store API: CPU us per random 4K write (background work included) / 5",
+            r1["cpu_us_per_write"] / 5, 1, higher=False, detail="%.1f us" % r1["cpu_us_per_write"])
+        add("store API: device bytes per data byte, random 4K overwrites of 1G",
+            r1["dev_per_data"], 1.2, higher=False)
+    rb = sa.get(("rand", big, 1))
+    if rb:
+        add("store API: image / live data after random 4K overwrites of %s" % big,
+            rb["files_per_live"], 1.10, higher=False,
+            detail="%.0f s of overwrites; with the index's reserved room (du): %.2f"
+            % (rb.get("seconds", 0), rb.get("image_per_live", 0)))
+    mem = [m for m in res["memory"] if m["server"] == "busesnap" and "case" not in m]
     big = max(mem, key=lambda m: (m["written"], m["rss_anon_kib"] or 0)) if mem else None
     add("memory: RssAnon at %s written / 64 MiB" % (human(big["written"]) if big else "8G"),
         big["rss_anon_kib"] / 65536 if big and big["rss_anon_kib"] is not None else None, 1,
@@ -247,13 +281,24 @@ def markdown(res, table, tg, servers):
          "- servers:"]
     for k, s in res["servers"].items():
         L.append("  - `%s`: %s%s" % (k, s["description"], "" if s["available"] else " — **skipped: %s**" % s["skipped"]))
-    L += ["", "![chart](performance.png)", "", "## Targets (issue 6)", "",
+    L += ["", "![chart](performance.png)", "", "## Targets (issues 6 and 17)", "",
           "| target | busesnap ratio | rule | verdict | detail |", "|---|---:|---|---|---|"]
     for t in tg:
         L.append("| %s | %s | %s | %s | %s |" % (t["target"], fmt_ratio(t["ratio"]), t["rule"], verdict(t), t["detail"]))
     L += ["", "## Table", "", "IOPS, MB/s and completion-latency percentiles from fio; the last column is "
           "busesnap's IOPS divided by that server's.", ""] + table
     L += ["", "## Store-specific measures"] + store_sections(res)
+    sa = res.get("storeapi", [])
+    if sa:
+        L += ["", "### The store through its C API (bench/store-api, no transport)", "",
+              "| mode | size | threads | IOPS | CPU us / write | device bytes / data byte | "
+              "image / live | without reservations |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in sa:
+            if r["mode"] == "snaps":
+                continue
+            L.append("| %s | %s | %d | %.0f | %.1f | %.2f | %.2f | %.2f |" % (
+                r["mode"], r["size"], r["threads"], r.get("iops", 0), r.get("cpu_us_per_write", 0),
+                r.get("dev_per_data", 0), r.get("image_per_live", 0), r.get("files_per_live", 0)))
     L += ["", "## Running it", "",
           "```sh",
           "make bench                      # full run, about 12 min; rewrites this page and the chart",
