@@ -41,7 +41,7 @@ cp "$top/busesnap" "$top/bsnap" "$top/busexmp" "$tmp/bin/" || fail "make first"
 # run_unit NAME: one unit test under memcheck; prints "NAME rc=RC Ns".
 run_unit() {
     local t=$1 rc=0 s=$SECONDS
-    (cd "$tmp" && TEST_NO_TIMING=1 vg "$tmp/vg-$t.log" "$tmp/bin/$t") >"$tmp/out-$t.log" 2>&1 ||
+    (cd "$tmp" && TEST_NO_TIMING=1 FIXTURES="$top/tests/fixtures" vg "$tmp/vg-$t.log" "$tmp/bin/$t") >"$tmp/out-$t.log" 2>&1 ||
         rc=$?
     echo "$t rc=$rc $((SECONDS - s))s"
 }
