@@ -317,6 +317,11 @@ int store_check(struct store *st,
     if (rc)
         return rc;
     struct checker ck = {.st = st};
+    /* ckpt_mu: a checkpoint or collector batch changes the nodes' counts
+     * and the space map before its commit, so none may run between the
+     * read txn and the in-memory state it is compared with (writers that
+     * must wait for a checkpoint wait for this phase too) */
+    pthread_mutex_lock(&st->ckpt_mu);
     pthread_mutex_lock(&st->tree_mu);
     pthread_rwlock_rdlock(&st->gate);
     ck.nslots = (uint64_t)st->space.nsegs * STORE_SEG_SLOTS;
@@ -334,6 +339,7 @@ int store_check(struct store *st,
     }
     pthread_rwlock_unlock(&st->gate);
     pthread_mutex_unlock(&st->tree_mu);
+    pthread_mutex_unlock(&st->ckpt_mu);
     free(ck.counted);
     free(ck.flags);
     free(ck.ncount);
