@@ -228,15 +228,27 @@ static uint32_t uuid_hash(const uint8_t u[16])
     return h;
 }
 
-static int index_rebuild(struct store *st, uint32_t cap)
+/* The two hash indexes, empty, of cap buckets (allocated before anything
+ * changes, so that a failure leaves the catalogue as it was). */
+static int index_alloc(struct store *st, uint32_t cap, uint32_t **bu,
+                       uint32_t **bn)
 {
-    struct store_cat *c = &st->cat;
-    uint32_t *bu = calloc(cap, sizeof *bu), *bn = calloc(cap, sizeof *bn);
-    if (!bu || !bn) {
-        free(bu);
-        free(bn);
+    *bu = calloc(cap, sizeof **bu);
+    *bn = calloc(cap, sizeof **bn);
+    if (!*bu || !*bn) {
+        free(*bu);
+        free(*bn);
+        *bu = *bn = NULL;
         return store_set_err(st, -ENOMEM, "out of memory (catalogue)");
     }
+    return 0;
+}
+
+/* Fill bu and bn (from index_alloc) with the objects and install them. */
+static void index_fill(struct store *st, uint32_t cap, uint32_t *bu,
+                       uint32_t *bn)
+{
+    struct store_cat *c = &st->cat;
     for (uint32_t i = 0; i < c->nobjs; i++) {
         if (c->objs[i].deleted)
             continue;
@@ -254,7 +266,15 @@ static int index_rebuild(struct store *st, uint32_t cap)
     c->by_uuid = bu;
     c->by_name = bn;
     c->hcap = cap;
-    return 0;
+}
+
+static int index_rebuild(struct store *st, uint32_t cap)
+{
+    uint32_t *bu, *bn;
+    int rc = index_alloc(st, cap, &bu, &bn);
+    if (!rc)
+        index_fill(st, cap, bu, bn);
+    return rc;
 }
 
 static uint32_t *find_uuid(struct store_cat *c, const uint8_t u[16])
@@ -515,17 +535,27 @@ int store_cat_freeze(struct store *st, struct cat_delta *d)
     struct store_cat *c = &st->cat;
     memset(d, 0, sizeof *d);
     size_t nd = 0;
-    for (uint32_t i = 0; i < c->nobjs; i++)
+    bool compact = false;
+    for (uint32_t i = 0; i < c->nobjs; i++) {
         nd += c->objs[i].dirty;
+        compact |= c->objs[i].dirty && c->objs[i].deleted;
+    }
+    /* deleted objects leave the array, and the indexes are rebuilt: their
+     * memory is taken first, as all of this function's, so that a failure
+     * changes nothing */
+    uint32_t *bu = NULL, *bn = NULL;
+    if (compact && index_alloc(st, c->hcap, &bu, &bn))
+        return -ENOMEM;
     if ((nd && !(d->objs = malloc(nd * sizeof *d->objs))) ||
         (c->ndead &&
          !(d->dead_names = malloc(c->ndead * sizeof *d->dead_names))) ||
         (c->ndirty_nodes &&
          !(d->nodes = malloc(c->ndirty_nodes * sizeof *d->nodes)))) {
         store_cat_delta_free(d);
+        free(bu);
+        free(bn);
         return store_set_err(st, -ENOMEM, "out of memory");
     }
-    bool compact = false;
     for (uint32_t i = 0; i < c->nobjs; i++) {
         struct cobj *o = &c->objs[i];
         if (!o->dirty)
@@ -535,7 +565,6 @@ int store_cat_freeze(struct store *st, struct cat_delta *d)
         x->rec = o->rec;
         x->deleted = o->deleted;
         o->dirty = false;
-        compact |= o->deleted;
     }
     if (c->ndead)
         memcpy(d->dead_names, c->dead_names, c->ndead * sizeof *d->dead_names);
@@ -564,7 +593,7 @@ int store_cat_freeze(struct store *st, struct cat_delta *d)
             if (!c->objs[i].deleted)
                 c->objs[j++] = c->objs[i];
         c->nobjs = j;
-        index_rebuild(st, c->hcap);
+        index_fill(st, c->hcap, bu, bn);
     }
     return 0;
 }

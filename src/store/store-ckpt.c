@@ -59,6 +59,13 @@ struct plan {
     size_t nnc, nccap;
 };
 
+/* A node whose entries count the txn changed, and the count before (put
+ * back if the txn aborts: no allocation or read is needed to undo). */
+struct touched {
+    uint32_t id;
+    uint64_t entries;
+};
+
 struct ckpt {
     struct store *st;
     struct gen *f;
@@ -72,7 +79,7 @@ struct ckpt {
     size_t ndl, dlcap;
     struct hop *hops;
     size_t nhops, hopcap;
-    uint32_t *nodes; /* nodes whose entries count changed */
+    struct touched *nodes; /* nodes whose entries count changed */
     size_t nnodes, nodecap;
     int64_t refsum_delta;
     int err;
@@ -116,15 +123,37 @@ static int add_hop(struct ckpt *k, const uint8_t h[16], uint64_t slot, bool put)
     return 0;
 }
 
-static void node_touch(struct ckpt *k, uint32_t id, int64_t d)
+/* Node id gains d map entries in this txn: noted (once per txn) before the
+ * count changes, so that an abort puts every changed count back. */
+static int node_touch(struct ckpt *k, uint32_t id, int64_t d)
 {
     struct node *n = store_node(k->st, id);
     if (!n)
-        return;
+        return 0;
+    if (!n->touched) {
+        int rc = grow(k->st, (void **)&k->nodes, &k->nodecap, k->nnodes,
+                      sizeof *k->nodes);
+        if (rc)
+            return rc;
+        k->nodes[k->nnodes++] = (struct touched){id, n->entries};
+        n->touched = 1;
+    }
     n->entries = (uint64_t)((int64_t)n->entries + d);
-    if (!grow(k->st, (void **)&k->nodes, &k->nodecap, k->nnodes,
-              sizeof *k->nodes))
-        k->nodes[k->nnodes++] = id;
+    return 0;
+}
+
+/* The txn is over: committed (keep the counts) or aborted (put them back). */
+static void nodes_done(struct ckpt *k, bool aborted)
+{
+    for (size_t i = 0; i < k->nnodes; i++) {
+        struct node *n = store_node(k->st, k->nodes[i].id);
+        if (!n)
+            continue;
+        if (aborted)
+            n->entries = k->nodes[i].entries;
+        n->touched = 0;
+    }
+    k->nnodes = 0;
 }
 
 /* ---- applying map entries ---- */
@@ -169,7 +198,8 @@ static int map_set(struct ckpt *k, MDB_cursor *c, uint64_t b, uint32_t n,
             key = (MDB_val){MAP_KEY, kb};
             if ((rc = mdb_del(k->txn, st->idx.map, &key, NULL)))
                 return store_mdb_err(st, rc, "map");
-            node_touch(k, n, -1);
+            if ((rc = node_touch(k, n, -1)))
+                return rc;
             return add_delta(k, old, -1);
         }
     }
@@ -181,8 +211,8 @@ static int map_set(struct ckpt *k, MDB_cursor *c, uint64_t b, uint32_t n,
     d = (MDB_val){MAP_VAL, vb};
     if ((rc = mdb_put(k->txn, st->idx.map, &key, &d, 0)))
         return store_mdb_err(st, rc, "map");
-    if (!own)
-        node_touch(k, n, +1);
+    if (!own && (rc = node_touch(k, n, +1)))
+        return rc;
     if ((rc = add_delta(k, old, -1)))
         return rc;
     return add_delta(k, val, +1);
@@ -643,31 +673,10 @@ static int meta_put(struct store *st, MDB_txn *txn, const char *key,
 
 static void ckpt_free(struct ckpt *k)
 {
+    nodes_done(k, false); /* committed (an abort has put them back) */
     free(k->dl);
     free(k->hops);
     free(k->nodes);
-}
-
-/* After an aborted txn: the node counts it changed, as the index has them. */
-static void reload_counts(struct store *st, struct ckpt *k)
-{
-    MDB_txn *rt;
-    if (mdb_txn_begin(st->idx.env, NULL, MDB_RDONLY, &rt))
-        return;
-    for (size_t i = 0; i < k->nnodes; i++) {
-        struct node *n = store_node(st, k->nodes[i]);
-        if (!n)
-            continue;
-        uint8_t kb[4];
-        put_be32(kb, k->nodes[i]);
-        MDB_val key = {4, kb}, d;
-        if (!mdb_get(rt, st->idx.nodes, &key, &d) &&
-            d.mv_size == sizeof(struct node_rec))
-            n->entries = ((struct node_rec *)d.mv_data)->entries;
-        else
-            n->entries = 0;
-    }
-    mdb_txn_abort(rt);
 }
 
 static void clear_dying(struct store *st)
@@ -704,7 +713,7 @@ static int apply_part(struct store *st, struct gen *f, const struct plan *p,
     if (!rc && first)
         rc = store_cat_persist(st, k.txn, &f->cat);
     for (size_t i = 0; i < k.nnodes && !rc; i++)
-        rc = store_cat_put_node(st, k.txn, k.nodes[i]);
+        rc = store_cat_put_node(st, k.txn, k.nodes[i].id);
     if (!rc)
         rc = store_space_persist(st, k.txn);
     uint64_t refsum = st->refsum + (uint64_t)k.refsum_delta;
@@ -722,11 +731,11 @@ static int apply_part(struct store *st, struct gen *f, const struct plan *p,
     else if (rc)
         mdb_txn_abort(k.txn);
     if (rc) {
-        /* nothing lost: what this txn did is undone; the node counts it
-         * changed are reloaded from the index */
+        /* nothing lost: what this txn did is undone, the node counts it
+         * changed included */
         st->space.nrelease = 0;
         store_space_revert(st);
-        reload_counts(st, &k);
+        nodes_done(&k, true);
         clear_dying(st);
         ckpt_free(&k);
         return rc;
@@ -885,9 +894,12 @@ static int checkpoint(struct store *st)
         pthread_mutex_lock(&st->log.mu);
         struct gen *f = st->active;
         uint64_t ticket = 0;
-        rc = store_cat_freeze(st, &f->cat);
+        /* the seal first: a freeze takes the catalogue's changes, which
+         * only a generation switched to may hold (a failed freeze changes
+         * nothing) */
+        rc = store_log_seal_l(st, &ticket);
         if (!rc)
-            rc = store_log_seal_l(st, &ticket);
+            rc = store_cat_freeze(st, &f->cat);
         f->pos = st->log.next;
         if (!rc) {
             st->active = g;
@@ -940,8 +952,8 @@ static int collect_batch(struct store *st, unsigned batch, bool *done)
             rc = store_mdb_err(st, mrc, "map");
             break;
         }
-        node_touch(&k, drops[i].node, -1);
-        rc = add_delta(&k, drops[i].val, -1);
+        if (!(rc = node_touch(&k, drops[i].node, -1)))
+            rc = add_delta(&k, drops[i].val, -1);
     }
     st->gc_ops += nd;
     free(drops);
@@ -950,7 +962,7 @@ static int collect_batch(struct store *st, unsigned batch, bool *done)
     if (!rc)
         rc = apply_hashes(&k);
     for (size_t i = 0; i < k.nnodes && !rc; i++)
-        rc = store_cat_put_node(st, k.txn, k.nodes[i]);
+        rc = store_cat_put_node(st, k.txn, k.nodes[i].id);
     if (!rc)
         rc = store_space_persist(st, k.txn);
     uint64_t refsum = st->refsum + (uint64_t)k.refsum_delta;
@@ -963,7 +975,7 @@ static int collect_batch(struct store *st, unsigned batch, bool *done)
     if (rc) {
         st->space.nrelease = 0;
         store_space_revert(st);
-        reload_counts(st, &k);
+        nodes_done(&k, true);
         clear_dying(st);
         ckpt_free(&k);
         return rc;

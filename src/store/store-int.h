@@ -143,7 +143,8 @@ struct node {
     uint8_t state;    /* 0: no such node */
     uint8_t dirty;    /* changed since the last freeze */
     uint8_t ck_state; /* state, parent and obj as of the last freeze: what */
-    uint8_t pad;      /* the checkpoint writes and the collector uses */
+    uint8_t touched;  /* the checkpoint writes and the collector uses;
+                       * touched: entries changed by the txn being built */
     uint32_t ck_parent;
     uint8_t obj[16];
     uint8_t ck_obj[16];

@@ -422,22 +422,28 @@ void store_space_set_state(struct store *st, uint32_t seg, uint8_t state)
 int store_space_dur(struct store *st, uint64_t slot, bool live)
 {
     struct store_space *sp = &st->space;
-    struct seg_info *s = &sp->segs[slot >> STORE_SEG_SHIFT];
     uint32_t i = slot & (STORE_SEG_SLOTS - 1);
     uint64_t bit = 1ULL << (i % 64);
-    if (!(s->dur[i / 64] & bit) == !live)
+    /* sp->segs is read under sp->mu only: a writer taking a new segment
+     * may move the array (grow_l), and a bit set in the old one is lost */
+    pthread_mutex_lock(&sp->mu);
+    struct seg_info *s = &sp->segs[slot >> STORE_SEG_SHIFT];
+    if (!(s->dur[i / 64] & bit) == !live) {
+        pthread_mutex_unlock(&sp->mu);
         return 0;
+    }
     /* the change is noted first, so that a failed txn can undo it */
     if (sp->nundo == sp->undo_cap) {
         size_t cap = sp->undo_cap ? 2 * sp->undo_cap : 1024;
         uint64_t *u = realloc(sp->undo, cap * sizeof *u);
-        if (!u)
+        if (!u) {
+            pthread_mutex_unlock(&sp->mu);
             return store_set_err(st, -ENOMEM, "out of memory");
+        }
         sp->undo = u;
         sp->undo_cap = cap;
     }
     sp->undo[sp->nundo++] = slot;
-    pthread_mutex_lock(&sp->mu);
     s->dur[i / 64] ^= bit;
     s->dirty = 1;
     pthread_mutex_unlock(&sp->mu);
