@@ -2,8 +2,9 @@
  * power cut of busesnap: after SIGKILL, every write the store did not sync
  * can be taken back (crashload.py rewind).
  *
- * For the files named in POWERCUT_FILES (colon-separated: IMAGE,
- * IMAGE-chunks and IMAGE-journal; matched by device and inode, so every
+ * For the files named in POWERCUT_FILES (colon-separated: IMAGE and
+ * IMAGE-chunks, whose log segments are format 5's write-ahead log, and
+ * the IMAGE-journal of a format 3/4 image; matched by device and inode, so every
  * fd of them counts, whatever path or dup it came from), every write is first appended to the
  * log POWERCUT_LOG as one record {seq, offset, old content, new content},
  * then let through; the log is an ordinary file, so it survives SIGKILL of
@@ -18,7 +19,7 @@
  * only after its record is in the log (one mutex around both), so rewinding
  * sector by sector from the newest record back gives every earlier state.
  * A shrinking truncate is logged as a write of zeros over the bytes cut
- * off (IMAGE-journal is truncated to its header when idle and at close).
+ * off (a format 3/4 IMAGE-journal was truncated to its header when idle).
  * Paths the model does not cover (a shared writable mmap or mprotect
  * making a shared mapping writable, copy_file_range,
  * sendfile or splice into a tracked file, fallocate that punches or zeroes)
