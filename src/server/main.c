@@ -478,6 +478,9 @@ static int cmd_info(int argc, char **argv)
         print_bytes("journal:", si.journal_bytes);
         printf("%-18s %u\n", "volumes:", si.volumes);
         printf("%-18s %u\n", "snapshots:", si.snapshots);
+        if (si.bad_reads)
+            printf("%-18s %llu\n",
+                   "bad reads:", (unsigned long long)si.bad_reads);
     }
     store_close(st);
     return 0;

@@ -24,7 +24,9 @@ struct checker {
     int count;
     uint64_t nslots;
     uint32_t *counted; /* map references per slot */
-    uint8_t *flags;    /* 1: has a refs record, 2: zombie */
+    uint8_t *flags;    /* 1: has a refs record, 2: zombie, 4: map entries
+                          disagree on its tag, 8: damaged (where()) */
+    uint16_t *tag;     /* the tag map entries expect of each slot */
     uint64_t *ncount;  /* map entries per node */
     uint32_t nnodes;
     uint64_t nrefs, refsum;
@@ -92,11 +94,16 @@ static int check_map(struct checker *ck)
             ck->ncount[n]++;
         if (v < STORE_FIRST_SLOT)
             continue;
-        if (v >= ck->nslots)
+        uint32_t t = val_tag(v);
+        v = val_slot(v);
+        if (v >= ck->nslots) {
             problem(ck, "map: block %llu node %u: slot %llu beyond the end",
                     (ull)b, n, (ull)v);
-        else
-            ck->counted[v]++;
+            continue;
+        }
+        if (ck->counted[v]++ && ck->tag[v] != t)
+            ck->flags[v] |= 4;
+        ck->tag[v] = (uint16_t)t;
     });
     return 0;
 }
@@ -143,6 +150,14 @@ static int check_refs(struct checker *ck)
         if (r.refcount != ck->counted[s])
             problem(ck, "slot %llu: refcount %u but %u map references (inv. 1)",
                     (ull)s, r.refcount, ck->counted[s]);
+        if (ck->counted[s] &&
+            ((ck->flags[s] & 4) || ck->tag[s] != store_hash_tag(r.hash))) {
+            problem(ck,
+                    "slot %llu: map entries expect another chunk than the "
+                    "one recorded (damaged map entry)",
+                    (ull)s);
+            ck->flags[s] |= 8;
+        }
         if (r.refcount == 0 && !(ck->flags[s] & 2))
             problem(ck, "slot %llu: count 0 but not a zombie", (ull)s);
         uint8_t sb[8];
@@ -309,6 +324,62 @@ static int check_index(struct checker *ck)
     return 0;
 }
 
+/* Name the volumes and snapshots, and offsets, that read a damaged slot
+ * (flag 8): every map entry naming one, resolved from every object.  The
+ * lines do not count as problems of their own. */
+static int where(struct checker *ck)
+{
+    struct store *st = ck->st;
+    bool any = false;
+    for (uint64_t s = STORE_FIRST_SLOT; s < ck->nslots && !any; s++)
+        any = ck->flags[s] & 8;
+    if (!any)
+        return 0;
+    int rc = 0, saved = ck->count;
+    unsigned lines = 0;
+    MDB_cursor *c, *rc2;
+    MDB_val k, d;
+    pthread_mutex_lock(&st->tree_mu);
+    pthread_rwlock_rdlock(&st->gate);
+    if ((rc = store_rtxn_get(st, &ck->txn)))
+        goto out;
+    int mrc = mdb_cursor_open(ck->txn, st->idx.map, &c);
+    if (!mrc && (mrc = mdb_cursor_open(ck->txn, st->idx.map, &rc2)))
+        mdb_cursor_close(c);
+    if (mrc) {
+        rc = store_mdb_err(st, mrc, "map");
+        store_rtxn_put(st, ck->txn);
+        goto out;
+    }
+    for (mrc = mdb_cursor_get(c, &k, &d, MDB_FIRST); mrc == 0 && lines < 200;
+         mrc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+        if (k.mv_size != MAP_KEY)
+            continue;
+        uint64_t s = val_slot(val_u64(&d)), b = map_key_block(&k);
+        if (s < STORE_FIRST_SLOT || s >= ck->nslots || !(ck->flags[s] & 8))
+            continue;
+        for (uint32_t i = 0; i < st->cat.nobjs; i++) {
+            const struct cobj *o = &st->cat.objs[i];
+            uint64_t v;
+            if (o->deleted || b * STORE_BLOCK >= o->rec.size ||
+                store_resolve(st, rc2, b, o->rec.node, &v) || val_slot(v) != s)
+                continue;
+            problem(ck, "slot %llu is read by %s \"%s\" at offset %llu", (ull)s,
+                    o->rec.kind == STORE_SNAPSHOT ? "snapshot" : "volume",
+                    o->rec.name, (ull)(b * STORE_BLOCK));
+            lines++;
+        }
+    }
+    mdb_cursor_close(rc2);
+    mdb_cursor_close(c);
+    store_rtxn_put(st, ck->txn);
+out:
+    pthread_rwlock_unlock(&st->gate);
+    pthread_mutex_unlock(&st->tree_mu);
+    ck->count = saved;
+    return rc;
+}
+
 int store_check(struct store *st,
                 void (*progress)(uint64_t done, uint64_t total, void *arg),
                 void (*problem_cb)(const char *msg, void *arg), void *arg)
@@ -328,8 +399,9 @@ int store_check(struct store *st,
     ck.nnodes = st->cat.next_node;
     ck.counted = calloc(ck.nslots, sizeof *ck.counted);
     ck.flags = calloc(ck.nslots, 1);
+    ck.tag = calloc(ck.nslots, sizeof *ck.tag);
     ck.ncount = calloc(ck.nnodes + 1, sizeof *ck.ncount);
-    if (!ck.counted || !ck.flags || !ck.ncount)
+    if (!ck.counted || !ck.flags || !ck.ncount || !ck.tag)
         rc = store_set_err(st, -ENOMEM, "check: out of memory");
     if (!rc)
         rc = store_rtxn_get(st, &ck.txn);
@@ -341,11 +413,13 @@ int store_check(struct store *st,
     pthread_mutex_unlock(&st->tree_mu);
     pthread_mutex_unlock(&st->ckpt_mu);
     free(ck.counted);
-    free(ck.flags);
     free(ck.ncount);
+    free(ck.tag);
     flush_problems(&ck, problem_cb, arg);
-    if (rc)
+    if (rc) {
+        free(ck.flags);
         return rc;
+    }
     if (progress)
         progress(0, ck.nrefs, arg);
     /* every chunk's bytes hash to its key, in batches (inv. 2) */
@@ -379,11 +453,14 @@ int store_check(struct store *st,
                     problem(&ck, "slot %llu: cannot read the chunk", (ull)s);
                 else {
                     store_hash(buf, h);
-                    if (memcmp(h, r.hash, 16))
+                    if (memcmp(h, r.hash, 16)) {
                         problem(&ck,
                                 "slot %llu: chunk bytes do not match their "
-                                "hash (inv. 2)",
+                                "hash (inv. 2): reads of it get EIO",
                                 (ull)s);
+                        if (s < ck.nslots)
+                            ck.flags[s] |= 8;
+                    }
                 }
             }
             done++;
@@ -396,5 +473,9 @@ int store_check(struct store *st,
         if (progress)
             progress(done, ck.nrefs, arg);
     }
+    if (!rc && ck.count)
+        rc = where(&ck);
+    flush_problems(&ck, problem_cb, arg);
+    free(ck.flags);
     return rc ? rc : ck.count;
 }

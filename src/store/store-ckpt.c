@@ -98,8 +98,10 @@ static int grow(struct store *st, void **a, size_t *cap, size_t n, size_t sz)
     return 0;
 }
 
-static int add_delta(struct ckpt *k, uint64_t slot, int64_t d)
+/* A refcount change of the slot of map value val (a tagged value). */
+static int add_delta(struct ckpt *k, uint64_t val, int64_t d)
 {
+    uint64_t slot = val_slot(val);
     if (slot < STORE_FIRST_SLOT)
         return 0;
     int rc = grow(k->st, (void **)&k->dl, &k->dlcap, k->ndl, sizeof *k->dl);
@@ -206,7 +208,7 @@ static int map_set(struct ckpt *k, MDB_cursor *c, uint64_t b, uint32_t n,
     if (own && old == val)
         return 0;
     uint8_t vb[MAP_VAL];
-    put_be40(vb, val);
+    val_put(vb, val);
     key = (MDB_val){MAP_KEY, kb};
     d = (MDB_val){MAP_VAL, vb};
     if ((rc = mdb_put(k->txn, st->idx.map, &key, &d, 0)))

@@ -36,6 +36,7 @@ int store_info(struct store *st, struct store_info *out)
     pthread_mutex_unlock(&st->tree_mu);
     memcpy(out->uuid, st->uuid, 16);
     out->format_version = st->version;
+    out->bad_reads = __atomic_load_n(&st->bad_reads, __ATOMIC_RELAXED);
     MDB_txn *rt;
     if ((rc = store_rtxn_get(st, &rt)))
         return rc;
@@ -169,9 +170,9 @@ int store_diff(struct store *st, const char *from, const char *to,
                 mrc = mdb_cursor_get(c, &k, &d, MDB_NEXT);
             }
             next_b = blk + 1;
-            if (va < STORE_FIRST_SLOT)
+            if (val_slot(va) < STORE_FIRST_SLOT)
                 va = 0;
-            if (vb < STORE_FIRST_SLOT)
+            if (val_slot(vb) < STORE_FIRST_SLOT)
                 vb = 0;
             if (va == vb)
                 continue;

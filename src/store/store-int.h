@@ -557,6 +557,8 @@ struct store {
     struct log_pos ckpt_pos; /* the log position the index has */
     uint64_t gc_next;        /* the collector's place in the map */
     uint64_t gc_ops;         /* entries the collector dropped (info) */
+    uint64_t bad_reads;      /* chunks that did not match their map entry
+                                (atomic; store-io.c) */
     int failed;              /* -errno: acknowledged writes lost; I/O refused */
     char failed_msg[256];
     bool replaying;
@@ -623,11 +625,21 @@ static inline uint64_t get_be40(const uint8_t *p)
 }
 
 /* map key: block (40 bits BE), ~node (u32 BE): for one block, entries sort
- * by node id descending.  Map value: slot (40 bits BE).  9 + 5 bytes plus
- * LMDB's 8-byte node header and 2-byte pointer: 24 bytes of leaf page,
- * which is what a deduplicated block costs. */
+ * by node id descending.  Map value: slot (40 bits BE), then the slot's
+ * chunk tag (16 bits BE: bits of its XXH3-128, store_hash_tag), so that a
+ * read checks the bytes it got against what the map entry expects, not
+ * only against the slot's own refs record (a damaged entry naming another
+ * valid chunk is caught too).  9 + 7 bytes plus LMDB's 8-byte node header
+ * and 2-byte pointer: 26 bytes of leaf page, which is what a deduplicated
+ * block costs.
+ *
+ * In memory (memtables, resolve, the checkpoint), a map value is a u64:
+ * the slot in bits 0-39 (0 hole, 1 allocated zero, >= 2 chunk), the tag in
+ * bits 40-55 (0 for values 0 and 1).  Whoever uses it as a slot masks it
+ * (val_slot); whoever compares contents may compare whole values. */
 #define MAP_KEY 9
-#define MAP_VAL 5
+#define MAP_VAL 7
+#define VAL_SLOT_MASK ((1ULL << 40) - 1)
 static inline void map_key(uint8_t k[MAP_KEY], uint64_t b, uint32_t node)
 {
     put_be40(k, b);
@@ -641,10 +653,38 @@ static inline uint32_t map_key_node(const MDB_val *k)
 {
     return ~get_be32((const uint8_t *)k->mv_data + 5);
 }
-/* The slot of a map value (0 for a malformed one). */
+/* The 16-bit tag of a chunk hash. */
+static inline uint32_t store_hash_tag(const uint8_t h[16])
+{
+    return (uint32_t)h[14] << 8 | h[15];
+}
+static inline uint64_t val_slot(uint64_t v)
+{
+    return v & VAL_SLOT_MASK;
+}
+static inline uint32_t val_tag(uint64_t v)
+{
+    return (uint32_t)(v >> 40) & 0xffff;
+}
+/* The in-memory value naming slot (>= 2) whose chunk hashes to h. */
+static inline uint64_t val_make(uint64_t slot, const uint8_t h[16])
+{
+    return slot | (uint64_t)store_hash_tag(h) << 40;
+}
+/* The in-memory value of a map value (slot and tag; 0 for a malformed
+ * one). */
 static inline uint64_t val_u64(const MDB_val *v)
 {
-    return v->mv_size == MAP_VAL ? get_be40(v->mv_data) : 0;
+    if (v->mv_size != MAP_VAL)
+        return 0;
+    const uint8_t *p = v->mv_data;
+    return get_be40(p) | (uint64_t)((uint32_t)p[5] << 8 | p[6]) << 40;
+}
+static inline void val_put(uint8_t vb[MAP_VAL], uint64_t v)
+{
+    put_be40(vb, val_slot(v));
+    vb[5] = (uint8_t)(val_tag(v) >> 8);
+    vb[6] = (uint8_t)val_tag(v);
 }
 
 #endif

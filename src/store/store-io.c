@@ -200,19 +200,73 @@ static int check_range(struct store_vol *v, uint64_t off, uint64_t len,
     return store_failed(st);
 }
 
-/* Bytes of block b as node y reads it. */
-static int read_block(struct store *st, struct reader *r, uint32_t y,
-                      uint64_t b, bool shard_locked, void *buf)
+/* A chunk read back that does not hash to the tag its map entry expects:
+ * logged (rate-limited: a client can cause many), counted, and -EIO, so
+ * that a client never gets wrong bytes. */
+static int bad_chunk(struct store *st, const struct store_vol *v, uint64_t b,
+                     uint64_t val, uint32_t got)
+{
+    uint64_t n = __atomic_add_fetch(&st->bad_reads, 1, __ATOMIC_RELAXED);
+    if (n <= 16 || (n & (n - 1)) == 0)
+        fprintf(stderr,
+                "%s: volume \"%s\" offset %llu: chunk slot %llu does not "
+                "match its map entry (tag %04x, read %04x): damaged chunk "
+                "file or index, I/O error returned (%llu such reads so "
+                "far; run busesnap check)\n",
+                st->path, v ? v->name : "?",
+                (unsigned long long)b * STORE_BLOCK,
+                (unsigned long long)val_slot(val), val_tag(val), got,
+                (unsigned long long)n);
+    return store_set_err(st, -EIO,
+                         "\"%s\" offset %llu: chunk slot %llu is damaged",
+                         v ? v->name : "?", (unsigned long long)b * STORE_BLOCK,
+                         (unsigned long long)val_slot(val));
+}
+
+/* Check n blocks read into buf against their map values vals (block b0
+ * onwards): 0, or -EIO for the first that does not match. */
+static int verify_run(struct store *st, const struct store_vol *v, uint64_t b0,
+                      const uint64_t *vals, const uint8_t *buf, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        uint8_t h[16];
+        store_hash(buf + i * STORE_BLOCK, h);
+        if (store_hash_tag(h) != val_tag(vals[i]))
+            return bad_chunk(st, v, b0 + i, vals[i], store_hash_tag(h));
+    }
+    return 0;
+}
+
+/* Bytes of block b as node y reads it, verified. */
+static int read_block(struct store *st, const struct store_vol *v,
+                      struct reader *r, uint32_t y, uint64_t b,
+                      bool shard_locked, void *buf)
 {
     uint64_t val;
     int rc = resolve_r(st, r, b, y, shard_locked, &val);
     if (rc)
         return rc;
-    if (val < STORE_FIRST_SLOT) {
+    if (val_slot(val) < STORE_FIRST_SLOT) {
         memset(buf, 0, STORE_BLOCK);
         return 0;
     }
-    return store_seg_read(st, val, buf, STORE_BLOCK);
+    if ((rc = store_seg_read(st, val_slot(val), buf, STORE_BLOCK)))
+        return rc;
+    return verify_run(st, v, b, &val, buf, 1);
+}
+
+/* The longest run of consecutive slots read with one pread. */
+#define RUN_MAX 256u
+
+/* Read n (may be 0) blocks from slot onwards into dst, blocks b0.. whose
+ * map values are vals, and verify them. */
+static int read_run(struct store *st, const struct store_vol *v, uint64_t slot,
+                    uint8_t *dst, uint64_t n, uint64_t b0, const uint64_t *vals)
+{
+    if (!n)
+        return 0;
+    int rc = store_seg_read(st, slot, dst, n * STORE_BLOCK);
+    return rc ? rc : verify_run(st, v, b0, vals, dst, n);
 }
 
 int store_read(struct store_vol *v, void *buf, uint64_t off, uint32_t len)
@@ -223,12 +277,14 @@ int store_read(struct store_vol *v, void *buf, uint64_t off, uint32_t len)
         return rc;
     struct reader r = {0};
     uint8_t tmp[STORE_BLOCK];
+    uint64_t vals[RUN_MAX];
     uint8_t *out = buf;
     pthread_rwlock_rdlock(&st->gate);
     uint32_t y = v->node;
     uint64_t b = off / STORE_BLOCK, end = off + len;
-    /* a run of blocks whose slots follow each other: one read */
-    uint64_t run_slot = 0, run_n = 0;
+    /* a run of blocks whose slots follow each other: one read, then each
+     * block checked against its map value */
+    uint64_t run_slot = 0, run_n = 0, run_b = 0;
     uint8_t *run_dst = NULL;
     for (uint64_t pos = off; pos < end && !rc; b++) {
         uint64_t bs = b * STORE_BLOCK;
@@ -236,11 +292,10 @@ int store_read(struct store_vol *v, void *buf, uint64_t off, uint32_t len)
         if (n > end - pos)
             n = end - pos;
         if (s || n < STORE_BLOCK) { /* a partial block */
-            if (run_n && (rc = store_seg_read(st, run_slot, run_dst,
-                                              run_n * STORE_BLOCK)))
+            if ((rc = read_run(st, v, run_slot, run_dst, run_n, run_b, vals)))
                 break;
             run_n = 0;
-            if ((rc = read_block(st, &r, y, b, false, tmp)))
+            if ((rc = read_block(st, v, &r, y, b, false, tmp)))
                 break;
             memcpy(out + (pos - off), tmp + s, n);
             pos += n;
@@ -249,16 +304,18 @@ int store_read(struct store_vol *v, void *buf, uint64_t off, uint32_t len)
         uint64_t val;
         if ((rc = resolve_r(st, &r, b, y, false, &val)))
             break;
-        if (val >= STORE_FIRST_SLOT && run_n && val == run_slot + run_n &&
-            run_n < 256) {
-            run_n++;
+        uint64_t slot = val_slot(val);
+        if (slot >= STORE_FIRST_SLOT && run_n && slot == run_slot + run_n &&
+            run_n < RUN_MAX) {
+            vals[run_n++] = val;
         } else {
-            if (run_n && (rc = store_seg_read(st, run_slot, run_dst,
-                                              run_n * STORE_BLOCK)))
+            if ((rc = read_run(st, v, run_slot, run_dst, run_n, run_b, vals)))
                 break;
             run_n = 0;
-            if (val >= STORE_FIRST_SLOT) {
-                run_slot = val;
+            if (slot >= STORE_FIRST_SLOT) {
+                run_slot = slot;
+                run_b = b;
+                vals[0] = val;
                 run_n = 1;
                 run_dst = out + (pos - off);
             } else {
@@ -267,10 +324,12 @@ int store_read(struct store_vol *v, void *buf, uint64_t off, uint32_t len)
         }
         pos += STORE_BLOCK;
     }
-    if (!rc && run_n)
-        rc = store_seg_read(st, run_slot, run_dst, run_n * STORE_BLOCK);
+    if (!rc)
+        rc = read_run(st, v, run_slot, run_dst, run_n, run_b, vals);
     reader_done(st, &r);
     pthread_rwlock_unlock(&st->gate);
+    if (rc == -EIO)
+        memset(buf, 0, len); /* never hand back bytes that did not check */
     return rc;
 }
 
@@ -488,7 +547,8 @@ static int commit_blocks(struct store *st, uint32_t node, uint64_t b0,
                 e.slot = 1;
             } else {
                 e.type = w[i].kind == BW_NEW ? LE_NEW : LE_REF;
-                e.slot = val = w[i].slot;
+                e.slot = w[i].slot;
+                val = val_make(w[i].slot, w[i].hash);
                 memcpy(e.hash, w[i].hash, 16);
             }
             store_mt_put_l(st, st->active, store_shard_of(st, b0 + i), b0 + i,
@@ -527,14 +587,14 @@ static int commit_blocks(struct store *st, uint32_t node, uint64_t b0,
 /* Read-modify-write of block b (bytes [s, s + n) from src, or zeros if src
  * is NULL), under b's shard lock so that two of them do not lose one
  * another's bytes. */
-static int rmw_block(struct store *st, struct reader *r, uint32_t node,
-                     uint64_t b, uint64_t s, uint64_t n, const uint8_t *src,
-                     bool nohole)
+static int rmw_block(struct store *st, const struct store_vol *v,
+                     struct reader *r, uint32_t node, uint64_t b, uint64_t s,
+                     uint64_t n, const uint8_t *src, bool nohole)
 {
     uint8_t tmp[STORE_BLOCK];
     unsigned sh = store_shard_of(st, b);
     pthread_mutex_lock(&st->shard[sh].mu);
-    int rc = read_block(st, r, node, b, true, tmp);
+    int rc = read_block(st, v, r, node, b, true, tmp);
     if (!rc) {
         if (src)
             memcpy(tmp + s, src, n);
@@ -598,7 +658,8 @@ int store_write(struct store_vol *v, const void *buf, uint64_t off,
         if (bs >= off && be <= end)
             continue;
         uint64_t s = bs > off ? bs : off, e = be < end ? be : end;
-        rc = rmw_block(st, &r, node, b, s - bs, e - s, src + (s - off), false);
+        rc = rmw_block(st, v, &r, node, b, s - bs, e - s, src + (s - off),
+                       false);
     }
     if (!rc && nfull) {
         rc = place_blocks(st, &r, store_shard_of(st, fb0), w, nfull);
@@ -642,7 +703,7 @@ int store_zero(struct store_vol *v, uint64_t off, uint64_t len, unsigned flags)
         if (bs >= off && be <= end)
             continue;
         uint64_t s = bs > off ? bs : off, e = be < end ? be : end;
-        rc = rmw_block(st, &r, node, b, s - bs, e - s, NULL, nohole);
+        rc = rmw_block(st, v, &r, node, b, s - bs, e - s, NULL, nohole);
     }
     if (!rc && fb1 > fb0) {
         struct log_ent e = {.type = LE_ZERO,
@@ -724,8 +785,8 @@ int store_apply_ent(struct store *st, const struct log_ent *e, bool replay)
     unsigned sh = store_shard_of(st, e->block);
     pthread_mutex_lock(&st->shard[sh].mu);
     pthread_mutex_lock(&st->log.mu);
-    rc = store_mt_put_l(st, st->active, sh, e->block, e->node, e->slot,
-                        ++st->seq);
+    rc = store_mt_put_l(st, st->active, sh, e->block, e->node,
+                        val_make(e->slot, e->hash), ++st->seq);
     pthread_mutex_unlock(&st->log.mu);
     pthread_mutex_unlock(&st->shard[sh].mu);
     return rc;

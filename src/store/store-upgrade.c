@@ -3,7 +3,8 @@
  *
  * In one txn: the staged hashes (`recent`, slot -> hash) are merged into
  * `hashes` and the staged deletions (`dead`) applied; the `space` bitmaps
- * are built from `refs` (every chunk's slot); `free`, `recent` and `dead`
+ * are built from `refs` (every chunk's slot); map values get their
+ * chunk's tag (tag_map); `free`, `recent` and `dead`
  * are dropped; the log starts nowhere (position segment 0: nothing to
  * replay) with a new secret key; the version becomes 5.  Then the chunk
  * file's header says 5 (either order is safe: both versions are accepted
@@ -133,6 +134,54 @@ static int build_space(struct store *st, MDB_txn *txn)
     return rc == MDB_NOTFOUND ? 0 : store_mdb_err(st, rc, "refs");
 }
 
+/* Map values of versions 2-4 are the slot alone (5 bytes): each gets the
+ * tag of its chunk's hash (from `refs`), so that reads verify it.  A value
+ * whose slot has no record keeps tag 0: its reads fail rather than return
+ * bytes nothing vouches for. */
+static int tag_map(struct store *st, MDB_txn *txn)
+{
+    MDB_cursor *c;
+    MDB_val k, d;
+    int rc = mdb_cursor_open(txn, st->idx.map, &c);
+    if (rc)
+        return store_mdb_err(st, rc, "map");
+    for (rc = mdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+        if (d.mv_size != 5)
+            continue;
+        uint64_t slot = get_be40(d.mv_data), val = slot;
+        if (slot >= STORE_FIRST_SLOT) {
+            uint8_t sb[8];
+            put_be64(sb, slot);
+            MDB_val rk = {8, sb}, rd;
+            struct ref_rec r;
+            if (!mdb_get(txn, st->idx.refs, &rk, &rd) &&
+                rd.mv_size == sizeof r) {
+                memcpy(&r, rd.mv_data, sizeof r);
+                val = val_make(slot, r.hash);
+            }
+        }
+        uint8_t vb[MAP_VAL], kb[MAP_KEY];
+        if (k.mv_size != MAP_KEY)
+            continue;
+        memcpy(kb, k.mv_data, MAP_KEY);
+        val_put(vb, val);
+        MDB_val nk = {MAP_KEY, kb}, nd = {MAP_VAL, vb};
+        /* a put that resizes a value may move the cursor: put by key, then
+         * find the key again */
+        int prc = mdb_put(txn, st->idx.map, &nk, &nd, 0);
+        if (!prc)
+            prc = mdb_cursor_get(c, &nk, &d, MDB_SET);
+        k = nk;
+        if (prc) {
+            mdb_cursor_close(c);
+            return store_mdb_err(st, prc, "map");
+        }
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : store_mdb_err(st, rc, "map");
+}
+
 int store_upgrade(struct store *st, struct chunk_header *h)
 {
     MDB_txn *txn;
@@ -149,8 +198,8 @@ int store_upgrade(struct store *st, struct chunk_header *h)
     MDB_val lk = {3, "log"}, ld = {16, pos}, kk = {6, "logkey"}, kd = {8, &key},
             vk = {7, "version"}, vd = {4, &ver};
     if ((rc = merge_hashes(st, txn)) || (rc = build_space(st, txn)) ||
-        (rc = drop_db(st, txn, "free")) || (rc = drop_db(st, txn, "recent")) ||
-        (rc = drop_db(st, txn, "dead")))
+        (rc = tag_map(st, txn)) || (rc = drop_db(st, txn, "free")) ||
+        (rc = drop_db(st, txn, "recent")) || (rc = drop_db(st, txn, "dead")))
         goto fail;
     if ((rc = mdb_put(txn, st->idx.meta, &lk, &ld, 0)) ||
         (rc = mdb_put(txn, st->idx.meta, &kk, &kd, 0)) ||

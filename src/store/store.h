@@ -147,6 +147,9 @@ struct store_info {
                             take (an estimate: writes get ENOSPC when it and
                             a reserve exceed index_room) */
     unsigned volumes, snapshots;
+    uint64_t bad_reads; /* chunk reads refused (EIO) since the image was
+                           opened: bytes that did not match the hash tag
+                           their map entry expects (store-io.c) */
 };
 int store_info(struct store *st, struct store_info *out);
 
