@@ -721,6 +721,7 @@ static void print_info(json_t *in)
     BYTES("free:", "free_bytes");
     BYTES("reclaimable:", "reclaimable_bytes");
     BYTES("reserved:", "reserved_bytes");
+    BYTES("given back:", "punched_bytes");
     BYTES("index:", "index_bytes");
     BYTES("index limit:", "index_limit");
     BYTES("journal:", "journal_bytes");

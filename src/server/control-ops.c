@@ -39,7 +39,8 @@ json_t *ctl_info_json(const char *image, const struct store_info *si)
                        : 1.0;
     return json_pack(
         "{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I, "
-        "s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:I}",
+        "s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:I, s:I, "
+        "s:I}",
         "image", image, "uuid", id, "format_version",
         (json_int_t)si->format_version, "size", (json_int_t)si->size, "chunks",
         (json_int_t)si->chunks, "chunk_bytes", (json_int_t)si->chunk_bytes,
@@ -56,7 +57,8 @@ json_t *ctl_info_json(const char *image, const struct store_info *si)
         (json_int_t)si->filter_bytes, "filter_layers", (int)si->filter_layers,
         "hashes_staged", (json_int_t)si->hashes_staged, "index_room",
         (json_int_t)si->index_room, "index_need", (json_int_t)si->index_need,
-        "bad_reads", (json_int_t)si->bad_reads);
+        "bad_reads", (json_int_t)si->bad_reads, "punched_bytes",
+        (json_int_t)si->punched_bytes, "return_ms", (json_int_t)si->return_ms);
 }
 
 json_t *ctl_obj_json(const struct store_obj_info *info, int clients,

@@ -750,6 +750,7 @@ static int apply_part(struct store *st, struct gen *f, const struct plan *p,
         store_space_release(st);
         pthread_rwlock_unlock(&st->gate);
         clear_dying(st);
+        store_space_return(st);
     }
     return 0;
 }
@@ -929,6 +930,7 @@ static int checkpoint(struct store *st)
     pthread_rwlock_unlock(&st->gate);
     clear_dying(st);
     store_log_release(st, &f->pos);
+    store_space_return(st);
     store_gen_free(f);
     return 0;
 }
@@ -989,6 +991,7 @@ static int collect_batch(struct store *st, unsigned batch, bool *done)
     store_space_release(st);
     pthread_rwlock_unlock(&st->gate);
     clear_dying(st);
+    store_space_return(st);
     ckpt_free(&k);
     return 0;
 }

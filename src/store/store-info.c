@@ -48,8 +48,13 @@ int store_info(struct store *st, struct store_info *out)
     out->referenced_bytes = st->refsum * STORE_BLOCK;
     pthread_mutex_lock(&st->space.mu);
     uint64_t slots = (uint64_t)st->space.nsegs * STORE_SEG_SLOTS, logsegs = 0;
-    for (uint32_t i = 0; i < st->space.nsegs; i++)
-        logsegs += st->space.segs[i].state == SEG_LOG;
+    for (uint32_t i = 0; i < st->space.nsegs; i++) {
+        const struct seg_info *g = &st->space.segs[i];
+        logsegs += g->state == SEG_LOG;
+        if (g->holed && !g->nlive)
+            out->punched_bytes += (uint64_t)STORE_SEG_SLOTS * STORE_BLOCK;
+    }
+    out->return_ms = st->space.return_ms;
     out->free_slots = slots - st->space.nlive - logsegs * STORE_SEG_SLOTS;
     pthread_mutex_unlock(&st->space.mu);
     int fds[2] = {st->lock_fd, st->chunk_fd};

@@ -239,6 +239,8 @@ struct seg_info {
     uint8_t state, state_dur;
     uint8_t owner; /* write shard + 1 allocating in it, 0 none */
     uint8_t dirty; /* the checkpoint must write its `space` record */
+    uint8_t holed; /* punched out of the file system (store_space_return):
+                      reserved again before it is written */
 };
 
 /* One write shard's allocation point. */
@@ -257,7 +259,9 @@ struct store_space {
     size_t nrelease, release_cap;
     uint64_t *undo; /* dur bits the txn being built flipped */
     size_t nundo, undo_cap;
-    bool full; /* the file system refused a new segment */
+    bool full;          /* the file system refused a new segment */
+    uint64_t returned;  /* segments punched out (info) */
+    uint64_t return_ms; /* time spent punching (info) */
     struct alloc_cursor cur[STORE_NSHARD_MAX];
 };
 
@@ -275,6 +279,7 @@ void store_space_set_state(struct store *st, uint32_t seg, uint8_t state);
 int store_space_dur(struct store *st, uint64_t slot, bool live);
 int store_space_free_later(struct store *st, uint64_t slot);
 void store_space_release(struct store *st);
+void store_space_return(struct store *st);
 int store_space_persist(struct store *st, MDB_txn *txn);
 void store_space_revert(struct store *st);
 void store_space_persisted(struct store *st);

@@ -144,8 +144,17 @@ int store_space_load(struct store *st, MDB_txn *txn)
         sp->nsegs = fsegs;
     }
     /* whole segments in the file have their space; a partial last one is
-     * reserved when first used */
+     * reserved when first used, and so is an empty one with a hole (it
+     * was punched out: store_space_return) */
     sp->prealloc = (uint32_t)(slots / STORE_SEG_SLOTS);
+    for (uint32_t i = 1; i < sp->nsegs; i++) {
+        off_t off = (off_t)i * STORE_SEG_SLOTS * STORE_BLOCK;
+        off_t hole =
+            sp->segs[i].nlive ? -1 : lseek(st->chunk_fd, off, SEEK_HOLE);
+        sp->segs[i].holed =
+            !sp->segs[i].nlive &&
+            (hole < 0 || hole < off + (off_t)STORE_SEG_SLOTS * STORE_BLOCK);
+    }
     return 0;
 }
 
@@ -253,13 +262,14 @@ void store_space_reserve(struct store *st)
 static int ensure_prealloc_l(struct store *st, uint32_t seg)
 {
     struct store_space *sp = &st->space;
-    if (seg < sp->prealloc)
+    if (seg < sp->prealloc && !sp->segs[seg].holed)
         return 0;
     int rc = store_seg_prealloc(st, seg);
     if (rc) {
         sp->full = true;
         return rc;
     }
+    sp->segs[seg].holed = 0;
     if (seg + 1 > sp->prealloc && seg + 1 >= sp->nsegs)
         sp->prealloc = seg + 1;
     return 0;
@@ -479,6 +489,88 @@ void store_space_release(struct store *st)
         free(sp->release);
         sp->release = NULL;
         sp->release_cap = 0;
+    }
+    pthread_mutex_unlock(&sp->mu);
+}
+
+/* A segment whose space may go back to the file system: nothing in it,
+ * now or as of the last commit, and nobody allocating or logging in it. */
+static bool seg_empty_l(const struct seg_info *s)
+{
+    if (s->nlive || s->state != SEG_FREE || s->owner)
+        return false;
+    for (unsigned w = 0; w < STORE_SEG_WORDS; w++)
+        if (s->dur[w])
+            return false;
+    return true;
+}
+
+#define OWNER_RETURNING 0xff /* seg_info.owner: being punched out */
+#define RETURN_BATCH 256u    /* segments punched per call (1 GiB) */
+
+/* Give the space of empty segments back to the file system: those inside
+ * the chunk file are punched out (FALLOC_FL_PUNCH_HOLE; reserved again
+ * when next used: ensure_prealloc_l), then empty segments at its end are
+ * truncated away; the first SEG_LOG_RESERVE empty ones are kept for the
+ * log.  Called by the checkpoint thread after store_space_release, so a
+ * segment's freeing is durable (the commit names none of its slots) and
+ * no operation that could read it is running before its bytes go.  The
+ * punches run outside space.mu (writers allocate meanwhile; the segments
+ * are marked so that nobody takes them), at most RETURN_BATCH per call;
+ * a failure (a file system that cannot punch) leaves the space in use. */
+void store_space_return(struct store *st)
+{
+    struct store_space *sp = &st->space;
+    uint32_t punch[RETURN_BATCH];
+    unsigned npunch = 0;
+    pthread_mutex_lock(&sp->mu);
+    uint32_t kept = 0;
+    for (uint32_t i = 1; i < sp->nsegs && npunch < RETURN_BATCH; i++) {
+        struct seg_info *s = &sp->segs[i];
+        if (!seg_empty_l(s) || s->holed)
+            continue;
+        if (kept < SEG_LOG_RESERVE) {
+            kept++;
+            continue;
+        }
+        s->owner = OWNER_RETURNING;
+        punch[npunch++] = i;
+    }
+    pthread_mutex_unlock(&sp->mu);
+    bool ok[RETURN_BATCH];
+    struct timespec t0;
+    store_now(&t0);
+    for (unsigned j = 0; j < npunch; j++)
+        ok[j] =
+            fallocate(st->chunk_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      (off_t)punch[j] * STORE_SEG_SLOTS * STORE_BLOCK,
+                      (off_t)STORE_SEG_SLOTS * STORE_BLOCK) == 0;
+    long ms = store_ms_since(&t0);
+    pthread_mutex_lock(&sp->mu);
+    for (unsigned j = 0; j < npunch; j++) {
+        struct seg_info *s = &sp->segs[punch[j]];
+        s->owner = 0;
+        if (ok[j]) {
+            s->holed = 1;
+            sp->returned++;
+        }
+    }
+    sp->return_ms += (uint64_t)ms;
+    /* the tail: empty segments past the last one in use, punched already
+     * (so the log's reserve, which is not punched, stays) */
+    uint32_t n = sp->nsegs;
+    while (n > 1 && seg_empty_l(&sp->segs[n - 1]) && sp->segs[n - 1].holed)
+        n--;
+    if (n < sp->nsegs && ftruncate(st->chunk_fd, (off_t)n * STORE_SEG_SLOTS *
+                                                     STORE_BLOCK) == 0) {
+        for (uint32_t i = n; i < sp->nsegs; i++)
+            sp->segs[i] = (struct seg_info){0};
+        for (unsigned c = 0; c < STORE_NSHARD_MAX; c++)
+            if (sp->cur[c].seg > n)
+                sp->cur[c].seg = 0;
+        sp->nsegs = n;
+        if (sp->prealloc > n)
+            sp->prealloc = n;
     }
     pthread_mutex_unlock(&sp->mu);
 }

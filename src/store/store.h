@@ -147,9 +147,12 @@ struct store_info {
                             take (an estimate: writes get ENOSPC when it and
                             a reserve exceed index_room) */
     unsigned volumes, snapshots;
-    uint64_t bad_reads; /* chunk reads refused (EIO) since the image was
-                           opened: bytes that did not match the hash tag
-                           their map entry expects (store-io.c) */
+    uint64_t bad_reads;     /* chunk reads refused (EIO) since the image was
+                               opened: bytes that did not match the hash tag
+                               their map entry expects (store-io.c) */
+    uint64_t punched_bytes; /* empty segments inside the chunk file whose
+                               space went back to the file system */
+    uint64_t return_ms;     /* time spent punching since the open */
 };
 int store_info(struct store *st, struct store_info *out);
 

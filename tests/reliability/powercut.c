@@ -22,7 +22,8 @@
  * off (a format 3/4 IMAGE-journal was truncated to its header when idle).
  * Paths the model does not cover (a shared writable mmap or mprotect
  * making a shared mapping writable, copy_file_range,
- * sendfile or splice into a tracked file, fallocate that punches or zeroes)
+ * sendfile or splice into a tracked file, fallocate that zeroes or
+ * collapses; a punched hole is logged as a write of zeros)
  * abort the server with a message in the log's ".fail"
  * file: an untracked write must never pass silently.
  *
@@ -411,7 +412,28 @@ int fallocate(int fd, int mode, off_t off, off_t len)
     REAL(int, fallocate, int, int, off_t, off_t);
     pthread_mutex_lock(&mu);
     int i = which(fd);
-    if (i >= 0 && (mode & ~FALLOC_FL_KEEP_SIZE))
+    if (i >= 0 && mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
+        /* a punched range reads as zeros: modelled as a write of zeros
+         * over the part inside the file, logged with its old content */
+        uint64_t size = file_size(fd), end = (uint64_t)(off + len);
+        if (end > size)
+            end = size;
+        if ((uint64_t)off < end) {
+            size_t n = (size_t)(end - (uint64_t)off);
+            void *z = calloc(1, n);
+            if (!z)
+                die("out of memory (%zu)", n);
+            struct iovec v = {z, n};
+            int ds;
+            uint64_t seq = log_write(i, fd, &v, 1, (uint64_t)off, &ds);
+            int rc = real_fallocate(fd, mode, off, len), e = errno;
+            after_write(i, seq, ds);
+            pthread_mutex_unlock(&mu);
+            free(z);
+            errno = e;
+            return rc;
+        }
+    } else if (i >= 0 && (mode & ~FALLOC_FL_KEEP_SIZE))
         die("%s: fallocate mode %#x is not modelled", files[i].path, mode);
     if (i >= 0 && !(mode & FALLOC_FL_KEEP_SIZE) &&
         (uint64_t)(off + len) > file_size(fd))
