@@ -115,8 +115,29 @@ struct buse_server *buse_server_new_sized(const struct buse_operations *ops,
     return srv;
 }
 
+/* A socket or a device goes live before run() installs its SIGINT/SIGTERM
+ * handlers: until then keep those signals pending in this thread, so that
+ * one in between still stops the server cleanly (run() unblocks them: the
+ * device released, the socket file removed) instead of killing the process
+ * with them left behind. */
+static void defer_signals(struct buse_server *srv)
+{
+    if (atomic_load(&srv->running))
+        return;
+    sigset_t ours, old;
+    sigemptyset(&ours);
+    sigaddset(&ours, SIGINT);
+    sigaddset(&ours, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &ours, &old);
+    if (!sigismember(&old, SIGINT))
+        sigaddset(&srv->deferred_signals, SIGINT);
+    if (!sigismember(&old, SIGTERM))
+        sigaddset(&srv->deferred_signals, SIGTERM);
+}
+
 static int add_listener(struct buse_server *srv, int fd, const char *path)
 {
+    defer_signals(srv);
     if (srv->nlisten == BUSE_MAX_LISTENERS) {
         buse_err("too many listening sockets (at most %d)", BUSE_MAX_LISTENERS);
         close(fd);
@@ -135,6 +156,7 @@ int buse_server_listen_unix(struct buse_server *srv, const char *path,
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     struct stat st;
     int fd, r;
+    defer_signals(srv); /* before the socket file exists */
     if (strlen(path) >= sizeof sa.sun_path) {
         buse_err("%s: socket path too long", path);
         return -ENAMETOOLONG;
@@ -434,22 +456,7 @@ int buse_server_attach_kernel(struct buse_server *srv, const char *dev,
         buse_err("%s: %u connections need BUSE_CAN_MULTI_CONN", dev, n);
         return -EINVAL;
     }
-    /* The device goes live below, but SIGINT/SIGTERM are only handled
-     * once run() installs its handlers: until then keep them pending in
-     * this thread, so that a signal in between still releases the device
-     * (run() unblocks them) instead of killing the process with the device
-     * left bound. */
-    if (!atomic_load(&srv->running)) {
-        sigset_t ours, old;
-        sigemptyset(&ours);
-        sigaddset(&ours, SIGINT);
-        sigaddset(&ours, SIGTERM);
-        pthread_sigmask(SIG_BLOCK, &ours, &old);
-        if (!sigismember(&old, SIGINT))
-            sigaddset(&srv->deferred_signals, SIGINT);
-        if (!sigismember(&old, SIGTERM))
-            sigaddset(&srv->deferred_signals, SIGTERM);
-    }
+    defer_signals(srv);
     struct buse_kattach *ka = calloc(1, sizeof *ka);
     if (!ka)
         return -ENOMEM;

@@ -35,6 +35,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -1141,7 +1142,15 @@ int store_bg_start(struct store *st)
 {
     if (st->rdonly)
         return 0;
+    /* the thread takes no signals: a process-directed SIGTERM goes to a
+     * thread of the application, which may be handling it (or holding it
+     * until its handler is in place), never to this one, whose default
+     * action would kill the process mid-write */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     int e = pthread_create(&st->bg, NULL, bg_main, st);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (e)
         return store_set_err(st, -e, "cannot start background thread: %s",
                              strerror(e));

@@ -26,7 +26,7 @@
  *   store-tree.c   snapshot, clone, rollback, delete, rename, list
  *   store-io.c     read, write, zero, extents, flush
  *   store-open.c   create, open, replay, close; store-upgrade.c
- *   store-check.c  the checker
+ *   store-check.c  the checker; store-validate.c, a damaged index refused
  *
  * Locks, in the order they nest: st->tree_mu (one tree operation at a
  * time), st->gate (rwlock: every data operation holds it shared for its
@@ -490,6 +490,11 @@ int store_tree_import(struct store *st, bool snapshot, const uint8_t src[16],
                       const uint8_t obj[16], int64_t ctime, uint64_t seq,
                       uint32_t node, const char *name);
 
+/* ---- store-validate.c ---- */
+/* The index's meta pages against its file, then a walk of every database
+ * in a child process: 0, or -EIO with a message naming the damage. */
+int store_index_validate(struct store *st);
+
 /* ---- store-upgrade.c ---- */
 int store_upgrade(struct store *st, struct chunk_header *h);
 int store_upgrade_journal(struct store *st);
@@ -631,7 +636,8 @@ static inline uint64_t get_be40(const uint8_t *p)
 
 /* map key: block (40 bits BE), ~node (u32 BE): for one block, entries sort
  * by node id descending.  Map value: slot (40 bits BE), then the slot's
- * chunk tag (16 bits BE: bits of its XXH3-128, store_hash_tag), so that a
+ * chunk tag (16 bits BE: bits of its XXH3-128, store_hash_tag, mixed with
+ * bits of the block: store_block_tag), so that a
  * read checks the bytes it got against what the map entry expects, not
  * only against the slot's own refs record (a damaged entry naming another
  * valid chunk is caught too).  9 + 7 bytes plus LMDB's 8-byte node header
@@ -671,10 +677,23 @@ static inline uint32_t val_tag(uint64_t v)
 {
     return (uint32_t)(v >> 40) & 0xffff;
 }
-/* The in-memory value naming slot (>= 2) whose chunk hashes to h. */
-static inline uint64_t val_make(uint64_t slot, const uint8_t h[16])
+/* Bits a map value's tag is mixed with, from its block: the tag binds the
+ * entry to its block too, so that a damaged key that moves an entry to
+ * another block is caught on read like a damaged value. */
+static inline uint32_t store_block_tag(uint64_t b)
 {
-    return slot | (uint64_t)store_hash_tag(h) << 40;
+    return (uint32_t)((b * 0x9E3779B97F4A7C15ULL) >> 48);
+}
+/* The in-memory value of block b naming slot (>= 2) whose chunk hashes to
+ * h. */
+static inline uint64_t val_make(uint64_t slot, const uint8_t h[16], uint64_t b)
+{
+    return slot | (uint64_t)(store_hash_tag(h) ^ store_block_tag(b)) << 40;
+}
+/* The chunk tag that value v of block b expects (store_hash_tag). */
+static inline uint32_t val_chunk_tag(uint64_t v, uint64_t b)
+{
+    return val_tag(v) ^ store_block_tag(b);
 }
 /* The in-memory value of a map value (slot and tag; 0 for a malformed
  * one). */

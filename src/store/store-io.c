@@ -215,7 +215,7 @@ static int bad_chunk(struct store *st, const struct store_vol *v, uint64_t b,
                 "far; run busesnap check)\n",
                 st->path, v ? v->name : "?",
                 (unsigned long long)b * STORE_BLOCK,
-                (unsigned long long)val_slot(val), val_tag(val), got,
+                (unsigned long long)val_slot(val), val_chunk_tag(val, b), got,
                 (unsigned long long)n);
     return store_set_err(st, -EIO,
                          "\"%s\" offset %llu: chunk slot %llu is damaged",
@@ -231,7 +231,7 @@ static int verify_run(struct store *st, const struct store_vol *v, uint64_t b0,
     for (uint64_t i = 0; i < n; i++) {
         uint8_t h[16];
         store_hash(buf + i * STORE_BLOCK, h);
-        if (store_hash_tag(h) != val_tag(vals[i]))
+        if (store_hash_tag(h) != val_chunk_tag(vals[i], b0 + i))
             return bad_chunk(st, v, b0 + i, vals[i], store_hash_tag(h));
     }
     return 0;
@@ -548,7 +548,7 @@ static int commit_blocks(struct store *st, uint32_t node, uint64_t b0,
             } else {
                 e.type = w[i].kind == BW_NEW ? LE_NEW : LE_REF;
                 e.slot = w[i].slot;
-                val = val_make(w[i].slot, w[i].hash);
+                val = val_make(w[i].slot, w[i].hash, b0 + i);
                 memcpy(e.hash, w[i].hash, 16);
             }
             store_mt_put_l(st, st->active, store_shard_of(st, b0 + i), b0 + i,
@@ -786,7 +786,7 @@ int store_apply_ent(struct store *st, const struct log_ent *e, bool replay)
     pthread_mutex_lock(&st->shard[sh].mu);
     pthread_mutex_lock(&st->log.mu);
     rc = store_mt_put_l(st, st->active, sh, e->block, e->node,
-                        val_make(e->slot, e->hash), ++st->seq);
+                        val_make(e->slot, e->hash, e->block), ++st->seq);
     pthread_mutex_unlock(&st->log.mu);
     pthread_mutex_unlock(&st->shard[sh].mu);
     return rc;

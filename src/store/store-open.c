@@ -532,7 +532,8 @@ int store_open_map(const char *path, unsigned flags, uint64_t map_size,
     if (!st)
         return -ENOMEM;
     st->idx.map_size = map_size;
-    if ((rc = open_files(st, false)) || (rc = env_open(st, false)))
+    if ((rc = open_files(st, false)) || (rc = store_index_validate(st)) ||
+        (rc = env_open(st, false)))
         return fail_free(st, rc);
     MDB_txn *txn;
     if ((rc = mdb_txn_begin(st->idx.env, NULL, MDB_RDONLY, &txn)))

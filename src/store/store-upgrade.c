@@ -158,7 +158,7 @@ static int tag_map(struct store *st, MDB_txn *txn)
             if (!mdb_get(txn, st->idx.refs, &rk, &rd) &&
                 rd.mv_size == sizeof r) {
                 memcpy(&r, rd.mv_data, sizeof r);
-                val = val_make(slot, r.hash);
+                val = val_make(slot, r.hash, get_be40(k.mv_data));
             }
         }
         uint8_t vb[MAP_VAL], kb[MAP_KEY];
