@@ -115,9 +115,13 @@ static int open_image(const char *image, uint64_t size, const char *volname,
     }
     r = store_open_map(image, flags, map_size, st);
     if (r == -ENOENT && !size) {
-        fprintf(stderr,
-                "%s: %s: no such image (give --size SIZE to create it)\n", prog,
-                image);
+        /* The store says whether the image or its directory is missing. */
+        const char *m = store_errmsg();
+        size_t n = strlen(m);
+        fprintf(stderr, "%s: %s%s\n", prog, m,
+                n > 13 && !strcmp(m + n - 13, "no such image")
+                    ? " (give --size SIZE to create it)"
+                    : "");
         return r;
     }
     if (r == -EBUSY) {
