@@ -3,6 +3,7 @@
  * busesnap, bsnap and busexmp programs, and the one way they print sizes
  * (see common.h).  Any thread. */
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <pwd.h>
@@ -205,4 +206,24 @@ const char *common_human_size(unsigned long long bytes, char *buf, size_t len)
     else
         snprintf(buf, len, "%.*f%c", v < 10 ? 1 : 0, v, units[u]);
     return buf;
+}
+
+int common_take_stdio(const char *prog, int *in, int *out)
+{
+    int r, null;
+    fflush(stdout);
+    *in = fcntl(0, F_DUPFD_CLOEXEC, 3);
+    *out = *in < 0 ? -1 : fcntl(1, F_DUPFD_CLOEXEC, 3);
+    if (*out < 0)
+        goto fail;
+    null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(2, 1) < 0)
+        goto fail;
+    close(null);
+    return 0;
+fail:
+    r = -errno;
+    fprintf(stderr, "%s: --single: cannot take stdin and stdout: %s\n", prog,
+            strerror(-r));
+    return r;
 }

@@ -37,4 +37,11 @@ int common_check_socket_path(const char *prog, const char *what,
  * decimal below 10).  Writes into buf and returns it. */
 const char *common_human_size(unsigned long long bytes, char *buf, size_t len);
 
+/* --single: take the client's stdin and stdout for the protocol.  Moves
+ * fds 0 and 1 to new close-on-exec fds (*in, *out), then points 0 at
+ * /dev/null and 1 at stderr, so that nothing the program prints later
+ * lands in the protocol stream.  Returns 0, or -errno after one line on
+ * stderr prefixed prog. */
+int common_take_stdio(const char *prog, int *in, int *out);
+
 #endif

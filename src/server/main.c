@@ -8,6 +8,7 @@
  * no server has open.  Exit codes: 0 ok, 1 failure, 2 usage.
  */
 #include <errno.h>
+#include <limits.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -156,10 +157,73 @@ static int open_image(const char *image, uint64_t size, const char *volname,
 
 static volatile int quiet_progress;
 
+/* The one line serve prints (stderr) once everything is being served:
+ * what it serves, on what, and where bsnap reaches it. */
+static void startup_line(const char *image, const char *sock, const char *tcp,
+                         int systemd, int single, const char *device,
+                         char **attach, int nattach, const char *ctlpath)
+{
+    char abs[PATH_MAX], line[8192];
+    size_t n = 0;
+#define ADD(...)                                                               \
+    do {                                                                       \
+        if (n < sizeof line)                                                   \
+            n += (size_t)snprintf(line + n, sizeof line - n, __VA_ARGS__);     \
+    } while (0)
+    ADD("%s: serving %s on", prog, realpath(image, abs) ? abs : image);
+    const char *sep = " ";
+    if (sock) {
+        ADD("%ssocket %s", sep, sock);
+        sep = ", ";
+    }
+    if (tcp) {
+        ADD("%stcp %s", sep, tcp);
+        sep = ", ";
+    }
+    if (systemd) {
+        ADD("%ssystemd sockets", sep);
+        sep = ", ";
+    }
+    if (single) {
+        ADD("%sstdin/stdout (one client)", sep);
+        sep = ", ";
+    }
+    if (device) {
+        ADD("%s%s (default volume)", sep, device);
+        sep = ", ";
+    }
+    for (int i = 0; i < nattach; i++) {
+        const char *eq = strchr(attach[i], '=');
+        ADD("%s%.*s (export %s)", sep, (int)(eq - attach[i]), attach[i],
+            eq + 1);
+        sep = ", ";
+    }
+    if (ctlpath[0])
+        ADD("; control socket %s", ctlpath);
+    else
+        ADD("; no control socket");
+#undef ADD
+    fprintf(stderr, "%s\n", line);
+}
+
+/* Remove an image this run created (and its side files) after a failed
+ * start: nothing was served from it. */
+static void remove_image(const char *image)
+{
+    static const char *const sides[] = {"", "-chunks", "-lock",
+                                        "-exports.json"};
+    char p[PATH_MAX + 32];
+    for (size_t i = 0; i < sizeof sides / sizeof sides[0]; i++) {
+        snprintf(p, sizeof p, "%s%s", image, sides[i]);
+        unlink(p);
+    }
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"socket", required_argument, 0, 's'},
+        {"socket", required_argument, 0, 'k'},
+        {"single", no_argument, 0, 's'},
         {"tcp", required_argument, 0, 't'},
         {"control", required_argument, 0, 'c'},
         {"size", required_argument, 0, 'S'},
@@ -181,13 +245,17 @@ static int cmd_serve(int argc, char **argv)
     uint64_t size = 0;
     char *attach[MAX_ATTACH];
     int nattach = 0, verbose = 0, c, r, read_only = 0, no_list = 0;
+    int single = 0;
     unsigned connections = 1, timeout = 0;
     struct buse_tls_options tls = {.mode = -1}; /* -1: --tls not given */
 
-    while ((c = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "vhs", opts, NULL)) != -1) {
         switch (c) {
-        case 's':
+        case 'k':
             sock = optarg;
+            break;
+        case 's':
+            single = 1;
             break;
         case 't':
             tcp = optarg;
@@ -264,10 +332,13 @@ static int cmd_serve(int argc, char **argv)
         device = argv[optind++];
     if (optind < argc)
         usage_error("serve", "unexpected argument \"%s\"", argv[optind]);
-    int systemd = getenv("LISTEN_FDS") != NULL;
-    if (!sock && !tcp && !device && !nattach && !systemd)
-        usage_error("serve", "nothing to serve on: give DEVICE, --socket or "
-                             "--tcp");
+    int systemd = !single && getenv("LISTEN_FDS") != NULL;
+    if (single && (sock || tcp || device || nattach))
+        usage_error("serve", "--single serves stdin/stdout only: no DEVICE, "
+                             "--attach, --socket or --tcp with it");
+    if (!sock && !tcp && !device && !nattach && !systemd && !single)
+        usage_error("serve", "nothing to serve on: give DEVICE, --socket, "
+                             "--tcp or --single");
     int creds = tls.certificates || tls.psk_file;
     if (tls.mode == -1) /* credentials alone mean TLS, required (qemu-nbd) */
         tls.mode = creds ? BUSE_TLS_REQUIRE : BUSE_TLS_OFF;
@@ -278,18 +349,25 @@ static int cmd_serve(int argc, char **argv)
         usage_error("serve", "--tls=off with TLS credentials");
     if (tls.verify_peer && !tls.certificates)
         usage_error("serve", "--tls-verify-peer needs --tls-certificates");
+    /* --single: a control socket only when asked for (several single
+     * servers of several images would fight over the default one). */
+    ctlpath[0] = '\0';
     if (control)
         snprintf(ctlpath, sizeof ctlpath, "%s", control);
-    else if (common_default_control_path(prog, ctlpath, sizeof ctlpath, 1) < 0)
+    else if (!single &&
+             common_default_control_path(prog, ctlpath, sizeof ctlpath, 1) < 0)
         return 1;
     if (verbose)
         buse_set_verbose(verbose);
 
-    if (common_check_socket_path(prog, "control socket", ctlpath) < 0 ||
+    if ((ctlpath[0] &&
+         common_check_socket_path(prog, "control socket", ctlpath) < 0) ||
         (sock && common_check_socket_path(prog, "socket", sock) < 0))
         return 1;
-    if (ctl_prepare(ctlpath) < 0)
+    if (ctlpath[0] && ctl_prepare(ctlpath) < 0)
         return 1;
+    struct stat isb;
+    int created = size && stat(image, &isb) < 0 && errno == ENOENT;
     struct store *st;
     r = open_image(image, size, NULL, 0, &st);
     if (r < 0)
@@ -335,19 +413,28 @@ static int cmd_serve(int argc, char **argv)
             goto out_srv;
     }
     /* Last: once the control socket exists, everything is being served. */
-    if (ctl_start(ctlpath, &ex, &ctl) < 0)
+    if (ctlpath[0] && ctl_start(ctlpath, &ex, &ctl) < 0)
         goto out_srv;
-    if (verbose)
-        fprintf(stderr, "%s: serving %s (control socket %s)\n", prog, image,
-                ctlpath);
+    if (single) {
+        int in, out;
+        if (common_take_stdio(prog, &in, &out) < 0 ||
+            buse_server_add_client(srv, in, out) < 0) {
+            ctl_stop(ctl);
+            goto out_srv;
+        }
+    }
+    startup_line(image, sock, tcp, systemd, single, device, attach, nattach,
+                 ctlpath);
     r = buse_server_run(srv);
     rc = r < 0 ? 1 : 0;
     ctl_stop(ctl);
 out_srv:
-    buse_server_free(srv);
+    buse_server_free(srv); /* closes listeners: their socket files go */
 out_store:
     exports_destroy(&ex);
     store_close(st);
+    if (rc && created) /* a failed first start leaves no empty image */
+        remove_image(image);
     return rc;
 }
 
