@@ -372,7 +372,7 @@ static void print_created(json_t *res)
         printf("%s %s\n", jstr(o, "name"), jstr(o, "uuid"));
 }
 
-static int cmd_create(int argc, char **argv)
+static int cmd_snapshot(int argc, char **argv)
 {
     int i = parse_opts(argc, argv, "jV");
     nargs(argc, argv, i, 1);
@@ -827,10 +827,12 @@ static int cmd_diff(int argc, char **argv)
 }
 
 static const struct cmd cmds[] = {
-    {"create", "SNAP [--volume VOL] [--json]",
+    {"snapshot", "SNAP [--volume VOL] [--json]",
      "Snapshot VOL (default: the default volume) as SNAP; prints its name\n"
-     "and UUID.  O(1), atomic: it holds every write acknowledged before.\n",
-     cmd_create},
+     "and UUID.  O(1), atomic: it holds every write acknowledged before.\n"
+     "`bsnap create` is the same command (its older name); it makes a\n"
+     "snapshot, unlike `busesnap create`, which makes a new image.\n",
+     cmd_snapshot},
     {"list", "[--json]",
      "Every volume and snapshot as a tree (snapshots below their volume,\n"
      "clones below their origin snapshot) with UUID, parent, creation time,\n"
@@ -914,7 +916,8 @@ static void main_help(void)
            "otherwise).  Only a server of your own user or root is trusted.\n"
            "--timeout SECS: wait at most SECS for each answer (default %d,\n"
            "or $BSNAP_TIMEOUT).  Names and UUIDs are accepted wherever a\n"
-           "name is.  `bsnap COMMAND --help` for details.\n"
+           "name is.  `bsnap create` is snapshot's older name.\n"
+           "`bsnap COMMAND --help` for details.\n"
            "Exit codes: 0 ok, 1 refused or failed, 2 usage.\n",
            BSNAP_TIMEOUT);
 }
@@ -952,6 +955,8 @@ int main(int argc, char **argv)
         main_help();
         return 0;
     }
+    if (!strcmp(argv[i], "create")) /* the older name of snapshot */
+        argv[i] = (char *)"snapshot";
     for (size_t k = 0; k < sizeof cmds / sizeof cmds[0]; k++) {
         if (strcmp(argv[i], cmds[k].name) != 0)
             continue;
