@@ -20,6 +20,13 @@ INCDIR   ?= $(PREFIX)/include
 MANDIR   ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 
+# The release, in one place: --version of every program and buse.pc.
+# include/buse.h (installed, so it cannot take -D) must say the same.
+VERSION  := 2.0.0
+ifneq ($(VERSION),$(shell sed -n 's/^\#define BUSE_VERSION_STRING "\(.*\)"/\1/p' include/buse.h))
+$(error VERSION $(VERSION) differs from BUSE_VERSION_STRING in include/buse.h)
+endif
+
 CC       ?= cc
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wpointer-arith -Wformat=2 -Wno-unused-parameter -Werror
@@ -72,11 +79,12 @@ bsnap: tools/bsnap.o $(COMMON_OBJ)
 tests/unit/test-%: tests/unit/test-%.c libstore.a libbuse.a
 	$(CC) $(CFLAGS) -Isrc -o $@ $^ $(LDFLAGS) $(LIBS_STORE) $(LIBS_BUSE)
 
-src/server/%.o src/common/%.o tools/%.o: CFLAGS += -Isrc
+src/server/%.o src/common/%.o tools/%.o: CFLAGS += -Isrc -DBUSESNAP_VERSION='"$(VERSION)"'
+src/server/main.o tools/bsnap.o tools/busexmp.o: Makefile
 
 buse.pc: buse.pc.in Makefile
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
-	    -e 's|@VERSION@|2.0.0|' $< > $@
+	    -e 's|@VERSION@|$(VERSION)|' $< > $@
 
 # Header dependencies (kept simple: every object depends on every header).
 HEADERS := $(wildcard include/*.h src/*/*.h)

@@ -933,6 +933,10 @@ int main(int argc, char **argv)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             main_help();
             return 0;
+        } else if (!strcmp(argv[i], "--version")) {
+            printf("bsnap %s (control protocol %d)\n", BUSESNAP_VERSION,
+                   BSNAP_PROTOCOL_VERSION);
+            return 0;
         } else if (!strcmp(argv[i], "--control") && i + 1 < argc) {
             control_path = argv[i + 1];
             i += 2;

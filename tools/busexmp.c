@@ -283,6 +283,10 @@ static int take_option(int c)
     case 'h':
         usage(stdout);
         return 0;
+    case 'X':
+        printf("busexmp %s (libbuse %s)\n", BUSESNAP_VERSION,
+               BUSE_VERSION_STRING);
+        return 0;
     default:
         usage(stderr);
         return 2;
@@ -309,6 +313,7 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, 'j'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'X'},
         {NULL, 0, NULL, 0},
     };
     const char *dev = NULL;

@@ -639,8 +639,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "--version")) {
-        printf("busesnap (libbuse %s, control protocol %d)\n",
-               BUSE_VERSION_STRING, CTL_PROTOCOL_VERSION);
+        printf("busesnap %s (libbuse %s, control protocol %d)\n",
+               BUSESNAP_VERSION, BUSE_VERSION_STRING, CTL_PROTOCOL_VERSION);
         return 0;
     }
     if (!strcmp(cmd, "serve"))
