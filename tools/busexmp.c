@@ -183,7 +183,8 @@ static void usage(FILE *f)
         "         --connections N         sockets per kernel device\n"
         "         --timeout S             kernel request timeout in seconds\n"
         "         --threads N             worker threads per connection (8)\n"
-        "SIZE takes a K, M, G or T suffix (powers of 1024).\n");
+        "SIZE: bytes, or with K, M, G, T, P (KiB, MiB.. too; powers of "
+        "1024).\n");
 }
 
 static void *map(uint64_t len)
@@ -328,9 +329,10 @@ int main(int argc, char **argv)
             return r;
     if (optind >= argc)
         return bad("missing SIZE", NULL);
-    if (common_parse_size(argv[optind], &size) < 0 || size == 0)
-        return bad("bad SIZE (expected a number with K, M, G or T)",
-                   argv[optind]);
+    if ((r = common_parse_size(argv[optind], &size)) < 0)
+        return bad(common_size_error(argv[optind], r), NULL);
+    if (size == 0)
+        return bad("SIZE must not be 0", NULL);
     optind++;
     if (optind < argc)
         dev = argv[optind++];

@@ -44,8 +44,9 @@ static void usage_error(const char *cmd, const char *fmt, ...)
 static uint64_t size_arg(const char *cmd, const char *s)
 {
     uint64_t size;
-    if (common_parse_size(s, &size) < 0)
-        usage_error(cmd, "bad size \"%s\" (expected e.g. 512M, 8G)", s);
+    int r = common_parse_size(s, &size);
+    if (r < 0)
+        usage_error(cmd, "%s", common_size_error(s, r));
     if (size == 0 || size % STORE_BLOCK)
         usage_error(cmd, "size %s is not a positive multiple of %u bytes", s,
                     STORE_BLOCK);
@@ -82,7 +83,8 @@ static const char serve_help[] =
     "                        root, /tmp/busesnap-UID/busesnap.ctl otherwise)\n"
     "  --size SIZE           create IMAGE with this size if it does not "
     "exist\n"
-    "                        (suffixes K, M, G, T); must match if it does\n"
+    "                        (suffixes K, M, G, T, P; KiB too); must match if "
+    "it does\n"
     "  --map-size SIZE       index size limit (default 1T, virtual): when\n"
     "                        the index or the disk is full, writes get\n"
     "                        ENOSPC, reads, trims and deletes go on\n"
@@ -578,7 +580,8 @@ static const char create_help[] =
     "Usage: busesnap create IMAGE --size SIZE [--volume NAME]\n"
     "Create a new image whose default volume (named NAME, default "
     "\"" STORE_DEFAULT_VOLUME "\")\n"
-    "has SIZE bytes (suffixes K, M, G, T).  Fails if IMAGE exists.\n";
+    "has SIZE bytes (suffixes K, M, G, T, P; KiB too).  Fails if IMAGE "
+    "exists.\n";
 
 static int cmd_create(int argc, char **argv)
 {
