@@ -142,10 +142,13 @@ static int open_image(const char *image, uint64_t size, const char *volname,
         struct store_info si;
         r = store_info(*st, &si);
         if (r == 0 && si.size != size) {
+            char have[24], want[24];
             fprintf(stderr,
-                    "%s: %s: the image exists with size %llu bytes, not the "
-                    "%llu given by --size (omit --size to open it)\n",
-                    prog, image, (unsigned long long)si.size,
+                    "%s: %s: the image exists with size %s (%llu bytes), not "
+                    "the %s (%llu) given by --size (omit --size to open it)\n",
+                    prog, image, common_human_size(si.size, have, sizeof have),
+                    (unsigned long long)si.size,
+                    common_human_size(size, want, sizeof want),
                     (unsigned long long)size);
             r = -EINVAL;
         }
