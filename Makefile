@@ -19,6 +19,7 @@ SBINDIR  ?= $(PREFIX)/sbin
 INCDIR   ?= $(PREFIX)/include
 MANDIR   ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 
 # The release, in one place: --version of every program and buse.pc.
 # include/buse.h (installed, so it cannot take -D) must say the same.
@@ -129,7 +130,7 @@ serve:
 install: all
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR) $(DESTDIR)$(BINDIR) \
 	    $(DESTDIR)$(SBINDIR) $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 \
-	    $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man8
+	    $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(BASHCOMPDIR)
 	install -m 644 libbuse.a $(DESTDIR)$(LIBDIR)/
 	install -m 755 libbuse.so $(DESTDIR)$(LIBDIR)/libbuse.so.$(SOVERSION)
 	ln -sf libbuse.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libbuse.so
@@ -140,6 +141,7 @@ install: all
 	for m in doc/*.1; do [ -f $$m ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man1/; done; true
 	for m in doc/*.3; do [ -f $$m ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man3/; done; true
 	for m in doc/*.8; do [ -f $$m ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man8/; done; true
+	install -m 644 completion/bsnap completion/busesnap $(DESTDIR)$(BASHCOMPDIR)/
 
 FORMAT_FILES = $(wildcard include/*.h src/*/*.c src/*/*.h tools/*.c tests/unit/*.c)
 format:
