@@ -66,6 +66,9 @@ static const char serve_help[] =
     "  --tcp HOST:PORT       serve NBD clients on TCP, on the addresses HOST\n"
     "                        has (:PORT: every address; plaintext on one that\n"
     "                        is not loopback gets a warning: see --tls)\n"
+    "  -s, --single          serve one client on stdin/stdout and exit when\n"
+    "                        it goes (nbd_connect_command, ssh); no control\n"
+    "                        socket unless --control is given\n"
     "  --tls=off|on|require  NBD_OPT_STARTTLS: on offers TLS, require refuses\n"
     "                        every client that does not start it (default:\n"
     "                        off; require when credentials are given)\n"
@@ -631,8 +634,9 @@ static const char main_help[] =
     "  check IMAGE                      consistency check (offline)\n"
     "  info IMAGE [--json]              space and identity (offline)\n"
     "\n"
-    "`busesnap COMMAND --help` for details; `bsnap` controls a running "
-    "server.\n";
+    "`busesnap COMMAND --help` for details; `bsnap` controls a running\n"
+    "server (`bsnap snapshot` makes a snapshot; `busesnap create` an image).\n"
+    "--version prints the version.\n";
 
 int main(int argc, char **argv)
 {
