@@ -89,4 +89,10 @@ grep -q -- "--single" "$tmp/err" || fail "unclear refusal: $(cat "$tmp/err")"
 rc=0; "$top/busexmp" 4M -s --socket "$tmp/x.sock" 2>"$tmp/err" </dev/null || rc=$?
 assert_eq "busexmp -s --socket exit code" 2 "$rc"
 [ -e "$tmp/x.sock" ] && fail "a refused start left $tmp/x.sock"
+# ... and not to a person at a terminal (script gives it a pty).
+if command -v script >/dev/null; then
+    script -qec "'$top/busesnap' serve '$img' -s" /dev/null >"$tmp/tty.out" 2>&1 </dev/null && rc=0 || rc=$?
+    assert_eq "serve -s on a terminal: exit" 1 "$rc"
+    grep -q "not a terminal" "$tmp/tty.out" || fail "serve -s on a terminal: $(cat "$tmp/tty.out")"
+fi
 exit 0

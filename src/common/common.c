@@ -250,6 +250,14 @@ const char *common_human_size(unsigned long long bytes, char *buf, size_t len)
 int common_take_stdio(const char *prog, int *in, int *out)
 {
     int r, null;
+    if (isatty(0) || isatty(1)) {
+        fprintf(stderr,
+                "%s: --single speaks NBD on stdin and stdout: run it from an "
+                "NBD client (nbd_connect_command, ssh HOST ...), not a "
+                "terminal\n",
+                prog);
+        return -ENOTTY;
+    }
     fflush(stdout);
     *in = fcntl(0, F_DUPFD_CLOEXEC, 3);
     *out = *in < 0 ? -1 : fcntl(1, F_DUPFD_CLOEXEC, 3);

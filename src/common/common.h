@@ -47,8 +47,9 @@ const char *common_human_size(unsigned long long bytes, char *buf, size_t len);
 /* --single: take the client's stdin and stdout for the protocol.  Moves
  * fds 0 and 1 to new close-on-exec fds (*in, *out), then points 0 at
  * /dev/null and 1 at stderr, so that nothing the program prints later
- * lands in the protocol stream.  Returns 0, or -errno after one line on
- * stderr prefixed prog. */
+ * lands in the protocol stream.  Refuses a terminal (-ENOTTY): a person
+ * typing is no NBD client.  Returns 0, or -errno after one line on stderr
+ * prefixed prog. */
 int common_take_stdio(const char *prog, int *in, int *out);
 
 #endif
