@@ -915,8 +915,8 @@ static const struct cmd cmds[] = {
 
 static void print_cmd_help(const struct cmd *c)
 {
-    printf("Usage: bsnap [--control PATH] %s %s\n%s", c->name, c->usage,
-           c->help);
+    printf("Usage: bsnap [--control PATH] %s %s\n%s",
+           cmd_name ? cmd_name : c->name, c->usage, c->help);
 }
 
 static void main_help(void)
@@ -977,13 +977,13 @@ int main(int argc, char **argv)
         main_help();
         return 0;
     }
-    if (!strcmp(argv[i], "create")) /* the older name of snapshot */
-        argv[i] = (char *)"snapshot";
+    /* create: the older name of snapshot; messages use the name typed. */
+    const char *want = strcmp(argv[i], "create") ? argv[i] : "snapshot";
     for (size_t k = 0; k < sizeof cmds / sizeof cmds[0]; k++) {
-        if (strcmp(argv[i], cmds[k].name) != 0)
+        if (strcmp(want, cmds[k].name) != 0)
             continue;
         current = &cmds[k];
-        cmd_name = cmds[k].name;
+        cmd_name = argv[i];
         return cmds[k].run(argc - i, argv + i);
     }
     usage_error("unknown command \"%s\"", argv[i]);
