@@ -9,11 +9,15 @@
  * connection sees end of stream); the connection closing its end ends the
  * output copy, which closes the output fd so the client sees end of
  * stream too.  The threads block every signal: a write to a vanished
- * reader returns EPIPE instead of killing the process.
+ * reader returns EPIPE instead of killing the process.  The last thread
+ * to finish closes the relay's end of the pair; the input copy may stay
+ * blocked in read() until the client closes its output (a program that
+ * serves one client exits first).
  */
 #define BUSE_INTERNAL
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -23,9 +27,19 @@
 
 struct relay {
     int from, to;
-    int pair;    /* our end of the socketpair */
-    int inbound; /* from the client's input into the pair */
+    int pair;         /* our end of the socketpair */
+    int inbound;      /* from the client's input into the pair */
+    atomic_int *refs; /* threads using pair: the last one closes it */
 };
+
+static void relay_put(struct relay *r)
+{
+    if (atomic_fetch_sub(r->refs, 1) == 1) {
+        close(r->pair);
+        free(r->refs);
+    }
+    free(r);
+}
 
 static int write_all(int fd, const char *p, size_t n, int sock)
 {
@@ -65,7 +79,7 @@ static void *relay_main(void *arg)
         shutdown(r->pair, SHUT_RDWR);
     }
     free(buf);
-    free(r);
+    relay_put(r);
     return NULL;
 }
 
@@ -76,9 +90,11 @@ int buse_relay_start(int in_fd, int out_fd, int *conn_fd)
     pthread_t t;
     sigset_t all, old;
     struct relay *in = calloc(1, sizeof *in), *out = calloc(1, sizeof *out);
-    if (!in || !out) {
+    atomic_int *refs = malloc(sizeof *refs);
+    if (!in || !out || !refs) {
         free(in);
         free(out);
+        free(refs);
         close(in_fd);
         close(out_fd);
         return -ENOMEM;
@@ -89,13 +105,16 @@ int buse_relay_start(int in_fd, int out_fd, int *conn_fd)
                  strerror(e));
         free(in);
         free(out);
+        free(refs);
         close(in_fd);
         close(out_fd);
         return -e;
     }
-    *in =
-        (struct relay){.from = in_fd, .to = sv[1], .pair = sv[1], .inbound = 1};
-    *out = (struct relay){.from = sv[1], .to = out_fd, .pair = sv[1]};
+    atomic_init(refs, 2);
+    *in = (struct relay){
+        .from = in_fd, .to = sv[1], .pair = sv[1], .inbound = 1, .refs = refs};
+    *out = (struct relay){
+        .from = sv[1], .to = out_fd, .pair = sv[1], .refs = refs};
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     sigfillset(&all);
@@ -104,12 +123,13 @@ int buse_relay_start(int in_fd, int out_fd, int *conn_fd)
     if (e == 0) {
         e = pthread_create(&t, &attr, relay_main, in);
         if (e != 0) { /* the output copy closes out_fd when sv[0] closes */
-            free(in);
             close(in_fd);
+            relay_put(in);
         }
     } else {
         free(in);
         free(out);
+        free(refs);
         close(sv[1]);
         close(in_fd);
         close(out_fd);
