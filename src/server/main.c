@@ -215,13 +215,14 @@ static void startup_line(const char *image, const char *sock, const char *tcp,
 }
 
 /* Remove an image this run created (and its side files) after a failed
- * start: nothing was served from it. */
-static void remove_image(const char *image)
+ * start: nothing was served from it.  The exports' attributes file goes
+ * too if this run made it (attrs is 1). */
+static void remove_image(const char *image, int attrs)
 {
-    static const char *const sides[] = {"", "-chunks", "-lock",
-                                        "-exports.json"};
+    static const char *const sides[] = {"-exports.json", "", "-chunks",
+                                        "-lock"};
     char p[PATH_MAX + 32];
-    for (size_t i = 0; i < sizeof sides / sizeof sides[0]; i++) {
+    for (size_t i = attrs ? 0 : 1; i < sizeof sides / sizeof sides[0]; i++) {
         snprintf(p, sizeof p, "%s%s", image, sides[i]);
         unlink(p);
     }
@@ -376,6 +377,9 @@ static int cmd_serve(int argc, char **argv)
         return 1;
     struct stat isb;
     int created = size && stat(image, &isb) < 0 && errno == ENOENT;
+    char attrs_path[4096];
+    snprintf(attrs_path, sizeof attrs_path, "%s-exports.json", image);
+    int created_attrs = created && stat(attrs_path, &isb) < 0;
     struct store *st;
     r = open_image(image, size, NULL, 0, &st);
     if (r < 0)
@@ -390,8 +394,6 @@ static int cmd_serve(int argc, char **argv)
         ops.flags |= BUSE_READONLY;
     if (no_list)
         ops.flags |= BUSE_NO_LIST;
-    char attrs_path[4096];
-    snprintf(attrs_path, sizeof attrs_path, "%s-exports.json", image);
     struct buse_server *srv = NULL;
     if (attrs_attach(&ex, attrs_path) < 0)
         goto out_store;
@@ -442,7 +444,7 @@ out_store:
     exports_destroy(&ex);
     store_close(st);
     if (rc && created) /* a failed first start leaves no empty image */
-        remove_image(image);
+        remove_image(image, created_attrs);
     return rc;
 }
 
