@@ -19,6 +19,14 @@ SBINDIR  ?= $(PREFIX)/sbin
 INCDIR   ?= $(PREFIX)/include
 MANDIR   ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+
+# The release, in one place: --version of every program and buse.pc.
+# include/buse.h (installed, so it cannot take -D) must say the same.
+VERSION  := 2.0.0
+ifneq ($(VERSION),$(shell sed -n 's/^\#define BUSE_VERSION_STRING "\(.*\)"/\1/p' include/buse.h))
+$(error VERSION $(VERSION) differs from BUSE_VERSION_STRING in include/buse.h)
+endif
 
 CC       ?= cc
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
@@ -72,11 +80,12 @@ bsnap: tools/bsnap.o $(COMMON_OBJ)
 tests/unit/test-%: tests/unit/test-%.c libstore.a libbuse.a
 	$(CC) $(CFLAGS) -Isrc -o $@ $^ $(LDFLAGS) $(LIBS_STORE) $(LIBS_BUSE)
 
-src/server/%.o src/common/%.o tools/%.o: CFLAGS += -Isrc
+src/server/%.o src/common/%.o tools/%.o: CFLAGS += -Isrc -DBUSESNAP_VERSION='"$(VERSION)"'
+src/server/main.o tools/bsnap.o tools/busexmp.o: Makefile
 
 buse.pc: buse.pc.in Makefile
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
-	    -e 's|@VERSION@|2.0.0|' $< > $@
+	    -e 's|@VERSION@|$(VERSION)|' $< > $@
 
 # Header dependencies (kept simple: every object depends on every header).
 HEADERS := $(wildcard include/*.h src/*/*.h)
@@ -121,7 +130,7 @@ serve:
 install: all
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR) $(DESTDIR)$(BINDIR) \
 	    $(DESTDIR)$(SBINDIR) $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 \
-	    $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man8
+	    $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(BASHCOMPDIR)
 	install -m 644 libbuse.a $(DESTDIR)$(LIBDIR)/
 	install -m 755 libbuse.so $(DESTDIR)$(LIBDIR)/libbuse.so.$(SOVERSION)
 	ln -sf libbuse.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libbuse.so
@@ -132,6 +141,7 @@ install: all
 	for m in doc/*.1; do [ -f $$m ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man1/; done; true
 	for m in doc/*.3; do [ -f $$m ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man3/; done; true
 	for m in doc/*.8; do [ -f $$m ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man8/; done; true
+	install -m 644 completion/bsnap completion/busesnap $(DESTDIR)$(BASHCOMPDIR)/
 
 FORMAT_FILES = $(wildcard include/*.h src/*/*.c src/*/*.h tools/*.c tests/unit/*.c)
 format:

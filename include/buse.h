@@ -221,6 +221,19 @@ int buse_server_listen_tcp(struct buse_server *srv, const char *host_port);
  * LISTEN_FDS).  Returns the number taken (0: none were passed). */
 int buse_server_listen_systemd(struct buse_server *srv);
 
+/* Serve one client that is already connected: in_fd is what it sends,
+ * out_fd where its replies go.  They may be one socket (the same fd, or
+ * two fds of one socket: libnbd's nbd_connect_command gives a socketpair
+ * as stdin and stdout) or two pipe ends (ssh's stdin and stdout), which
+ * libbuse joins with two copying threads.  libbuse owns both fds from the
+ * call on (closed on failure too) and closes them when the client is gone.
+ * The handshake starts at once, in its own thread; run() then serves it
+ * and, when the server has no listener, returns once this client (and
+ * every kernel device) is gone: nbdkit's --single.  Pass duplicates of 0
+ * and 1, and point fd 1 elsewhere, so that nothing printed to stdout
+ * lands in the protocol stream.  Returns 0 or -errno. */
+int buse_server_add_client(struct buse_server *srv, int in_fd, int out_fd);
+
 /* TLS, the NBD way (NBD_OPT_STARTTLS; doc/proto.md, "TLS support"), with
  * GnuTLS.  TLS 1.3 is preferred and 1.2 accepted (the NBD specification
  * requires 1.2 support; a 1.3 client cannot be downgraded, TLS 1.3 guards
@@ -282,8 +295,9 @@ int buse_server_attach_kernel(struct buse_server *srv, const char *dev,
 
 /* Serve until buse_server_stop(), SIGINT or SIGTERM (the handlers are
  * installed by this call and restored on return; a second signal during
- * shutdown forces it), or until every attached kernel device was
- * disconnected when the server has no listener.  Returns 0 or -errno. */
+ * shutdown forces it), or, when the server has no listener, until every
+ * attached kernel device was disconnected and every client given by
+ * buse_server_add_client() is gone.  Returns 0 or -errno. */
 int buse_server_run(struct buse_server *srv);
 /* Ask run() to return.  Any thread; async-signal-safe. */
 void buse_server_stop(struct buse_server *srv);

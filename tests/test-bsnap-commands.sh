@@ -58,7 +58,7 @@ expect_fail 2 "invalid snapshot name" bsnap create -- -dash
 expect_fail 2 "bad option" bsnap list --bogus
 expect_fail 2 "unexpected argument" bsnap info extra
 bsnap --help | grep -q rollback || fail "bsnap --help lacks rollback"
-for c in create list rollback clone delete rename info check diff gc; do
+for c in snapshot create list rollback clone delete rename info check diff gc; do
     bsnap $c --help | grep -q "^Usage: bsnap .* $c" || fail "bsnap $c --help lacks its usage line"
 done
 

@@ -51,7 +51,7 @@ truncate -s 1G golden.img
 creds() { echo "tls-creds-psk,id=tls0,endpoint=client,dir=$1,username=$1"; }
 nbd() { echo "driver=nbd,server.type=inet,server.host=localhost,server.port=$port,export=$2,tls-creds=tls0"; }
 run "qemu-img convert -n -f raw --object $(creds admin) --target-image-opts golden.img '$(nbd admin "")'"
-run bsnap create golden
+run bsnap snapshot golden
 note "A clone per VM, each opened only by the hypervisor that runs it"
 run bsnap clone golden vm1
 run bsnap clone golden vm2
@@ -71,7 +71,7 @@ note "Without TLS, nothing: not a byte of data, not a name"
 refused "nbdinfo --list nbd://localhost:$port/"
 refused "qemu-img info -f raw nbd://localhost:$port/vm1"
 note "Snapshots and clones of vm1 stay hv1's"
-run bsnap create vm1-before-upgrade --volume vm1
+run bsnap snapshot vm1-before-upgrade --volume vm1
 run bsnap access vm1-before-upgrade
 note "Throw vm2 away"
 run bsnap delete vm2

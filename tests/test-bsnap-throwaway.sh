@@ -45,7 +45,7 @@ wait_for_socket ctl.sock $server_pid
 run export BSNAP_CONTROL=ctl.sock
 note "Import the golden image into the default volume"
 run qemu-img convert -n -f raw -O raw golden.img "'nbd+unix:///?socket=nbd.sock'"
-run bsnap create golden
+run bsnap snapshot golden
 note "One clone per VM, in milliseconds"
 run bsnap clone golden vm1
 run bsnap clone golden vm2

@@ -54,7 +54,7 @@ expect_rc 0 "" "$bs" check "$img"
 grep -q "no problems" "$tmp/out" || fail "check did not say 'no problems'"
 
 # A different --size is refused; the same one is fine.
-expect_rc 1 "exists with size 67108864" "$bs" serve "$img" --size 128M --socket "$tmp/s" --control "$tmp/c"
+expect_rc 1 "exists with size 64M (67108864 bytes)" "$bs" serve "$img" --size 128M --socket "$tmp/s" --control "$tmp/c"
 image=$img
 start_busesnap 64M
 [ -S "$sock" ] || fail "NBD socket missing"

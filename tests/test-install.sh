@@ -1,6 +1,8 @@
 #!/bin/bash
 # test-install: make install DESTDIR=... PREFIX=/usr/local puts the header,
-# both libraries, buse.pc and the man pages in place; a C99 program and a
+# both libraries, buse.pc, the programs, the man pages and the bash
+# completion of bsnap and busesnap in place (the installed completion
+# scripts load and register themselves); a C99 program and a
 # C++ program compile against the installed header with pkg-config, link
 # (shared, and static with --static), and serve a disk that nbdinfo reads.
 . "$(dirname "$0")/functions.sh"
@@ -9,9 +11,18 @@ dest=$tmp/root
 make -C "$top" -s install DESTDIR="$dest" PREFIX=/usr/local >"$tmp/install.log" 2>&1 ||
     fail "make install failed: $(tail -3 "$tmp/install.log")"
 for f in include/buse.h lib/libbuse.a lib/libbuse.so lib/libbuse.so.2 \
-         lib/pkgconfig/buse.pc share/man/man3/buse.3 share/man/man1/busexmp.1 bin/busexmp; do
+         lib/pkgconfig/buse.pc share/man/man3/buse.3 share/man/man1/busexmp.1 bin/busexmp \
+         bin/bsnap sbin/busesnap share/man/man1/bsnap.1 share/man/man8/busesnap.8 \
+         share/bash-completion/completions/bsnap share/bash-completion/completions/busesnap; do
     [ -e "$dest/usr/local/$f" ] || fail "make install did not install $f"
 done
+for p in bsnap busesnap; do
+    bash -c ". '$dest/usr/local/share/bash-completion/completions/$p' && complete -p $p" >"$tmp/complete" 2>&1 ||
+        fail "installed completion of $p does not load: $(cat "$tmp/complete")"
+    grep -q -- "-F _$p $p" "$tmp/complete" || fail "installed completion of $p registers no function: $(cat "$tmp/complete")"
+done
+assert_eq "installed bsnap --version" "bsnap $(sed -n 's/^VERSION *:= *//p' "$top/Makefile")" \
+    "$("$dest/usr/local/bin/bsnap" --version | cut -d' ' -f1-2)"
 export PKG_CONFIG_PATH=$dest/usr/local/lib/pkgconfig PKG_CONFIG_SYSROOT_DIR=$dest
 cflags=$(pkg-config --cflags buse) && libs=$(pkg-config --libs buse) || fail "pkg-config buse failed"
 # Under make SANITIZER=..., libbuse is instrumented: so must its users be.

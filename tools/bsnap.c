@@ -284,6 +284,7 @@ struct cmd {
 };
 
 static int json_out, force, none, allow_any, set_ro = -1;
+static int exact_bytes; /* --bytes: exact byte counts, not 8.0G */
 static const char *volume, *new_default;
 static const char *allow[256];
 static size_t nallow;
@@ -309,6 +310,7 @@ static int parse_opts(int argc, char **argv, const char *allowed)
                                          {"control", required_argument, 0, 'c'},
                                          {"timeout", required_argument, 0, 't'},
                                          {"help", no_argument, 0, 'h'},
+                                         {"bytes", no_argument, 0, 'b'},
                                          {0, 0, 0, 0}};
     int c;
     optind = 1;
@@ -329,6 +331,8 @@ static int parse_opts(int argc, char **argv, const char *allowed)
             usage_error("bad option \"%s\"", argv[optind - 1]);
         if (c == 'j')
             json_out = 1;
+        else if (c == 'b')
+            exact_bytes = 1;
         else if (c == 'f')
             force = 1;
         else if (c == 'V')
@@ -363,6 +367,16 @@ static void nargs(int argc, char **argv, int first, int n)
         usage_error("unexpected argument \"%s\"", argv[first + n]);
 }
 
+/* A byte count as people read it ("8.0G"), or exactly with --bytes. */
+static const char *bytes_str(long long v, char *buf, size_t len)
+{
+    if (exact_bytes) {
+        snprintf(buf, len, "%lld", v);
+        return buf;
+    }
+    return common_human_size((unsigned long long)v, buf, len);
+}
+
 static void print_created(json_t *res)
 {
     json_t *o = json_object_get(res, "object");
@@ -372,7 +386,7 @@ static void print_created(json_t *res)
         printf("%s %s\n", jstr(o, "name"), jstr(o, "uuid"));
 }
 
-static int cmd_create(int argc, char **argv)
+static int cmd_snapshot(int argc, char **argv)
 {
     int i = parse_opts(argc, argv, "jV");
     nargs(argc, argv, i, 1);
@@ -612,19 +626,18 @@ static int name_width;
 
 static void print_node(struct node *v, size_t n, size_t i, int depth)
 {
-    char size[16], written[16], label[256];
+    char size[24], written[24], label[256];
     json_t *o = v[i].o;
     v[i].shown = 1;
     snprintf(label, sizeof label, "%*s%s%s", depth * 2, "", jstr(o, "name"),
              json_is_true(json_object_get(o, "default")) ? "*" : "");
     char acc[32];
-    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %7lld  %s\n", name_width,
+    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %*s  %*s  %7lld  %s\n", name_width,
            label, jstr(o, "kind"), jstr(o, "uuid"),
            *jstr(o, "parent") ? jstr(o, "parent") : "-", jstr(o, "created_iso"),
-           common_human_size((unsigned long long)jint(o, "size"), size,
-                             sizeof size),
-           common_human_size((unsigned long long)jint(o, "written"), written,
-                             sizeof written),
+           exact_bytes ? 16 : 6, bytes_str(jint(o, "size"), size, sizeof size),
+           exact_bytes ? 16 : 7,
+           bytes_str(jint(o, "written"), written, sizeof written),
            jint(o, "clients"), access_of(o, acc, sizeof acc));
     for (size_t k = 0; k < n; k++)
         if (!v[k].shown && !v[k].root && strcmp(v[k].parent, v[i].uuid) == 0)
@@ -642,7 +655,7 @@ static int depth_of(struct node *v, size_t n, size_t i)
 
 static int cmd_list(int argc, char **argv)
 {
-    int i = parse_opts(argc, argv, "j");
+    int i = parse_opts(argc, argv, "jb");
     nargs(argc, argv, i, 0);
     connect_server();
     json_t *res = request(json_pack("{s:s}", "op", "list"));
@@ -682,9 +695,9 @@ static int cmd_list(int argc, char **argv)
         if (w > name_width)
             name_width = w;
     }
-    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %6s  %7s  %7s  %s\n", name_width,
-           "NAME", "KIND", "UUID", "PARENT", "CREATED", "SIZE", "WRITTEN",
-           "CLIENTS", "ACCESS");
+    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %*s  %*s  %7s  %s\n", name_width,
+           "NAME", "KIND", "UUID", "PARENT", "CREATED", exact_bytes ? 16 : 6,
+           "SIZE", exact_bytes ? 16 : 7, "WRITTEN", "CLIENTS", "ACCESS");
     int have_default = 0;
     for (size_t k = 0; k < n; k++) {
         have_default |= json_is_true(json_object_get(v[k].o, "default"));
@@ -706,9 +719,15 @@ static void print_info(json_t *in)
 {
     char b[16];
 #define BYTES(label, key)                                                      \
-    printf("%-18s %s (%lld bytes)\n", label,                                   \
-           common_human_size((unsigned long long)jint(in, key), b, sizeof b),  \
-           jint(in, key))
+    do {                                                                       \
+        if (exact_bytes)                                                       \
+            printf("%-18s %lld\n", label, jint(in, key));                      \
+        else                                                                   \
+            printf("%-18s %s (%lld bytes)\n", label,                           \
+                   common_human_size((unsigned long long)jint(in, key), b,     \
+                                     sizeof b),                                \
+                   jint(in, key));                                             \
+    } while (0)
     printf("%-18s %s\n", "image:", jstr(in, "image"));
     printf("%-18s %s\n", "uuid:", jstr(in, "uuid"));
     printf("%-18s %lld\n", "format version:", jint(in, "format_version"));
@@ -735,7 +754,7 @@ static void print_info(json_t *in)
 
 static int cmd_info(int argc, char **argv)
 {
-    int i = parse_opts(argc, argv, "j");
+    int i = parse_opts(argc, argv, "jb");
     nargs(argc, argv, i, 0);
     connect_server();
     json_t *res = request(json_pack("{s:s}", "op", "info"));
@@ -749,21 +768,19 @@ static int cmd_info(int argc, char **argv)
 
 static int cmd_gc(int argc, char **argv)
 {
-    int i = parse_opts(argc, argv, "j");
+    int i = parse_opts(argc, argv, "jb");
     nargs(argc, argv, i, 0);
     connect_server();
     json_t *res = request(json_pack("{s:s}", "op", "gc"));
     if (json_out) {
         print_json(json_object_get(res, "info"));
     } else {
-        char b[16];
+        char b[24], p[24];
         json_t *in = json_object_get(res, "info");
         printf("collected in %.1f ms; free %s, physical %s\n",
                (double)jint(res, "elapsed_us") / 1000.0,
-               common_human_size((unsigned long long)jint(in, "free_bytes"), b,
-                                 sizeof b),
-               common_human_size((unsigned long long)jint(in, "physical_bytes"),
-                                 (char[16]){0}, 16));
+               bytes_str(jint(in, "free_bytes"), b, sizeof b),
+               bytes_str(jint(in, "physical_bytes"), p, sizeof p));
     }
     json_decref(res);
     return 0;
@@ -797,7 +814,7 @@ static int cmd_check(int argc, char **argv)
 
 static int cmd_diff(int argc, char **argv)
 {
-    int i = parse_opts(argc, argv, "j");
+    int i = parse_opts(argc, argv, "jb");
     nargs(argc, argv, i, 2);
     check_name("FROM", argv[i]);
     check_name("TO", argv[i + 1]);
@@ -810,34 +827,36 @@ static int cmd_diff(int argc, char **argv)
     } else {
         size_t k;
         json_t *e;
-        char b[16];
+        char b[24];
         json_array_foreach(json_object_get(res, "extents"), k, e)
             printf("%lld %lld\n", jint(e, "offset"), jint(e, "length"));
-        fprintf(
-            stderr, "%s changed in %zu extent%s%s\n",
-            common_human_size((unsigned long long)jint(res, "changed_bytes"), b,
-                              sizeof b),
-            json_array_size(json_object_get(res, "extents")),
-            json_array_size(json_object_get(res, "extents")) == 1 ? "" : "s",
-            json_is_true(json_object_get(res, "truncated"))
-                ? " (list truncated)"
-                : "");
+        fprintf(stderr, "%s changed in %zu extent%s%s\n",
+                bytes_str(jint(res, "changed_bytes"), b, sizeof b),
+                json_array_size(json_object_get(res, "extents")),
+                json_array_size(json_object_get(res, "extents")) == 1 ? ""
+                                                                      : "s",
+                json_is_true(json_object_get(res, "truncated"))
+                    ? " (list truncated)"
+                    : "");
     }
     json_decref(res);
     return 0;
 }
 
 static const struct cmd cmds[] = {
-    {"create", "SNAP [--volume VOL] [--json]",
+    {"snapshot", "SNAP [--volume VOL] [--json]",
      "Snapshot VOL (default: the default volume) as SNAP; prints its name\n"
-     "and UUID.  O(1), atomic: it holds every write acknowledged before.\n",
-     cmd_create},
-    {"list", "[--json]",
+     "and UUID.  O(1), atomic: it holds every write acknowledged before.\n"
+     "`bsnap create` is the same command (its older name); it makes a\n"
+     "snapshot, unlike `busesnap create`, which makes a new image.\n",
+     cmd_snapshot},
+    {"list", "[--bytes] [--json]",
      "Every volume and snapshot as a tree (snapshots below their volume,\n"
      "clones below their origin snapshot) with UUID, parent, creation time,\n"
      "size, bytes written in it, NBD clients and access (ro: read-only;\n"
      "N ids: restricted to N TLS identities; see access).  * marks the\n"
-     "default volume (export \"\"); a last line says when there is none.\n",
+     "default volume (export \"\"); a last line says when there is none.\n"
+     "Sizes read 8.0G and 512M; --bytes prints exact byte counts.\n",
      cmd_list},
     {"rollback", "SNAP [--volume VOL] [--force] [--json]",
      "Make VOL (default: the volume SNAP was taken of) read as SNAP.\n"
@@ -876,19 +895,20 @@ static const struct cmd cmds[] = {
      cmd_access},
     {"rename", "NAME NEWNAME [--json]",
      "Rename a volume or snapshot (its UUID stays).\n", cmd_rename},
-    {"info", "[--json]",
+    {"info", "[--bytes] [--json]",
      "Image UUID, format version, logical size, physical bytes, chunks,\n"
-     "dedup ratio, free and reclaimable space.\n",
+     "dedup ratio, free and reclaimable space: 8.0G (8589934592 bytes),\n"
+     "or only the exact byte counts with --bytes.\n",
      cmd_info},
     {"check", "[--progress] [--json]",
      "Consistency check of the live image (progress on stderr when it is a\n"
      "terminal or with --progress).  Exit 1 if problems were found.\n",
      cmd_check},
-    {"diff", "FROM TO [--json]",
+    {"diff", "FROM TO [--bytes] [--json]",
      "Byte ranges that differ between two snapshots or volumes: one\n"
      "\"OFFSET LENGTH\" line each, a summary on stderr.\n",
      cmd_diff},
-    {"gc", "[--json]",
+    {"gc", "[--bytes] [--json]",
      "Run the space collector to completion now (it also runs in the\n"
      "background).\n",
      cmd_gc},
@@ -896,8 +916,8 @@ static const struct cmd cmds[] = {
 
 static void print_cmd_help(const struct cmd *c)
 {
-    printf("Usage: bsnap [--control PATH] %s %s\n%s", c->name, c->usage,
-           c->help);
+    printf("Usage: bsnap [--control PATH] %s %s\n%s",
+           cmd_name ? cmd_name : c->name, c->usage, c->help);
 }
 
 static void main_help(void)
@@ -915,7 +935,8 @@ static void main_help(void)
            "otherwise).  Only a server of your own user or root is trusted.\n"
            "--timeout SECS: wait at most SECS for each answer (default %d,\n"
            "or $BSNAP_TIMEOUT).  Names and UUIDs are accepted wherever a\n"
-           "name is.  `bsnap COMMAND --help` for details.\n"
+           "name is.  `bsnap create` is snapshot's older name.\n"
+           "`bsnap COMMAND --help` for details.\n"
            "Exit codes: 0 ok, 1 refused or failed, 2 usage.\n",
            BSNAP_TIMEOUT);
 }
@@ -930,6 +951,10 @@ int main(int argc, char **argv)
     while (i < argc && argv[i][0] == '-') {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             main_help();
+            return 0;
+        } else if (!strcmp(argv[i], "--version")) {
+            printf("bsnap %s (control protocol %d)\n", BUSESNAP_VERSION,
+                   BSNAP_PROTOCOL_VERSION);
             return 0;
         } else if (!strcmp(argv[i], "--control") && i + 1 < argc) {
             control_path = argv[i + 1];
@@ -953,11 +978,13 @@ int main(int argc, char **argv)
         main_help();
         return 0;
     }
+    /* create: the older name of snapshot; messages use the name typed. */
+    const char *want = strcmp(argv[i], "create") ? argv[i] : "snapshot";
     for (size_t k = 0; k < sizeof cmds / sizeof cmds[0]; k++) {
-        if (strcmp(argv[i], cmds[k].name) != 0)
+        if (strcmp(want, cmds[k].name) != 0)
             continue;
         current = &cmds[k];
-        cmd_name = cmds[k].name;
+        cmd_name = argv[i];
         return cmds[k].run(argc - i, argv + i);
     }
     usage_error("unknown command \"%s\"", argv[i]);

@@ -168,6 +168,7 @@ static void usage(FILE *f)
         f,
         "usage: busexmp [-v] SIZE /dev/nbdN\n"
         "       busexmp [-v] SIZE --socket PATH | --tcp HOST:PORT\n"
+        "       busexmp [-v] SIZE -s | --single  (one client on stdin/stdout)\n"
         "       busexmp [-v] SIZE            (systemd socket activation)\n"
         "options: --exports NAME,NAME...  several memory disks by name\n"
         "         --read-only             refuse writes (EPERM)\n"
@@ -182,7 +183,8 @@ static void usage(FILE *f)
         "         --connections N         sockets per kernel device\n"
         "         --timeout S             kernel request timeout in seconds\n"
         "         --threads N             worker threads per connection (8)\n"
-        "SIZE takes a K, M, G or T suffix (powers of 1024).\n");
+        "SIZE: bytes, or with K, M, G, T, P (KiB, MiB.. too; powers of "
+        "1024).\n");
 }
 
 static void *map(uint64_t len)
@@ -203,6 +205,7 @@ static const char *sock, *tcp;
 static char *exports;
 static struct buse_tls_options tls = {.mode = -1}; /* -1: not given */
 static int no_list;
+static int single; /* --single: one client on stdin/stdout */
 static struct buse_kernel_options kopt; /* --connections, --timeout */
 static unsigned threads;                /* --threads: workers per connection */
 
@@ -213,8 +216,11 @@ static int take_option(int c)
     case 'v':
         buse_set_verbose(1);
         return -1;
-    case 's':
+    case 'k':
         sock = optarg;
+        return -1;
+    case 's':
+        single = 1;
         return -1;
     case 't':
         tcp = optarg;
@@ -278,6 +284,10 @@ static int take_option(int c)
     case 'h':
         usage(stdout);
         return 0;
+    case 'X':
+        printf("busexmp %s (libbuse %s)\n", BUSESNAP_VERSION,
+               BUSE_VERSION_STRING);
+        return 0;
     default:
         usage(stderr);
         return 2;
@@ -287,7 +297,8 @@ static int take_option(int c)
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"socket", required_argument, NULL, 's'},
+        {"socket", required_argument, NULL, 'k'},
+        {"single", no_argument, NULL, 's'},
         {"tcp", required_argument, NULL, 't'},
         {"exports", required_argument, NULL, 'e'},
         {"readonly", no_argument, NULL, 'r'},
@@ -303,6 +314,7 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, 'j'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'X'},
         {NULL, 0, NULL, 0},
     };
     const char *dev = NULL;
@@ -311,15 +323,16 @@ int main(int argc, char **argv)
 
     /* GNU getopt permutes: options may come before or after SIZE and the
      * device, as BUSE's "busexmp [-v] SIZE DEVICE" had them. */
-    while ((c = getopt_long(argc, argv, "vhs:t:e:rd:c:T:j:", longopts, NULL)) !=
+    while ((c = getopt_long(argc, argv, "vhst:e:rd:c:T:j:", longopts, NULL)) !=
            -1)
         if ((r = take_option(c)) >= 0)
             return r;
     if (optind >= argc)
         return bad("missing SIZE", NULL);
-    if (common_parse_size(argv[optind], &size) < 0 || size == 0)
-        return bad("bad SIZE (expected a number with K, M, G or T)",
-                   argv[optind]);
+    if ((r = common_parse_size(argv[optind], &size)) < 0)
+        return bad(common_size_error(argv[optind], r), NULL);
+    if (size == 0)
+        return bad("SIZE must not be 0", NULL);
     optind++;
     if (optind < argc)
         dev = argv[optind++];
@@ -327,6 +340,10 @@ int main(int argc, char **argv)
         return bad("unexpected argument", argv[optind]);
     if (dev && (sock || tcp))
         return bad("give a device or --socket/--tcp, not both", NULL);
+    if (single && (dev || sock || tcp))
+        return bad("--single serves stdin/stdout only: no device, --socket "
+                   "or --tcp with it",
+                   NULL);
 
     /* The disks. */
     const char *names[64];
@@ -416,7 +433,12 @@ int main(int argc, char **argv)
         r = buse_server_listen_unix(srv, sock, 0);
     if (r == 0 && tcp)
         r = buse_server_listen_tcp(srv, tcp);
-    if (r == 0 && !dev && !sock && !tcp) {
+    if (r == 0 && single) {
+        int in, out;
+        r = common_take_stdio("busexmp", &in, &out);
+        if (r == 0)
+            r = buse_server_add_client(srv, in, out);
+    } else if (r == 0 && !dev && !sock && !tcp) {
         r = buse_server_listen_systemd(srv);
         if (r == 0) {
             buse_server_free(srv);

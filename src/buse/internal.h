@@ -53,8 +53,11 @@ struct buse_server {
     pthread_cond_t cond;         /* a connection left the list */
     struct buse_conn *conns;
     unsigned nconns;
-    unsigned kernel_conns; /* live connections serving a kernel device */
-    int had_kernel;
+    /* Connections the server was given rather than accepted: kernel
+     * devices and clients of buse_server_add_client().  With no listener,
+     * run() returns once the last of them is gone. */
+    unsigned fixed_conns; /* live ones */
+    int had_fixed;
     struct buse_kattach *kdevs;
 };
 
@@ -63,6 +66,8 @@ struct buse_conn {
     struct buse_conn *next, *prev; /* srv->conns, under srv->lock */
     int fd;
     int kernel;          /* serving a kernel device: no handshake */
+    int fixed;           /* kernel device or add_client(): counted in
+                            srv->fixed_conns */
     int killed;          /* disconnect() shut it down (srv->lock) */
     int in_transmission; /* (srv->lock) */
     char *export_name;   /* the export opened, set before in_transmission */
@@ -174,6 +179,11 @@ uint16_t buse_transmission_flags(const struct buse_server *srv,
 /* transmission.c: serve requests with the configured worker threads until
  * disconnect, error or shutdown.  Returns when every worker is done. */
 void buse_transmission(struct buse_conn *conn);
+
+/* relay.c: copy between a client's separate input and output fds and a
+ * new socketpair, whose other end is returned in *conn_fd.  Takes
+ * in_fd and out_fd (closed on failure too).  0 or -errno. */
+int buse_relay_start(int in_fd, int out_fd, int *conn_fd);
 
 /* server.c */
 unsigned buse_threads(const struct buse_server *srv);

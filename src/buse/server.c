@@ -360,8 +360,8 @@ static void *conn_main(void *arg)
         c->next->prev = c->prev;
     close(c->fd);
     srv->nconns--;
-    if (c->kernel) {
-        srv->kernel_conns--;
+    if (c->fixed) {
+        srv->fixed_conns--;
         wake(srv);
     }
     pthread_cond_broadcast(&srv->cond);
@@ -384,10 +384,10 @@ static int conn_start(struct buse_server *srv, struct buse_conn *c)
         srv->conns->prev = c;
     srv->conns = c;
     srv->nconns++;
-    if (c->kernel) {
-        srv->kernel_conns++;
+    if (c->fixed)
+        srv->fixed_conns++;
+    if (c->kernel)
         c->in_transmission = 1;
-    }
     /* Connection and worker threads (which inherit the mask) never take
      * SIGINT/SIGTERM: those reach run()'s thread, and callbacks are not
      * interrupted by them. */
@@ -402,8 +402,8 @@ static int conn_start(struct buse_server *srv, struct buse_conn *c)
         if (c->next)
             c->next->prev = NULL;
         srv->nconns--;
-        if (c->kernel)
-            srv->kernel_conns--;
+        if (c->fixed)
+            srv->fixed_conns--;
     }
     pthread_mutex_unlock(&srv->lock);
     pthread_attr_destroy(&attr);
@@ -414,6 +414,50 @@ static int conn_start(struct buse_server *srv, struct buse_conn *c)
         return -r;
     }
     return 0;
+}
+
+int buse_server_add_client(struct buse_server *srv, int in_fd, int out_fd)
+{
+    struct stat a, b;
+    int fd = in_fd, r;
+    if (in_fd < 0 || out_fd < 0) {
+        buse_err("buse_server_add_client: bad fds %d/%d", in_fd, out_fd);
+        return -EBADF;
+    }
+    if (fstat(in_fd, &a) < 0 || fstat(out_fd, &b) < 0) {
+        r = -errno;
+        buse_err("client on fds %d/%d: %s", in_fd, out_fd, strerror(-r));
+        close(in_fd);
+        if (out_fd != in_fd)
+            close(out_fd);
+        return r;
+    }
+    if (in_fd == out_fd && !S_ISSOCK(a.st_mode) &&
+        (out_fd = fcntl(in_fd, F_DUPFD_CLOEXEC, 3)) < 0) {
+        r = -errno;
+        close(in_fd);
+        return r;
+    }
+    if (in_fd != out_fd && S_ISSOCK(a.st_mode) && a.st_dev == b.st_dev &&
+        a.st_ino == b.st_ino) {
+        close(out_fd); /* one socket (libnbd's nbd_connect_command) */
+    } else if (in_fd != out_fd || !S_ISSOCK(a.st_mode)) {
+        /* Pipes (ssh), a tty, or two sockets: copy through a socketpair. */
+        if ((r = buse_relay_start(in_fd, out_fd, &fd)) < 0)
+            return r;
+    }
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    struct buse_conn *c = conn_new(srv, fd);
+    if (!c) {
+        close(fd);
+        return -ENOMEM;
+    }
+    c->fixed = 1;
+    pthread_mutex_lock(&srv->lock);
+    srv->had_fixed = 1;
+    pthread_mutex_unlock(&srv->lock);
+    buse_debug("client on fds %d/%d", in_fd, out_fd);
+    return conn_start(srv, c);
 }
 
 static void accept_one(struct buse_server *srv, int lfd)
@@ -476,6 +520,7 @@ int buse_server_attach_kernel(struct buse_server *srv, const char *dev,
             break;
         }
         conns[i]->kernel = 1;
+        conns[i]->fixed = 1;
         r = buse_open_export(conns[i],
                              opt->export_name ? opt->export_name : "");
         if (r < 0) {
@@ -514,7 +559,7 @@ int buse_server_attach_kernel(struct buse_server *srv, const char *dev,
     pthread_mutex_lock(&srv->lock);
     ka->next = srv->kdevs;
     srv->kdevs = ka;
-    srv->had_kernel = 1;
+    srv->had_fixed = 1;
     pthread_mutex_unlock(&srv->lock);
     for (i = 0; i < n; i++)
         conn_start(srv, conns[i]);
@@ -611,9 +656,9 @@ int buse_server_run(struct buse_server *srv)
     unsigned i;
     int stops_at_exit, busy;
 
-    if (srv->nlisten == 0 && !srv->had_kernel) {
+    if (srv->nlisten == 0 && !srv->had_fixed) {
         buse_err("buse_server_run: nothing to serve (no listener, no "
-                 "kernel device)");
+                 "kernel device, no client)");
         return -EINVAL;
     }
     warn_plaintext_tcp(srv);
@@ -630,10 +675,10 @@ int buse_server_run(struct buse_server *srv)
         if (atomic_load(&srv->stop_requests) > 0)
             break;
         pthread_mutex_lock(&srv->lock);
-        int kernel_done =
-            srv->nlisten == 0 && srv->had_kernel && srv->kernel_conns == 0;
+        int fixed_done =
+            srv->nlisten == 0 && srv->had_fixed && srv->fixed_conns == 0;
         pthread_mutex_unlock(&srv->lock);
-        if (kernel_done)
+        if (fixed_done)
             break;
         pfd[0] = (struct pollfd){.fd = srv->wake[0], .events = POLLIN};
         for (i = 0; i < srv->nlisten; i++)

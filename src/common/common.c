@@ -3,6 +3,7 @@
  * busesnap, bsnap and busexmp programs, and the one way they print sizes
  * (see common.h).  Any thread. */
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <pwd.h>
@@ -16,44 +17,83 @@
 
 int common_parse_size(const char *s, uint64_t *out)
 {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || s[0] == '-')
-        return -EINVAL;
+    /* DIGITS[.DIGITS][K|M|G|T|P|E, any case][i][B]: what people type (and
+     * qemu-img, truncate and lsblk print), in powers of 1024.  A fraction
+     * must come to whole bytes (1.5K yes, 1.1K no: -EDOM).  Lowercase b is
+     * refused: it would be bits. */
+    static const char units[] = "kmgtpe";
+    const char *p = s;
+    uint64_t whole = 0, frac = 0, scale = 1;
     unsigned shift = 0;
-    switch (*end) {
-    case 'k':
-    case 'K':
-        shift = 10;
-        break;
-    case 'm':
-    case 'M':
-        shift = 20;
-        break;
-    case 'g':
-    case 'G':
-        shift = 30;
-        break;
-    case 't':
-    case 'T':
-        shift = 40;
-        break;
-    case '\0':
-        break;
-    default:
+    if (*p < '0' || *p > '9')
         return -EINVAL;
+    for (; *p >= '0' && *p <= '9'; p++)
+        if (__builtin_mul_overflow(whole, 10, &whole) ||
+            __builtin_add_overflow(whole, (uint64_t)(*p - '0'), &whole))
+            return -ERANGE;
+    if (*p == '.') {
+        p++;
+        if (*p < '0' || *p > '9')
+            return -EINVAL;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            if (scale > UINT64_MAX / 100) /* 18 digits are plenty */
+                return -EINVAL;
+            frac = frac * 10 + (uint64_t)(*p - '0');
+            scale *= 10;
+        }
     }
-    if (shift)
-        end++;
-    if (*end == 'i' && shift) /* accept "Gi" / "GiB" */
-        end++;
-    if (*end == 'B' && shift)
-        end++;
-    if (*end != '\0' || (shift && v > (UINT64_MAX >> shift)))
+    const char *u = *p ? strchr(units, *p | 0x20) : NULL;
+    if (u) {
+        shift = 10 * (unsigned)(u - units + 1);
+        p++;
+        if (*p == 'i')
+            p++;
+        if (*p == 'B')
+            p++;
+    } else if (*p == 'B') {
+        p++;
+    }
+    if (*p != '\0')
         return -EINVAL;
-    *out = (uint64_t)v << shift;
+    if (shift >= 64 || whole > (UINT64_MAX >> shift))
+        return -ERANGE;
+    uint64_t v = whole << shift;
+    if (scale > 1) {
+        /* frac / scale of a unit: exact only if it divides. */
+        unsigned __int128 f = (unsigned __int128)frac << shift;
+        if (f % scale)
+            return -EDOM;
+        if (__builtin_add_overflow(v, (uint64_t)(f / scale), &v))
+            return -ERANGE;
+    }
+    *out = v;
     return 0;
+}
+
+const char *common_size_error(const char *s, int r)
+{
+    static __thread char buf[256];
+    size_t n = strlen(s);
+    if (r == -ERANGE)
+        snprintf(buf, sizeof buf,
+                 "size \"%.64s\" does not fit 64 bits (at most "
+                 "18446744073709551615 bytes)",
+                 s);
+    else if (r == -EDOM)
+        snprintf(buf, sizeof buf,
+                 "size \"%.64s\" is not a whole number of bytes", s);
+    else if (n > 1 && s[n - 1] == 'b' && s[n - 2] != 'b')
+        snprintf(buf, sizeof buf,
+                 "bad size \"%.64s\" (b would be bits: write B for bytes, as "
+                 "in 512MiB or 8GB)",
+                 s);
+    else
+        snprintf(buf, sizeof buf,
+                 "bad size \"%.64s\" (expected a number and K, M, G, T, P or "
+                 "E, with iB or B or alone, in powers of 1024: 512M, 8GiB, "
+                 "1.5T)",
+                 s);
+    return buf;
 }
 
 /* A directory that is ours, not a symlink, and private (0700). */
@@ -193,10 +233,10 @@ int common_check_socket_path(const char *prog, const char *what,
 
 const char *common_human_size(unsigned long long bytes, char *buf, size_t len)
 {
-    static const char units[] = "BKMGTP";
+    static const char units[] = "BKMGTPE";
     double v = (double)bytes;
     int u = 0;
-    while (v >= 1024 && u < 5) {
+    while (v >= 1024 && u < 6) {
         v /= 1024;
         u++;
     }
@@ -205,4 +245,32 @@ const char *common_human_size(unsigned long long bytes, char *buf, size_t len)
     else
         snprintf(buf, len, "%.*f%c", v < 10 ? 1 : 0, v, units[u]);
     return buf;
+}
+
+int common_take_stdio(const char *prog, int *in, int *out)
+{
+    int r, null;
+    if (isatty(0) || isatty(1)) {
+        fprintf(stderr,
+                "%s: --single speaks NBD on stdin and stdout: run it from an "
+                "NBD client (nbd_connect_command, ssh HOST ...), not a "
+                "terminal\n",
+                prog);
+        return -ENOTTY;
+    }
+    fflush(stdout);
+    *in = fcntl(0, F_DUPFD_CLOEXEC, 3);
+    *out = *in < 0 ? -1 : fcntl(1, F_DUPFD_CLOEXEC, 3);
+    if (*out < 0)
+        goto fail;
+    null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(2, 1) < 0)
+        goto fail;
+    close(null);
+    return 0;
+fail:
+    r = -errno;
+    fprintf(stderr, "%s: --single: cannot take stdin and stdout: %s\n", prog,
+            strerror(-r));
+    return r;
 }

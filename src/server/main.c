@@ -8,6 +8,7 @@
  * no server has open.  Exit codes: 0 ok, 1 failure, 2 usage.
  */
 #include <errno.h>
+#include <limits.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -43,8 +44,9 @@ static void usage_error(const char *cmd, const char *fmt, ...)
 static uint64_t size_arg(const char *cmd, const char *s)
 {
     uint64_t size;
-    if (common_parse_size(s, &size) < 0)
-        usage_error(cmd, "bad size \"%s\" (expected e.g. 512M, 8G)", s);
+    int r = common_parse_size(s, &size);
+    if (r < 0)
+        usage_error(cmd, "%s", common_size_error(s, r));
     if (size == 0 || size % STORE_BLOCK)
         usage_error(cmd, "size %s is not a positive multiple of %u bytes", s,
                     STORE_BLOCK);
@@ -64,6 +66,9 @@ static const char serve_help[] =
     "  --tcp HOST:PORT       serve NBD clients on TCP, on the addresses HOST\n"
     "                        has (:PORT: every address; plaintext on one that\n"
     "                        is not loopback gets a warning: see --tls)\n"
+    "  -s, --single          serve one client on stdin/stdout and exit when\n"
+    "                        it goes (nbd_connect_command, ssh); no control\n"
+    "                        socket unless --control is given\n"
     "  --tls=off|on|require  NBD_OPT_STARTTLS: on offers TLS, require refuses\n"
     "                        every client that does not start it (default:\n"
     "                        off; require when credentials are given)\n"
@@ -81,7 +86,8 @@ static const char serve_help[] =
     "                        root, /tmp/busesnap-UID/busesnap.ctl otherwise)\n"
     "  --size SIZE           create IMAGE with this size if it does not "
     "exist\n"
-    "                        (suffixes K, M, G, T); must match if it does\n"
+    "                        (suffixes K, M, G, T, P; KiB too); must match if "
+    "it does\n"
     "  --map-size SIZE       index size limit (default 1T, virtual): when\n"
     "                        the index or the disk is full, writes get\n"
     "                        ENOSPC, reads, trims and deletes go on\n"
@@ -115,9 +121,13 @@ static int open_image(const char *image, uint64_t size, const char *volname,
     }
     r = store_open_map(image, flags, map_size, st);
     if (r == -ENOENT && !size) {
-        fprintf(stderr,
-                "%s: %s: no such image (give --size SIZE to create it)\n", prog,
-                image);
+        /* The store says whether the image or its directory is missing. */
+        const char *m = store_errmsg();
+        size_t n = strlen(m);
+        fprintf(stderr, "%s: %s%s\n", prog, m,
+                n > 13 && !strcmp(m + n - 13, "no such image")
+                    ? " (give --size SIZE to create it)"
+                    : "");
         return r;
     }
     if (r == -EBUSY) {
@@ -135,10 +145,13 @@ static int open_image(const char *image, uint64_t size, const char *volname,
         struct store_info si;
         r = store_info(*st, &si);
         if (r == 0 && si.size != size) {
+            char have[24], want[24];
             fprintf(stderr,
-                    "%s: %s: the image exists with size %llu bytes, not the "
-                    "%llu given by --size (omit --size to open it)\n",
-                    prog, image, (unsigned long long)si.size,
+                    "%s: %s: the image exists with size %s (%llu bytes), not "
+                    "the %s (%llu) given by --size (omit --size to open it)\n",
+                    prog, image, common_human_size(si.size, have, sizeof have),
+                    (unsigned long long)si.size,
+                    common_human_size(size, want, sizeof want),
                     (unsigned long long)size);
             r = -EINVAL;
         }
@@ -152,10 +165,74 @@ static int open_image(const char *image, uint64_t size, const char *volname,
 
 static volatile int quiet_progress;
 
+/* The one line serve prints (stderr) once everything is being served:
+ * what it serves, on what, and where bsnap reaches it. */
+static void startup_line(const char *image, const char *sock, const char *tcp,
+                         int systemd, int single, const char *device,
+                         char **attach, int nattach, const char *ctlpath)
+{
+    char abs[PATH_MAX], line[8192];
+    size_t n = 0;
+#define ADD(...)                                                               \
+    do {                                                                       \
+        if (n < sizeof line)                                                   \
+            n += (size_t)snprintf(line + n, sizeof line - n, __VA_ARGS__);     \
+    } while (0)
+    ADD("%s: serving %s on", prog, realpath(image, abs) ? abs : image);
+    const char *sep = " ";
+    if (sock) {
+        ADD("%ssocket %s", sep, sock);
+        sep = ", ";
+    }
+    if (tcp) {
+        ADD("%stcp %s", sep, tcp);
+        sep = ", ";
+    }
+    if (systemd) {
+        ADD("%ssystemd sockets", sep);
+        sep = ", ";
+    }
+    if (single) {
+        ADD("%sstdin/stdout (one client)", sep);
+        sep = ", ";
+    }
+    if (device) {
+        ADD("%s%s (default volume)", sep, device);
+        sep = ", ";
+    }
+    for (int i = 0; i < nattach; i++) {
+        const char *eq = strchr(attach[i], '=');
+        ADD("%s%.*s (export %s)", sep, (int)(eq - attach[i]), attach[i],
+            eq + 1);
+        sep = ", ";
+    }
+    if (ctlpath[0])
+        ADD("; control socket %s", ctlpath);
+    else
+        ADD("; no control socket");
+#undef ADD
+    fprintf(stderr, "%s\n", line);
+}
+
+/* Remove an image this run created (and its side files) after a failed
+ * start: nothing was served from it.  The exports' attributes file goes
+ * too if this run made it (attrs is 1). */
+static void remove_image(const char *image, int attrs)
+{
+    static const char *const sides[] = {"-exports.json", "", "-chunks",
+                                        "-lock"};
+    char p[PATH_MAX + 32];
+    for (size_t i = attrs ? 0 : 1; i < sizeof sides / sizeof sides[0]; i++) {
+        snprintf(p, sizeof p, "%s%s", image, sides[i]);
+        unlink(p);
+    }
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"socket", required_argument, 0, 's'},
+        {"socket", required_argument, 0, 'k'},
+        {"single", no_argument, 0, 's'},
         {"tcp", required_argument, 0, 't'},
         {"control", required_argument, 0, 'c'},
         {"size", required_argument, 0, 'S'},
@@ -177,13 +254,17 @@ static int cmd_serve(int argc, char **argv)
     uint64_t size = 0;
     char *attach[MAX_ATTACH];
     int nattach = 0, verbose = 0, c, r, read_only = 0, no_list = 0;
+    int single = 0;
     unsigned connections = 1, timeout = 0;
     struct buse_tls_options tls = {.mode = -1}; /* -1: --tls not given */
 
-    while ((c = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "vhs", opts, NULL)) != -1) {
         switch (c) {
-        case 's':
+        case 'k':
             sock = optarg;
+            break;
+        case 's':
+            single = 1;
             break;
         case 't':
             tcp = optarg;
@@ -260,10 +341,13 @@ static int cmd_serve(int argc, char **argv)
         device = argv[optind++];
     if (optind < argc)
         usage_error("serve", "unexpected argument \"%s\"", argv[optind]);
-    int systemd = getenv("LISTEN_FDS") != NULL;
-    if (!sock && !tcp && !device && !nattach && !systemd)
-        usage_error("serve", "nothing to serve on: give DEVICE, --socket or "
-                             "--tcp");
+    int systemd = !single && getenv("LISTEN_FDS") != NULL;
+    if (single && (sock || tcp || device || nattach))
+        usage_error("serve", "--single serves stdin/stdout only: no DEVICE, "
+                             "--attach, --socket or --tcp with it");
+    if (!sock && !tcp && !device && !nattach && !systemd && !single)
+        usage_error("serve", "nothing to serve on: give DEVICE, --socket, "
+                             "--tcp or --single");
     int creds = tls.certificates || tls.psk_file;
     if (tls.mode == -1) /* credentials alone mean TLS, required (qemu-nbd) */
         tls.mode = creds ? BUSE_TLS_REQUIRE : BUSE_TLS_OFF;
@@ -274,18 +358,28 @@ static int cmd_serve(int argc, char **argv)
         usage_error("serve", "--tls=off with TLS credentials");
     if (tls.verify_peer && !tls.certificates)
         usage_error("serve", "--tls-verify-peer needs --tls-certificates");
+    /* --single: a control socket only when asked for (several single
+     * servers of several images would fight over the default one). */
+    ctlpath[0] = '\0';
     if (control)
         snprintf(ctlpath, sizeof ctlpath, "%s", control);
-    else if (common_default_control_path(prog, ctlpath, sizeof ctlpath, 1) < 0)
+    else if (!single &&
+             common_default_control_path(prog, ctlpath, sizeof ctlpath, 1) < 0)
         return 1;
     if (verbose)
         buse_set_verbose(verbose);
 
-    if (common_check_socket_path(prog, "control socket", ctlpath) < 0 ||
+    if ((ctlpath[0] &&
+         common_check_socket_path(prog, "control socket", ctlpath) < 0) ||
         (sock && common_check_socket_path(prog, "socket", sock) < 0))
         return 1;
-    if (ctl_prepare(ctlpath) < 0)
+    if (ctlpath[0] && ctl_prepare(ctlpath) < 0)
         return 1;
+    struct stat isb;
+    int created = size && stat(image, &isb) < 0 && errno == ENOENT;
+    char attrs_path[4096];
+    snprintf(attrs_path, sizeof attrs_path, "%s-exports.json", image);
+    int created_attrs = created && stat(attrs_path, &isb) < 0;
     struct store *st;
     r = open_image(image, size, NULL, 0, &st);
     if (r < 0)
@@ -300,8 +394,6 @@ static int cmd_serve(int argc, char **argv)
         ops.flags |= BUSE_READONLY;
     if (no_list)
         ops.flags |= BUSE_NO_LIST;
-    char attrs_path[4096];
-    snprintf(attrs_path, sizeof attrs_path, "%s-exports.json", image);
     struct buse_server *srv = NULL;
     if (attrs_attach(&ex, attrs_path) < 0)
         goto out_store;
@@ -331,19 +423,28 @@ static int cmd_serve(int argc, char **argv)
             goto out_srv;
     }
     /* Last: once the control socket exists, everything is being served. */
-    if (ctl_start(ctlpath, &ex, &ctl) < 0)
+    if (ctlpath[0] && ctl_start(ctlpath, &ex, &ctl) < 0)
         goto out_srv;
-    if (verbose)
-        fprintf(stderr, "%s: serving %s (control socket %s)\n", prog, image,
-                ctlpath);
+    if (single) {
+        int in, out;
+        if (common_take_stdio(prog, &in, &out) < 0 ||
+            buse_server_add_client(srv, in, out) < 0) {
+            ctl_stop(ctl);
+            goto out_srv;
+        }
+    }
+    startup_line(image, sock, tcp, systemd, single, device, attach, nattach,
+                 ctlpath);
     r = buse_server_run(srv);
     rc = r < 0 ? 1 : 0;
     ctl_stop(ctl);
 out_srv:
-    buse_server_free(srv);
+    buse_server_free(srv); /* closes listeners: their socket files go */
 out_store:
     exports_destroy(&ex);
     store_close(st);
+    if (rc && created) /* a failed first start leaves no empty image */
+        remove_image(image, created_attrs);
     return rc;
 }
 
@@ -490,7 +591,8 @@ static const char create_help[] =
     "Usage: busesnap create IMAGE --size SIZE [--volume NAME]\n"
     "Create a new image whose default volume (named NAME, default "
     "\"" STORE_DEFAULT_VOLUME "\")\n"
-    "has SIZE bytes (suffixes K, M, G, T).  Fails if IMAGE exists.\n";
+    "has SIZE bytes (suffixes K, M, G, T, P; KiB too).  Fails if IMAGE "
+    "exists.\n";
 
 static int cmd_create(int argc, char **argv)
 {
@@ -537,8 +639,9 @@ static const char main_help[] =
     "  check IMAGE                      consistency check (offline)\n"
     "  info IMAGE [--json]              space and identity (offline)\n"
     "\n"
-    "`busesnap COMMAND --help` for details; `bsnap` controls a running "
-    "server.\n";
+    "`busesnap COMMAND --help` for details; `bsnap` controls a running\n"
+    "server (`bsnap snapshot` makes a snapshot; `busesnap create` an image).\n"
+    "--version prints the version.\n";
 
 int main(int argc, char **argv)
 {
@@ -551,8 +654,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "--version")) {
-        printf("busesnap (libbuse %s, control protocol %d)\n",
-               BUSE_VERSION_STRING, CTL_PROTOCOL_VERSION);
+        printf("busesnap %s (libbuse %s, control protocol %d)\n",
+               BUSESNAP_VERSION, BUSE_VERSION_STRING, CTL_PROTOCOL_VERSION);
         return 0;
     }
     if (!strcmp(cmd, "serve"))

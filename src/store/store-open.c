@@ -83,8 +83,7 @@ static struct store *store_alloc(const char *path, unsigned flags)
         store_set_err(NULL, -ENOMEM, "%s: out of memory", path);
         return NULL;
     }
-    const char *slash = strrchr(st->path, '/');
-    st->name = slash ? slash + 1 : st->path;
+    st->name = st->path; /* messages name the path as the caller gave it */
     st->flags = flags;
     st->rdonly = flags & STORE_OPEN_RDONLY;
     st->lock_fd = st->chunk_fd = -1;
@@ -153,6 +152,34 @@ static int fail_free(struct store *st, int rc)
     return rc;
 }
 
+/* Why path cannot be opened or created when open() said ENOENT: its
+ * directory is missing (or is no directory), or the image itself is. */
+static int missing(struct store *st, bool create)
+{
+    char *dir = strdup(st->path);
+    struct stat sb;
+    int r;
+    if (!dir)
+        return store_set_err(st, -ENOMEM, "out of memory");
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    if (slash && stat(dir, &sb) < 0)
+        r = store_set_err(st, -ENOENT, "%s: directory %s: %s",
+                          create ? "cannot create the image" : "no such image",
+                          dir, strerror(errno));
+    else if (slash && !S_ISDIR(sb.st_mode))
+        r = store_set_err(st, -ENOTDIR, "%s: %s is not a directory",
+                          create ? "cannot create the image" : "no such image",
+                          dir);
+    else
+        r = store_set_err(st, -ENOENT, "no such image");
+    free(dir);
+    return r;
+}
+
 static int open_files(struct store *st, bool create)
 {
     int oflags = st->rdonly ? O_RDONLY : O_RDWR;
@@ -161,11 +188,13 @@ static int open_files(struct store *st, bool create)
     st->lock_fd = open(st->path, oflags | O_CLOEXEC, 0644);
     if (st->lock_fd < 0) {
         int e = errno;
-        if (e == ENOENT)
-            return store_set_err(st, -ENOENT, "no such image");
+        if (e == ENOENT || e == ENOTDIR)
+            return missing(st, create);
         if (e == EEXIST)
             return store_set_err(st, -EEXIST, "image already exists");
-        return store_set_err(st, -e, "open: %s", strerror(e));
+        return store_set_err(st, -e, "%s: %s",
+                             create ? "cannot create the image" : "open",
+                             strerror(e));
     }
     if (flock(st->lock_fd, (st->rdonly ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0) {
         int e = errno;
