@@ -162,8 +162,11 @@ static int do_request(struct buse_conn *c, const struct ublksrv_io_desc *d,
     uint64_t len = (uint64_t)d->nr_sectors << 9;
     int r = 0, serial = (o->flags & BUSE_SERIALIZE) != 0;
 
-    if (off > c->exp.size || len > c->exp.size - off)
-        return -EIO; /* the kernel keeps to dev_sectors: never seen */
+    /* The kernel keeps to dev_sectors (a FLUSH carries no range: its
+     * sector is whatever the flush request held). */
+    if (op != UBLK_IO_OP_FLUSH &&
+        (off > c->exp.size || len > c->exp.size - off))
+        return -EIO;
     if ((op == UBLK_IO_OP_READ || op == UBLK_IO_OP_WRITE) && len > buf_bytes)
         return -EIO; /* nor this: max_sectors is the buffer */
     if (serial)
