@@ -7,7 +7,8 @@
 # volume is attached; fstrim on ublkb0 reaches the store (fewer chunks);
 # SIGTERM exits 0 and deletes the device; a restart attaches the volume and
 # the clone both on ublk (ublkb0, --attach /dev/ublkb1=c1) with every file
-# intact, fsck clean and bsnap check clean.
+# intact, fsck clean and bsnap check clean; rollback --force while attached
+# deletes the volume's device and the next run shows the snapshot.
 . /test/guest.sh
 load_ublk
 load_nbd
@@ -90,9 +91,29 @@ mount -t ext4 /dev/ublkb1 /mnt/b || fail "mount /dev/ublkb1 (clone) after restar
 ext4_verify /dev/ublkb0 /mnt/a /tmp/sums.ublkb0
 ext4_verify /dev/ublkb1 /mnt/b /tmp/sums.c1
 bs check >/tmp/check.out 2>&1 || fail "bsnap check: $(tail -n 3 /tmp/check.out)"
+note "restart attached the volume on ublkb0 and the clone on ublkb1 (one queue each): files intact, fsck clean, bsnap check ok"
+
+# rollback --force while attached: the volume's device is stopped and
+# deleted (no page cache of the old contents can survive), the clone's
+# device and the server stay; after a restart the volume is snapshot s1.
+mount -t ext4 /dev/ublkb0 /mnt/a || fail "mount /dev/ublkb0 before rollback"
+echo marker >/mnt/a/marker
+umount /mnt/a || fail "umount /dev/ublkb0 before rollback"
+bs rollback s1 --force >/tmp/rbf.out 2>&1 || fail "bsnap rollback s1 --force: $(cat /tmp/rbf.out)"
+wait_ublk_gone /dev/ublkb0
+_dead $pid && fail "busesnap exited after rollback --force"
+_ublk_up ublkb1 || fail "the clone's /dev/ublkb1 went away with the rollback"
 term "$pid"
 wait_exit $pid 30
 [ $exit_rc -eq 0 ] || fail "busesnap (restarted) exited $exit_rc after SIGTERM"
-wait_ublk_gone /dev/ublkb0
 wait_ublk_gone /dev/ublkb1
-note "restart attached the volume on ublkb0 and the clone on ublkb1 (one queue each): files intact, fsck clean, bsnap check ok; SIGTERM deleted both"
+start snap3 busesnap serve $img /dev/ublkb0 --control $ctl
+wait_ublk /dev/ublkb0 30 $pid
+mount -t ext4 /dev/ublkb0 /mnt/a || fail "mount /dev/ublkb0 after rollback"
+[ ! -e /mnt/a/marker ] || fail "the file written after s1 survived rollback --force"
+ext4_verify /dev/ublkb0 /mnt/a /tmp/sums.ublkb0
+term "$pid"
+wait_exit $pid 30
+[ $exit_rc -eq 0 ] || fail "busesnap (third run) exited $exit_rc after SIGTERM"
+wait_ublk_gone /dev/ublkb0
+note "rollback --force: $(head -n 1 /tmp/rbf.out); ublkb0 deleted, ublkb1 and the server stayed; after a restart the volume is s1 (marker gone, files intact, fsck clean); SIGTERM deleted the devices"

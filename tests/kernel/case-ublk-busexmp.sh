@@ -1,5 +1,6 @@
 #!/bin/bash
 # Case: `busexmp 256M /dev/ublkb0` through the ublk driver (6.12 kernel).
+# Before the module is loaded: one line naming `modprobe ublk_drv`.
 # The device is live with the right size and honest queue limits (volatile
 # cache and FUA from the flush callback, discard and write-zeroes from
 # trim_flags and write_zeroes); ext4 round trip (mkfs, mount, write,
@@ -8,8 +9,15 @@
 # free id; SIGTERM exits 0 and deletes the device; a re-attach works, with
 # one queue and with two; a serialized-callback device gets one queue.
 . /test/guest.sh
-load_ublk
 [ -x /test/bin/busexmp ] || fail "busexmp was not built"
+if [ ! -e /sys/module/ublk_drv ] && [ -f /lib/modules/$(uname -r)/ublk_drv.ko ]; then
+    rc=0
+    timeout 20 busexmp 64M /dev/ublkb0 >/tmp/nomod.err 2>&1 || rc=$?
+    [ $rc = 1 ] || fail "busexmp on /dev/ublkb0 without ublk_drv exited $rc (expected 1, at once)"
+    grep -q 'modprobe ublk_drv' /tmp/nomod.err || fail "no 'modprobe ublk_drv' hint in: $(cat /tmp/nomod.err)"
+    note "before insmod ublk_drv: exit 1: $(head -n 1 /tmp/nomod.err)"
+fi
+load_ublk
 
 start srv busexmp 256M /dev/ublkb0
 wait_ublk /dev/ublkb0 15 $pid

@@ -59,9 +59,10 @@ for c in "${sel[@]}"; do
     start=$(date +%s)
     # ublk cases boot the 6.12 kernel (6.1 has no ublk_drv), the others
     # the distribution's cloud kernel.
-    series=
+    series= extra=${VM_EXTRA_BINS:-}
     case $c in ublk-*) series=6.12 ;; esac
-    KERNEL_SERIES=$series tests/kernel/vm.sh "$script" >"$logdir/$c.log" 2>&1
+    case $c in *bench*) extra="$extra $(command -v fio || true)" ;; esac
+    KERNEL_SERIES=$series VM_EXTRA_BINS=$extra tests/kernel/vm.sh "$script" >"$logdir/$c.log" 2>&1
     rc=$?
     secs=$(($(date +%s) - start))
     vmline=$(grep -a '^VM: ' "$logdir/$c.log" | tail -1)
