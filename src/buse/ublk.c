@@ -574,6 +574,31 @@ static void ublk_release(struct buse_ublk *u)
     free(u);
 }
 
+/* The id is taken.  If its server is gone (kill -9: the kernel keeps the
+ * device, dead or failing every request, until someone deletes it), delete
+ * it so that the same command works again, as a restarted server expects.
+ * Returns 1 if deleted. */
+static int delete_stale(struct buse_ublk *u)
+{
+    struct ublksrv_ctrl_dev_info info;
+    int r;
+
+    memset(&info, 0, sizeof info);
+    r = ctrl_cmd(u, UBLK_CMD_GET_DEV_INFO, &info, sizeof info, 0);
+    if (r < 0)
+        return 0;
+    if (info.ublksrv_pid > 0 &&
+        (kill(info.ublksrv_pid, 0) == 0 || errno != ESRCH))
+        return 0; /* its server lives: in use */
+    buse_err("%s: deleting the device left by a server that is gone (pid "
+             "%d, state %u)",
+             u->name, info.ublksrv_pid, info.state);
+    ctrl_cmd(u, UBLK_CMD_STOP_DEV, NULL, 0, 0);
+    u->added = 1; /* so that del_dev() deletes it */
+    del_dev(u);
+    return 1;
+}
+
 int buse_ublk_attach(struct buse_conn *conn, const char *dev, unsigned queues,
                      unsigned depth, struct buse_ublk **out)
 {
@@ -671,7 +696,12 @@ int buse_ublk_attach(struct buse_conn *conn, const char *dev, unsigned queues,
         info.max_io_buf_bytes = o->max_block & ~4095u;
     info.dev_id = u->id;
     info.ublksrv_pid = getpid();
+    struct ublksrv_ctrl_dev_info want_info = info;
     r = ctrl_cmd(u, UBLK_CMD_ADD_DEV, &info, sizeof info, 0);
+    if (r == -EEXIST && want >= 0 && delete_stale(u)) {
+        info = want_info;
+        r = ctrl_cmd(u, UBLK_CMD_ADD_DEV, &info, sizeof info, 0);
+    }
     if (r < 0) {
         if (r == -EEXIST)
             buse_err("%s: device in use (ADD_DEV: %s)", dev, strerror(-r));

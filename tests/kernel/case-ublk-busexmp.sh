@@ -6,8 +6,9 @@
 # trim_flags and write_zeroes); ext4 round trip (mkfs, mount, write,
 # umount, e2fsck -fn, remount, verify); dd pattern write and read-back with
 # O_DIRECT; a second server on the busy id is refused; /dev/ublkb picks a
-# free id; SIGTERM exits 0 and deletes the device; a re-attach works, with
-# one queue and with two; a serialized-callback device gets one queue.
+# free id; SIGTERM exits 0 and deletes the device; after kill -9 the same
+# command deletes the stale device and serves; a re-attach works, with one
+# queue and with two.
 . /test/guest.sh
 [ -x /test/bin/busexmp ] || fail "busexmp was not built"
 if [ ! -e /sys/module/ublk_drv ] && [ -f /lib/modules/$(uname -r)/ublk_drv.ko ]; then
@@ -74,6 +75,27 @@ wait_exit $pid 20
 [ $exit_rc -eq 0 ] || fail "busexmp exited $exit_rc after SIGTERM"
 wait_ublk_gone /dev/ublkb0
 note "SIGTERM: exit 0, /dev/ublkb0 and /dev/ublkc0 deleted"
+
+# kill -9: the kernel keeps the device (its requests fail) until someone
+# deletes it; the same command run again deletes the stale device and
+# serves.
+start k9 busexmp 64M /dev/ublkb0
+wait_ublk /dev/ublkb0 15 $pid
+kill -KILL $pid
+wait_exit $pid 20
+dd if=/dev/ublkb0 of=/dev/null bs=4k count=1 skip=99 iflag=direct 2>/dev/null && rd=ok || rd=EIO
+state="ublkb0 $([ -e /sys/block/ublkb0 ] && echo present || echo gone), ublkc0 $([ -e /sys/class/ublk-char/ublkc0 ] && echo present || echo gone)"
+start k9b busexmp 64M /dev/ublkb0
+poll 20 grep -q 'left by a server that is gone' /tmp/k9b.err || fail "restart after kill -9 did not delete the stale device: $(cat /tmp/k9b.err)"
+poll 20 dd if=/dev/ublkb0 of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null || fail "no I/O on /dev/ublkb0 after the restart"
+dd if=/tmp/pat of=/dev/ublkb0 bs=64k count=16 oflag=direct 2>/dev/null || fail "write after restart"
+dd if=/dev/ublkb0 of=/tmp/back bs=64k count=16 iflag=direct 2>/dev/null || fail "read after restart"
+cmp -s /tmp/back <(head -c $((1 << 20)) /tmp/pat) || fail "read back differs after the restart"
+term "$pid"
+wait_exit $pid 20
+[ $exit_rc -eq 0 ] || fail "busexmp (after kill -9) exited $exit_rc after SIGTERM"
+wait_ublk_gone /dev/ublkb0
+note "kill -9: read then $rd, $state; the same command again: $(head -n 1 /tmp/k9b.err); I/O verified, SIGTERM deleted it"
 
 # Re-attach with one queue, then two, and depth 16; data written by one
 # server is gone (a memory disk) but the device works.
