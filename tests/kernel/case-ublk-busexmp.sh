@@ -8,7 +8,7 @@
 # O_DIRECT; a second server on the busy id is refused; /dev/ublkb picks a
 # free id; SIGTERM exits 0 and deletes the device; after kill -9 the same
 # command deletes the stale device and serves; a re-attach works, with one
-# queue and with two.
+# queue and with two; --read-only makes a read-only disk.
 . /test/guest.sh
 [ -x /test/bin/busexmp ] || fail "busexmp was not built"
 if [ ! -e /sys/module/ublk_drv ] && [ -f /lib/modules/$(uname -r)/ublk_drv.ko ]; then
@@ -114,6 +114,21 @@ for nq_want in 1 2; do
     wait_ublk_gone /dev/ublkb0
     note "re-attach with $nq_want queue(s) of depth $depth: I/O verified, SIGTERM deleted it"
 done
+
+# A read-only export is a read-only disk (UBLK_ATTR_READ_ONLY), without
+# discard or write-zeroes.
+start ro busexmp 64M /dev/ublkb0 --read-only
+wait_ublk /dev/ublkb0 15 $pid
+ro=$(blockdev --getro /dev/ublkb0)
+[ "$ro" = 1 ] || fail "busexmp --read-only: blockdev --getro says $ro"
+[ "$(cat /sys/block/ublkb0/queue/discard_max_bytes)" = 0 ] || fail "read-only disk advertises discard"
+dd if=/tmp/pat of=/dev/ublkb0 bs=4k count=1 oflag=direct 2>/dev/null && fail "a write to the read-only /dev/ublkb0 succeeded"
+dd if=/dev/ublkb0 of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null || fail "read from the read-only /dev/ublkb0"
+term "$pid"
+wait_exit $pid 20
+[ $exit_rc -eq 0 ] || fail "busexmp --read-only exited $exit_rc after SIGTERM"
+wait_ublk_gone /dev/ublkb0
+note "--read-only: getro 1, no discard, writes refused, reads work"
 
 # SIGTERM the moment the device is live: still exit 0 and the device gone.
 for i in 1 2 3; do
