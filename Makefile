@@ -50,7 +50,7 @@ UNIT_SRC   := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BIN   := $(UNIT_SRC:.c=)
 
 SOVERSION  := 2
-LIBS_BUSE  := -lnl-genl-3 -lnl-3 -lgnutls
+LIBS_BUSE  := -lnl-genl-3 -lnl-3 -lgnutls -luring
 LIBS_STORE := -llmdb -lxxhash -luuid
 
 # Programs are built once their sources exist (the tree grows part by part).

@@ -185,10 +185,11 @@ struct buse_operations {
 /* The simple entry points.                                            */
 
 /* BUSE's entry point: attach the callbacks to the kernel device dev_file
- * (for example "/dev/nbd0") and serve until the device is disconnected
- * (nbd-client -d, or SIGINT/SIGTERM, which disconnect and release the
- * device).  Returns 0 after a clean disconnect, or -errno.  Needs root and
- * the nbd kernel module. */
+ * (for example "/dev/nbd0", or "/dev/ublkb0" for the ublk driver: see
+ * buse_server_attach_kernel) and serve until the device is disconnected
+ * (nbd-client -d, or SIGINT/SIGTERM, which disconnect and release or
+ * delete the device).  Returns 0 after a clean disconnect, or -errno.
+ * Needs root and the nbd (or ublk_drv) kernel module. */
 int buse_main_sized(const char *dev_file, const struct buse_operations *ops,
                     size_t ops_size, void *userdata);
 #define buse_main(dev_file, ops, userdata)                                     \
@@ -275,23 +276,43 @@ int buse_server_set_tls_sized(struct buse_server *srv,
     buse_server_set_tls_sized((srv), (opt), sizeof *(opt))
 
 struct buse_kernel_options {
-    unsigned connections;    /* sockets per device (default 1; more needs
-                                BUSE_CAN_MULTI_CONN) */
-    unsigned timeout;        /* seconds before the kernel gives up on a
-                                request (0: kernel default) */
-    int force_ioctl;         /* skip netlink, use the ioctl interface */
+    unsigned connections;    /* nbd: sockets per device (default 1).
+                                ublk: queues, each with its own thread
+                                (default one per CPU with
+                                BUSE_CAN_MULTI_CONN, else 1).  More than
+                                one needs BUSE_CAN_MULTI_CONN. */
+    unsigned timeout;        /* nbd: seconds before the kernel gives up
+                                on a request (0: kernel default) */
+    int force_ioctl;         /* nbd: skip netlink, use the ioctl interface */
     const char *export_name; /* export opened for the device (default "") */
+    /* ---- appended in libbuse 2.1 (read only by the _sized call) ---- */
+    unsigned queue_depth; /* ublk: requests in flight per queue (default
+                             128, at most 4096) */
 };
-/* Attach export to kernel device dev ("/dev/nbdN"; "auto" or "/dev/nbd"
- * for the first free one, named on stderr).  Returns 0 or -errno
- * (-ENODEV with a message pointing to socket serving when the nbd module
- * is missing, -EBUSY when the device is in use).  The device is released
- * when the server ends.  Called before buse_server_run(), it blocks SIGINT
- * and SIGTERM in the calling thread until run() (which handles them) or
- * buse_server_free(), so that a signal in between still releases the
- * device.  See doc/kernel.md. */
-int buse_server_attach_kernel(struct buse_server *srv, const char *dev,
-                              const struct buse_kernel_options *opt);
+/* Attach export to a kernel block device and serve it there until the
+ * server ends, which releases (nbd) or deletes (ublk) the device:
+ *  - "/dev/nbdN" through the nbd driver (netlink, else ioctl); "auto" or
+ *    "/dev/nbd" for the first free one, named on stderr.
+ *  - "/dev/ublkbN" through the ublk driver (Linux 6.0 and later, module
+ *    ublk_drv, io_uring): no socket; the callbacks are called from one
+ *    thread per queue.  "/dev/ublkb" (or "ublk") lets the kernel pick a
+ *    free id, named on stderr.
+ * Returns 0 or -errno (-ENODEV with a message naming the module to load
+ * and the alternatives when the driver is missing, -EBUSY (nbd) or
+ * -EEXIST (ublk) when the device is in use).  Called before
+ * buse_server_run(), it blocks SIGINT and SIGTERM in the calling thread
+ * until run() (which handles them) or buse_server_free(), so that a signal
+ * in between still releases the device.  See doc/kernel.md. */
+int buse_server_attach_kernel_sized(struct buse_server *srv, const char *dev,
+                                    const struct buse_kernel_options *opt,
+                                    size_t opt_size);
+#define buse_server_attach_kernel(srv, dev, opt)                               \
+    buse_server_attach_kernel_sized((srv), (dev), (opt),                       \
+                                    sizeof(struct buse_kernel_options))
+/* The same, for programs built before buse_server_attach_kernel became a
+ * macro: reads the first four members of opt only. */
+int(buse_server_attach_kernel)(struct buse_server *srv, const char *dev,
+                               const struct buse_kernel_options *opt);
 
 /* Serve until buse_server_stop(), SIGINT or SIGTERM (the handlers are
  * installed by this call and restored on return; a second signal during

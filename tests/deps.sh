@@ -7,7 +7,7 @@
 # the peer servers).
 set -euo pipefail
 build=(build-essential pkg-config liblmdb-dev libxxhash-dev uuid-dev
-       libnl-genl-3-dev libjansson-dev libgnutls28-dev)
+       libnl-genl-3-dev libjansson-dev libgnutls28-dev liburing-dev)
 pkgs=("${build[@]}" lmdb-utils libnbd-bin python3-libnbd qemu-utils fio fuse3
       e2fsprogs nbdkit socat jq util-linux mount clang-format
       clang libclang-rt-14-dev valgrind gnutls-bin)

@@ -1,7 +1,8 @@
 /* busexmp.c: BUSE's memory-disk example, rebuilt on libbuse.
  *
  * Serves SIZE bytes of anonymous memory as a block device: to the kernel
- * (busexmp SIZE /dev/nbdN, BUSE's original interface, through buse_main),
+ * (busexmp SIZE /dev/nbdN, BUSE's original interface, through buse_main;
+ * or /dev/ublkbN through the ublk driver),
  * or over a Unix socket, TCP, or sockets passed by systemd.  Memory comes
  * from mmap(MAP_NORESERVE), so untouched space costs nothing; trim and
  * write_zeroes give whole pages back with madvise(MADV_DONTNEED).  A bitmap
@@ -166,7 +167,7 @@ static void usage(FILE *f)
 {
     fprintf(
         f,
-        "usage: busexmp [-v] SIZE /dev/nbdN\n"
+        "usage: busexmp [-v] SIZE /dev/nbdN | /dev/ublkbN\n"
         "       busexmp [-v] SIZE --socket PATH | --tcp HOST:PORT\n"
         "       busexmp [-v] SIZE -s | --single  (one client on stdin/stdout)\n"
         "       busexmp [-v] SIZE            (systemd socket activation)\n"
@@ -180,7 +181,9 @@ static void usage(FILE *f)
         "         --tls-psk FILE          pre-shared keys (psktool's format)\n"
         "         --tls-verify-peer       require a client certificate\n"
         "         --delay-ms N            sleep N ms in every read (tests)\n"
-        "         --connections N         sockets per kernel device\n"
+        "         --connections N         sockets per /dev/nbdN, queues per\n"
+        "                                 /dev/ublkbN (--queues N)\n"
+        "         --queue-depth N         requests in flight per ublk queue\n"
         "         --timeout S             kernel request timeout in seconds\n"
         "         --threads N             worker threads per connection (8)\n"
         "SIZE: bytes, or with K, M, G, T, P (KiB, MiB.. too; powers of "
@@ -261,13 +264,15 @@ static int take_option(int c)
         return -1;
     case 'j':
     case 'c':
+    case 'D':
     case 'T': {
         char *end;
         unsigned long v = strtoul(optarg, &end, 10);
-        if (*end || end == optarg || v > 3600 || (c != 'T' && v == 0)) {
+        if (*end || end == optarg || v > 4096 || (c != 'T' && v == 0)) {
             fprintf(stderr, "busexmp: bad --%s: %s\n",
                     c == 'c'   ? "connections"
                     : c == 'j' ? "threads"
+                    : c == 'D' ? "queue-depth"
                                : "timeout",
                     optarg);
             usage(stderr);
@@ -277,6 +282,8 @@ static int take_option(int c)
             threads = (unsigned)v;
         else if (c == 'c')
             kopt.connections = (unsigned)v;
+        else if (c == 'D')
+            kopt.queue_depth = (unsigned)v;
         else
             kopt.timeout = (unsigned)v;
         return -1;
@@ -310,6 +317,8 @@ int main(int argc, char **argv)
         {"tls-verify-peer", no_argument, NULL, 'V'},
         {"delay-ms", required_argument, NULL, 'd'},
         {"connections", required_argument, NULL, 'c'},
+        {"queues", required_argument, NULL, 'c'},
+        {"queue-depth", required_argument, NULL, 'D'},
         {"timeout", required_argument, NULL, 'T'},
         {"threads", required_argument, NULL, 'j'},
         {"verbose", no_argument, NULL, 'v'},
@@ -412,13 +421,15 @@ int main(int argc, char **argv)
 
     if (dev && size % 512)
         return bad("a kernel device needs SIZE to be a multiple of 512", NULL);
-    if (dev && !kopt.connections && !kopt.timeout) {
+    if (dev && !kopt.connections && !kopt.timeout && !kopt.queue_depth) {
         /* BUSE's way, kept to show that it still works. */
         r = buse_main(dev, &ops, NULL);
         return r < 0 ? 1 : 0;
     }
-    if (!dev && (kopt.connections || kopt.timeout))
-        return bad("--connections and --timeout need a kernel device", NULL);
+    if (!dev && (kopt.connections || kopt.timeout || kopt.queue_depth))
+        return bad("--connections, --queue-depth and --timeout need a "
+                   "kernel device",
+                   NULL);
     struct buse_server *srv = buse_server_new(&ops, NULL);
     if (!srv)
         return 1;

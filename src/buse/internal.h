@@ -29,6 +29,7 @@
 struct buse_kattach;   /* an attached kernel device (server.c) */
 struct buse_tls_creds; /* a server's TLS credentials (tls.c) */
 struct buse_tls;       /* a connection's TLS session (tls.c) */
+struct buse_ublk;      /* a /dev/ublkbN device (ublk.c) */
 
 struct buse_server {
     struct buse_operations ops; /* caller's, zero beyond its ops_size */
@@ -65,13 +66,14 @@ struct buse_conn {
     struct buse_server *srv;
     struct buse_conn *next, *prev; /* srv->conns, under srv->lock */
     int fd;
-    int kernel;          /* serving a kernel device: no handshake */
-    int fixed;           /* kernel device or add_client(): counted in
-                            srv->fixed_conns */
-    int killed;          /* disconnect() shut it down (srv->lock) */
-    int in_transmission; /* (srv->lock) */
-    char *export_name;   /* the export opened, set before in_transmission */
-    int handshake_limit; /* idle limit of the handshake, seconds (0: none) */
+    int kernel;             /* serving a kernel device: no handshake */
+    struct buse_ublk *ublk; /* served as /dev/ublkbN (fd is -1) */
+    int fixed;              /* kernel device or add_client(): counted in
+                               srv->fixed_conns */
+    int killed;             /* disconnect() shut it down (srv->lock) */
+    int in_transmission;    /* (srv->lock) */
+    char *export_name;      /* the export opened, set before in_transmission */
+    int handshake_limit;    /* idle limit of the handshake, seconds (0: none) */
     /* NULL: plaintext.  Set once, by STARTTLS in the handshake thread,
      * before any worker exists; read and written with the conn_* I/O
      * below (recv_lock / send_lock serialise them in transmission). */

@@ -30,9 +30,13 @@
 #include "internal.h"
 #include "kernel.h"
 #include "protocol.h"
+#include "ublk.h"
 
+/* An attached kernel device: /dev/nbdN (kd) or /dev/ublkbN (ublk, served
+ * by one connection whose thread runs its queues until it stops). */
 struct buse_kattach {
     struct buse_kdev *kd;
+    struct buse_ublk *ublk;
     struct buse_kattach *next;
 };
 
@@ -339,7 +343,9 @@ static void *conn_main(void *arg)
         if (r < 0)
             buse_debug("handshake ended: %s", strerror(-r));
     }
-    if (r == 1) {
+    if (c->ublk) {
+        buse_ublk_serve(c->ublk); /* until the device stops */
+    } else if (r == 1) {
         pthread_mutex_lock(&srv->lock);
         c->in_transmission = 1;
         pthread_mutex_unlock(&srv->lock);
@@ -358,7 +364,8 @@ static void *conn_main(void *arg)
         srv->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    close(c->fd);
+    if (c->fd >= 0)
+        close(c->fd);
     srv->nconns--;
     if (c->fixed) {
         srv->fixed_conns--;
@@ -408,8 +415,11 @@ static int conn_start(struct buse_server *srv, struct buse_conn *c)
     pthread_mutex_unlock(&srv->lock);
     pthread_attr_destroy(&attr);
     if (r != 0) {
+        if (c->ublk)
+            buse_ublk_free(c->ublk); /* its queues call c's callbacks */
         buse_close_export(c);
-        close(c->fd);
+        if (c->fd >= 0)
+            close(c->fd);
         conn_free(c);
         return -r;
     }
@@ -481,16 +491,82 @@ static void accept_one(struct buse_server *srv, int lfd)
     conn_start(srv, c);
 }
 
+/* /dev/ublkbN: one connection (no socket) whose thread runs the queues. */
+static int attach_ublk(struct buse_server *srv, const char *dev,
+                       const struct buse_kernel_options *opt,
+                       unsigned queue_depth)
+{
+    const char *name = opt->export_name ? opt->export_name : "";
+    struct buse_kattach *ka;
+    struct buse_conn *c;
+    struct buse_ublk *u;
+    int r;
+
+    defer_signals(srv);
+    ka = calloc(1, sizeof *ka);
+    c = ka ? conn_new(srv, -1) : NULL;
+    if (!c) {
+        free(ka);
+        return -ENOMEM;
+    }
+    c->kernel = 1;
+    c->fixed = 1;
+    r = buse_open_export(c, name);
+    if (r < 0) {
+        buse_err("%s: export \"%s\": %s", dev, name, strerror(-r));
+        conn_free(c);
+        free(ka);
+        return r;
+    }
+    r = buse_ublk_attach(c, dev, opt->connections, queue_depth, &u);
+    if (r < 0) {
+        buse_close_export(c);
+        conn_free(c);
+        free(ka);
+        return r;
+    }
+    c->ublk = u;
+    ka->ublk = u;
+    r = conn_start(srv, c); /* on failure it deleted the device */
+    if (r < 0) {
+        free(ka);
+        return r;
+    }
+    pthread_mutex_lock(&srv->lock);
+    ka->next = srv->kdevs;
+    srv->kdevs = ka;
+    srv->had_fixed = 1;
+    pthread_mutex_unlock(&srv->lock);
+    buse_debug("%s: attached (ublk)", buse_ublk_name(u));
+    return 0;
+}
+
+#undef buse_server_attach_kernel
 int buse_server_attach_kernel(struct buse_server *srv, const char *dev,
                               const struct buse_kernel_options *opt)
 {
-    static const struct buse_kernel_options defaults;
+    /* Programs built before queue_depth: the first four members. */
+    return buse_server_attach_kernel_sized(
+        srv, dev, opt,
+        opt ? offsetof(struct buse_kernel_options, queue_depth) : 0);
+}
+
+int buse_server_attach_kernel_sized(struct buse_server *srv, const char *dev,
+                                    const struct buse_kernel_options *opt_in,
+                                    size_t opt_size)
+{
+    struct buse_kernel_options opt_copy = {0};
+    const struct buse_kernel_options *opt = &opt_copy;
     struct buse_conn *conns[16] = {0};
     int kfds[16];
     unsigned n, i;
     int r = 0;
-    if (!opt)
-        opt = &defaults;
+    /* Read no member beyond what the caller was compiled with. */
+    if (opt_in)
+        memcpy(&opt_copy, opt_in,
+               opt_size < sizeof opt_copy ? opt_size : sizeof opt_copy);
+    if (buse_ublk_is_name(dev))
+        return attach_ublk(srv, dev, opt, opt->queue_depth);
     n = opt->connections ? opt->connections : 1;
     if (n > 16) {
         buse_err("%s: at most 16 connections per device", dev);
@@ -713,16 +789,24 @@ int buse_server_run(struct buse_server *srv)
     struct buse_kattach *kdevs = srv->kdevs;
     srv->kdevs = NULL;
     pthread_mutex_unlock(&srv->lock);
+    struct buse_kattach *ublks = NULL; /* freed once their threads end */
     while (kdevs) {
         struct buse_kattach *next = kdevs->next;
-        buse_kdev_detach(kdevs->kd);
-        free(kdevs);
+        if (kdevs->ublk) {
+            buse_ublk_stop(kdevs->ublk); /* its connection then ends */
+            kdevs->next = ublks;
+            ublks = kdevs;
+        } else {
+            buse_kdev_detach(kdevs->kd);
+            free(kdevs);
+        }
         kdevs = next;
     }
     pthread_mutex_lock(&srv->lock);
     for (struct buse_conn *c = srv->conns; c; c = c->next) {
         c->killed = 1;
-        shutdown(c->fd, SHUT_RDWR);
+        if (c->fd >= 0)
+            shutdown(c->fd, SHUT_RDWR);
     }
     pthread_mutex_unlock(&srv->lock);
 
@@ -741,6 +825,13 @@ int buse_server_run(struct buse_server *srv)
             drain_wake(srv);
     }
 
+    while (ublks) {
+        struct buse_kattach *next = ublks->next;
+        if (busy == 0) /* else a queue may still run: leak it */
+            buse_ublk_free(ublks->ublk);
+        free(ublks);
+        ublks = next;
+    }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     signal_srv = NULL;
@@ -759,7 +850,10 @@ int buse_server_disconnect(struct buse_server *srv, const char *name)
                       strcmp(c->export_name, name) == 0))
             continue;
         c->killed = 1;
-        shutdown(c->fd, SHUT_RDWR);
+        if (c->ublk)
+            buse_ublk_stop(c->ublk); /* /dev/ublkbN goes; its thread ends */
+        else
+            shutdown(c->fd, SHUT_RDWR);
         n++;
     }
     do {
@@ -791,7 +885,19 @@ void buse_server_free(struct buse_server *srv)
 {
     if (!srv)
         return;
+    /* run() never came: ublk devices stop, their connections end. */
     pthread_mutex_lock(&srv->lock);
+    for (struct buse_kattach *ka = srv->kdevs; ka; ka = ka->next)
+        if (ka->ublk)
+            buse_ublk_stop(ka->ublk);
+    for (;;) {
+        int ublk_busy = 0;
+        for (struct buse_conn *c = srv->conns; c; c = c->next)
+            ublk_busy |= c->ublk != NULL;
+        if (!ublk_busy)
+            break;
+        pthread_cond_wait(&srv->cond, &srv->lock);
+    }
     unsigned busy = srv->nconns;
     pthread_mutex_unlock(&srv->lock);
     if (busy)
@@ -804,7 +910,10 @@ void buse_server_free(struct buse_server *srv)
     }
     while (srv->kdevs) {
         struct buse_kattach *next = srv->kdevs->next;
-        buse_kdev_detach(srv->kdevs->kd);
+        if (srv->kdevs->ublk)
+            buse_ublk_free(srv->kdevs->ublk);
+        else
+            buse_kdev_detach(srv->kdevs->kd);
         free(srv->kdevs);
         srv->kdevs = next;
     }
@@ -826,7 +935,7 @@ int buse_main_sized(const char *dev_file, const struct buse_operations *ops,
     int r;
     if (!srv)
         return -errno;
-    r = buse_server_attach_kernel(srv, dev_file, NULL);
+    r = buse_server_attach_kernel_sized(srv, dev_file, NULL, 0);
     if (r == 0)
         r = buse_server_run(srv);
     buse_server_free(srv);

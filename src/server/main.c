@@ -59,7 +59,8 @@ static const char serve_help[] =
     "Usage: busesnap serve IMAGE [DEVICE] [OPTIONS]\n"
     "Serve the volumes and snapshots of IMAGE as NBD exports.\n"
     "\n"
-    "  DEVICE                attach the default volume to /dev/nbdN\n"
+    "  DEVICE                attach the default volume to /dev/nbdN, or to\n"
+    "                        /dev/ublkbN through the ublk driver\n"
     "  --attach DEV=EXPORT   attach EXPORT (a volume or snapshot) to DEV\n"
     "                        (repeatable)\n"
     "  --socket PATH         serve NBD clients on a Unix socket\n"
@@ -91,7 +92,9 @@ static const char serve_help[] =
     "  --map-size SIZE       index size limit (default 1T, virtual): when\n"
     "                        the index or the disk is full, writes get\n"
     "                        ENOSPC, reads, trims and deletes go on\n"
-    "  --connections N       sockets per kernel device (default 1)\n"
+    "  --connections N       sockets per /dev/nbdN (default 1), queues per\n"
+    "                        /dev/ublkbN (default one per CPU); --queues N\n"
+    "  --queue-depth N       requests in flight per ublk queue (default 128)\n"
     "  --timeout SECS        kernel request timeout (default: kernel's)\n"
     "  -v, --verbose         log requests to stderr\n"
     "  -h, --help            this help\n"
@@ -239,6 +242,8 @@ static int cmd_serve(int argc, char **argv)
         {"map-size", required_argument, 0, 'M'},
         {"attach", required_argument, 0, 'a'},
         {"connections", required_argument, 0, 'n'},
+        {"queues", required_argument, 0, 'n'},
+        {"queue-depth", required_argument, 0, 'D'},
         {"timeout", required_argument, 0, 'T'},
         {"tls", required_argument, 0, 'L'},
         {"tls-certificates", required_argument, 0, 'C'},
@@ -255,7 +260,7 @@ static int cmd_serve(int argc, char **argv)
     char *attach[MAX_ATTACH];
     int nattach = 0, verbose = 0, c, r, read_only = 0, no_list = 0;
     int single = 0;
-    unsigned connections = 1, timeout = 0;
+    unsigned connections = 0, timeout = 0, queue_depth = 0;
     struct buse_tls_options tls = {.mode = -1}; /* -1: --tls not given */
 
     while ((c = getopt_long(argc, argv, "vhs", opts, NULL)) != -1) {
@@ -295,6 +300,11 @@ static int cmd_serve(int argc, char **argv)
             break;
         case 'T':
             timeout = (unsigned)atoi(optarg);
+            break;
+        case 'D':
+            queue_depth = (unsigned)atoi(optarg);
+            if (queue_depth < 1 || queue_depth > 4096)
+                usage_error("serve", "--queue-depth wants 1 to 4096");
             break;
         case 'L':
             if (!strcmp(optarg, "off"))
@@ -410,7 +420,8 @@ static int cmd_serve(int argc, char **argv)
     if (systemd && buse_server_listen_systemd(srv) < 0)
         goto out_srv;
     struct buse_kernel_options ko = {.connections = connections,
-                                     .timeout = timeout};
+                                     .timeout = timeout,
+                                     .queue_depth = queue_depth};
     if (device && buse_server_attach_kernel(srv, device, &ko) < 0)
         goto out_srv;
     for (int i = 0; i < nattach; i++) {

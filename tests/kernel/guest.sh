@@ -134,3 +134,35 @@ ext4_verify() {
     umount "$mnt" || fail "umount $dev"
     e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || { cat /tmp/fsck.out; fail "e2fsck -fn $dev not clean"; }
 }
+
+# ---- ublk (6.12 kernel only: tests/kernel/run.sh boots it for ublk-*)
+
+# load_ublk: insmod ublk_drv (no deps), or skip where the kernel has none.
+load_ublk() {
+    [ -e /sys/module/ublk_drv ] && return 0
+    local ko=/lib/modules/$(uname -r)/ublk_drv.ko
+    [ -f "$ko" ] || skip "kernel $(uname -r) has no ublk_drv.ko"
+    insmod "$ko" || fail "insmod ublk_drv.ko"
+    poll 5 test -c /dev/ublk-control || fail "no /dev/ublk-control after insmod"
+}
+_ublk_up() { [ "$(cat /sys/block/$1/size 2>/dev/null || echo 0)" != 0 ]; }
+_ublk_gone() { [ ! -e /sys/block/$1 ] && [ ! -e /sys/class/ublk-char/${1/ublkb/ublkc} ]; }
+# wait_ublk /dev/ublkbN [SECS] [PID]: until the disk is live; fail if PID
+# dies first.
+wait_ublk() {
+    local n=${1##*/} t=$((${2:-15} * 10)) pid=${3:-}
+    while [ $t -gt 0 ]; do
+        _ublk_up "$n" && [ -b "$1" ] && return 0
+        if [ -n "$pid" ] && _dead "$pid"; then
+            fail "server (pid $pid) exited before $1 was live"
+        fi
+        sleep 0.1
+        t=$((t - 1))
+    done
+    fail "$1 not live after ${2:-15}s"
+}
+# wait_ublk_gone /dev/ublkbN [SECS]: until the disk and its char device
+# are deleted.
+wait_ublk_gone() {
+    poll "${2:-15}" _ublk_gone "${1##*/}" || fail "$1 still exists ($(ls /sys/block /sys/class/ublk-char 2>&1 | tr '\n' ' '))"
+}

@@ -34,7 +34,8 @@ fi
 [ -x ./busexmp ] || echo "check-kernel: ./busexmp not built: its cases will fail" >&2
 
 # The cases, in order: cheap and basic first.
-all=(missing-module busexmp-netlink busexmp-ioctl busexmp-multiconn busesnap)
+all=(missing-module busexmp-netlink busexmp-ioctl busexmp-multiconn busesnap
+     ublk-busexmp ublk-busesnap)
 sel=("${all[@]}")
 [ $# -gt 0 ] && sel=("$@")
 
@@ -56,7 +57,12 @@ for c in "${sel[@]}"; do
     script=tests/kernel/case-$c.sh
     [ -f "$script" ] || { echo "FAIL $c (no $script)"; failn=$((failn + 1)); continue; }
     start=$(date +%s)
-    tests/kernel/vm.sh "$script" >"$logdir/$c.log" 2>&1
+    # ublk cases boot the 6.12 kernel (6.1 has no ublk_drv), the others
+    # the distribution's cloud kernel.
+    series= extra=${VM_EXTRA_BINS:-}
+    case $c in ublk-*) series=6.12 ;; esac
+    case $c in *bench*) extra="$extra $(command -v fio || true)" ;; esac
+    KERNEL_SERIES=$series VM_EXTRA_BINS=$extra tests/kernel/vm.sh "$script" >"$logdir/$c.log" 2>&1
     rc=$?
     secs=$(($(date +%s) - start))
     vmline=$(grep -a '^VM: ' "$logdir/$c.log" | tail -1)

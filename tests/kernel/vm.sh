@@ -12,7 +12,9 @@
 # usage: tests/kernel/vm.sh CASE_SCRIPT [-- ARGS...]
 # exit: 0 pass, 1 case failed, 77 case skipped, 2 VM/infrastructure problem.
 # env: VM_TIMEOUT (s, default 180), VM_SMP (2), VM_MEM (1024), VM_VERBOSE=1,
-#      VM_ACCEL (auto|tcg|kvm), KERNEL_PKG, BUSE_VM_CACHE (default
+#      VM_ACCEL (auto|tcg|kvm), KERNEL_PKG, KERNEL_SERIES (6.12: the newest
+#      linux-image-6.12.*-cloud-amd64, the one with ublk_drv; default: the
+#      distribution's linux-image-cloud-amd64), BUSE_VM_CACHE (default
 #      ${TMPDIR:-/tmp}/busesnap-vm-cache), VM_KEEP=1 (keep logs on success),
 #      VM_EXTRA_BINS="host paths" (more programs for /test/bin, with libs).
 set -euo pipefail
@@ -33,27 +35,32 @@ mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9 # parallel runs: one prepares the cache, the others wait
 if [ -z "${KERNEL_PKG:-}" ]; then
-    KERNEL_PKG=$(cat "$cache/kernel-pkg" 2>/dev/null || true)
+    meta=linux-image-cloud-amd64
+    [ -n "${KERNEL_SERIES:-}" ] && meta=linux-image-$KERNEL_SERIES-cloud-amd64
+    KERNEL_PKG=$(cat "$cache/kernel-pkg${KERNEL_SERIES:+-$KERNEL_SERIES}" 2>/dev/null || true)
     if [ -z "$KERNEL_PKG" ]; then
-        resolve() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
+        resolve() { apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
         KERNEL_PKG=$(resolve)
         [ -n "$KERNEL_PKG" ] || { apt-get update -qq >&2 || true; KERNEL_PKG=$(resolve); }
-        [ -n "$KERNEL_PKG" ] || die "cannot resolve linux-image-cloud-amd64 (apt-get update?)"
-        echo "$KERNEL_PKG" >"$cache/kernel-pkg"
+        [ -n "$KERNEL_PKG" ] || die "cannot resolve $meta (apt-get update?)"
+        echo "$KERNEL_PKG" >"$cache/kernel-pkg${KERNEL_SERIES:+-$KERNEL_SERIES}"
     fi
 fi
 kdir=$cache/$KERNEL_PKG
-if [ ! -e "$kdir/.done" ]; then
+if [ ! -e "$kdir/.done-ublk" ]; then
     echo "[vm] fetching $KERNEL_PKG (apt-get download + dpkg -x, not installed)" >&2
     rm -rf "$kdir"
     mkdir -p "$kdir/deb"
     (cd "$kdir/deb" && apt-get download "$KERNEL_PKG" >/dev/null 2>&1) || die "apt-get download $KERNEL_PKG failed"
     dpkg -x "$kdir"/deb/*.deb "$kdir/root" || die "dpkg -x failed"
     rm -rf "$kdir/deb" "$kdir/root/usr"
-    # newer kernels ship .ko.xz; keep nbd (all we load: ext4 is built in)
-    find "$kdir/root/lib/modules" -path '*/drivers/block/nbd.ko.xz' -exec xz -d {} + 2>/dev/null || true
-    find "$kdir/root/lib/modules" \( -name '*.ko' -o -name '*.ko.xz' \) ! -path '*/drivers/block/nbd.ko' -delete
-    touch "$kdir/.done"
+    # newer kernels ship .ko.xz; keep nbd and ublk_drv (all we load: ext4
+    # is built in; busybox insmod wants them uncompressed)
+    find "$kdir/root/lib/modules" \( -path '*/drivers/block/nbd.ko.xz' -o \
+        -path '*/drivers/block/ublk_drv.ko.xz' \) -exec xz -d {} + 2>/dev/null || true
+    find "$kdir/root/lib/modules" \( -name '*.ko' -o -name '*.ko.xz' \) ! -path '*/drivers/block/nbd.ko' \
+        ! -path '*/drivers/block/ublk_drv.ko' -delete
+    touch "$kdir/.done-ublk"
 fi
 kver=$(ls "$kdir/root/lib/modules" | head -1)
 vmlinuz=$kdir/root/boot/vmlinuz-$kver
@@ -95,6 +102,8 @@ if [ ! -f "$base" ]; then
     cp /etc/mke2fs.conf "$r/etc/" 2>/dev/null || true
     mkdir -p "$r/lib/modules/$kver"
     cp "$nbd_ko" "$r/lib/modules/$kver/"
+    ublk_ko=${nbd_ko%/nbd.ko}/ublk_drv.ko # 6.12 and later only
+    [ -f "$ublk_ko" ] && cp "$ublk_ko" "$r/lib/modules/$kver/"
     ln -sf /proc/self/mounts "$r/etc/mtab"
     echo "root:x:0:0:root:/root:/bin/sh" >"$r/etc/passwd"
     echo "root:x:0:" >"$r/etc/group"
