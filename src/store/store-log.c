@@ -155,7 +155,7 @@ const char *store_log_end_str(enum log_end why)
     case LOG_END_NOWHERE:
         return "nowhere (the log was never started)";
     case LOG_END_EOF:
-        return "past the end of the file (truncated?)";
+        return "the end of the file (truncated?)";
     case LOG_END_ZERO:
         return "zeros (erased?)";
     case LOG_END_FOREIGN:

@@ -608,7 +608,7 @@ static int check_reach(struct store *st, const struct log_pos *pos,
     bool no_tail = store_log_tail_read(st, m->run, &q) != 0;
     if (!no_tail && (q < pos->lsn || r->done >= q))
         return 0; /* nothing pending, or all of it read back */
-    char where[200];
+    char where[240], held[80];
     if (r->why == LOG_END_CHUNK)
         snprintf(where, sizeof where,
                  "the log block at %s-chunks slot %llu names chunk slot "
@@ -616,19 +616,27 @@ static int check_reach(struct store *st, const struct log_pos *pos,
                  st->name, (unsigned long long)r->slot,
                  (unsigned long long)r->chunk);
     else
-        snprintf(where, sizeof where, "at %s-chunks slot %llu it finds %s",
-                 st->name, (unsigned long long)r->slot,
-                 store_log_end_str(r->why));
+        snprintf(where, sizeof where,
+                 "the log stops at %s-chunks slot %llu: %s", st->name,
+                 (unsigned long long)r->slot, store_log_end_str(r->why));
+    if (r->done < pos->lsn)
+        snprintf(held, sizeof held, "none of them can be read");
+    else
+        snprintf(held, sizeof held, "only blocks %llu to %llu can be read",
+                 (unsigned long long)pos->lsn, (unsigned long long)r->done);
     bool accept = st->flags & STORE_OPEN_ACCEPT_LOSS;
     if (no_tail) {
-        char msg[600];
+        char msg[600], got[80];
+        if (r->done < pos->lsn)
+            snprintf(got, sizeof got, "no log block can be read");
+        else
+            snprintf(got, sizeof got, "the log holds blocks %llu to %llu",
+                     (unsigned long long)pos->lsn, (unsigned long long)r->done);
         snprintf(msg, sizeof msg,
                  "the record of how far its log was made durable (%s-chunks "
                  "slot 1) is missing or damaged, so whether acknowledged "
-                 "writes are lost cannot be told: the log holds blocks %llu "
-                 "to %llu (%s)",
-                 st->name, (unsigned long long)pos->lsn,
-                 (unsigned long long)r->done, where);
+                 "writes are lost cannot be told (%s; %s)",
+                 st->name, got, where);
         if (!accept)
             return store_set_err(
                 st, -EUCLEAN,
@@ -642,29 +650,25 @@ static int check_reach(struct store *st, const struct log_pos *pos,
                 st->path, msg, (unsigned long long)nent);
         return 0;
     }
-    uint64_t lost = q - r->done;
+    uint64_t lost = q - (r->done < pos->lsn ? pos->lsn - 1 : r->done);
     if (!accept)
         return store_set_err(
             st, -EUCLEAN,
             "not closed cleanly, and its log does not reach what was made "
-            "durable: log blocks %llu to %llu were synced (FLUSH, FUA or a "
-            "tree operation) but the log ends after block %llu: %s.  The "
-            "writes of %llu log block%s (up to %llu entries, acknowledged "
-            "since the last checkpoint) would be lost.  Put back the "
-            "%s-chunks this image was using, or open it with "
+            "durable: log blocks %llu to %llu were synced (by a FLUSH, a FUA "
+            "write or a tree operation) but %s (%s).  The writes of %llu log "
+            "block%s, acknowledged since the last checkpoint, would be lost.  "
+            "Put back the %s-chunks this image was using, or open it with "
             "--accept-data-loss to keep what the log holds",
-            (unsigned long long)pos->lsn, (unsigned long long)q,
-            (unsigned long long)r->done, where, (unsigned long long)lost,
-            lost == 1 ? "" : "s",
-            (unsigned long long)(lost * ((STORE_BLOCK - 64) / 32)), st->name);
+            (unsigned long long)pos->lsn, (unsigned long long)q, held, where,
+            (unsigned long long)lost, lost == 1 ? "" : "s", st->name);
     fprintf(stderr,
-            "%s: accepting data loss (--accept-data-loss): the log reaches "
-            "block %llu of the %llu made durable (%s); %llu log block%s of "
-            "writes acknowledged since the last checkpoint (up to %llu "
-            "entries) are lost, %llu entries replayed\n",
-            st->path, (unsigned long long)r->done, (unsigned long long)q, where,
-            (unsigned long long)lost, lost == 1 ? "" : "s",
-            (unsigned long long)(lost * ((STORE_BLOCK - 64) / 32)),
+            "%s: accepting data loss (--accept-data-loss): log blocks %llu to "
+            "%llu were synced but %s (%s): the writes of %llu log block%s, "
+            "acknowledged since the last checkpoint, are lost; %llu entries "
+            "replayed\n",
+            st->path, (unsigned long long)pos->lsn, (unsigned long long)q, held,
+            where, (unsigned long long)lost, lost == 1 ? "" : "s",
             (unsigned long long)nent);
     return 0;
 }
