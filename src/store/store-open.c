@@ -814,6 +814,11 @@ int store_open_map(const char *path, unsigned flags, uint64_t map_size,
         rc = store_upgrade_journal(st);
     if (!rc)
         rc = store_ckpt_run(st, false);
+    /* the last run's log is in the index now: its marker goes before the
+     * new run's tail overwrites that run's (a crash in between must not
+     * leave a marker without its tail) */
+    if (!rc && unclean)
+        rc = marker_set(st, NULL);
     if (!rc)
         rc = run_start(st);
     if (rc) {
