@@ -7,9 +7,10 @@
 #      write come back byte-exact; an offline `busesnap check` replays them
 #      first
 #   2. a damaged summary block ends the replay there: the entries before it
-#      are applied, it and those after are not
+#      are applied, it and those after are not (the blocks were synced, so
+#      a plain start refuses: test-busesnap-unclean; --accept-data-loss)
 #   3. torn data: a chunk whose bytes do not hash to what its entry says
-#      ends the replay at that entry
+#      ends the replay at that entry (the same)
 #   4. snapshots and clones are logged too (no index commit): after kill -9
 #      the replay makes the same objects, with their content, and the
 #      writes around them land on the right side
@@ -63,8 +64,15 @@ h.pwrite(b'\x33' * 4096, (16 << 20) + 8192); h.flush()
 stop_server KILL || true
 x2=$(blocks | tail -2 | head -1 | cut -d' ' -f1)
 printf '\xff' | dd of="$image-chunks" bs=1 seek=$((x2 + 100)) conv=notrunc status=none
+refused() { # a plain start must refuse: the damaged blocks were synced
+    local rc=0
+    "$top/busesnap" serve "$image" --socket "$sock" --control "$ctl" >"$tmp/refused" 2>&1 || rc=$?
+    [ $rc = 1 ] && grep -q "log does not reach what was made durable" "$tmp/refused" ||
+        fail "a start over a damaged log did not refuse (rc $rc): $(cat "$tmp/refused")"
+}
+refused
 : >"$tmp/server.log"
-start_busesnap
+start_busesnap "" --accept-data-loss
 [ "$(replayed "$tmp/server.log")" = 1 ] ||
     fail "expected 1 entry replayed before the damaged block: $(grep 'log:' "$tmp/server.log")"
 nbdsh -u "$uri" -c "
@@ -90,8 +98,9 @@ while True:
 ")
 [ -n "$at" ] || fail "Y2's chunk is not in the chunk file"
 printf 'torn' | dd of="$image-chunks" bs=1 seek=$((at + 2000)) conv=notrunc status=none
+refused
 : >"$tmp/server.log"
-start_busesnap
+start_busesnap "" --accept-data-loss
 [ "$(replayed "$tmp/server.log")" = 1 ] ||
     fail "expected 1 entry replayed before the torn chunk: $(grep 'log:' "$tmp/server.log")"
 nbdsh -u "$uri" -c "

@@ -78,6 +78,11 @@ static const char serve_help[] =
     "  --tls-psk FILE        pre-shared keys, USER:HEXKEY lines (psktool)\n"
     "  --tls-verify-peer     require a client certificate signed by the CA\n"
     "  --read-only           every export read-only for NBD clients\n"
+    "  --accept-data-loss    open IMAGE even if it was not shut down cleanly\n"
+    "                        and its log does not reach what was made\n"
+    "                        durable (missing, truncated, another image's):\n"
+    "                        the writes of the missing log blocks are lost,\n"
+    "                        and a line says how many\n"
     "  --no-list             refuse to list the exports (NBD_OPT_LIST)\n"
     "  --control PATH        control socket for bsnap (default: "
     "$BSNAP_CONTROL,\n"
@@ -250,6 +255,7 @@ static int cmd_serve(int argc, char **argv)
         {"tls-psk", required_argument, 0, 'P'},
         {"tls-verify-peer", no_argument, 0, 'V'},
         {"read-only", no_argument, 0, 'R'},
+        {"accept-data-loss", no_argument, 0, 'X'},
         {"no-list", no_argument, 0, 'N'},
         {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'},
@@ -260,6 +266,7 @@ static int cmd_serve(int argc, char **argv)
     char *attach[MAX_ATTACH];
     int nattach = 0, verbose = 0, c, r, read_only = 0, no_list = 0;
     int single = 0;
+    unsigned open_flags = 0;
     unsigned connections = 0, timeout = 0, queue_depth = 0;
     struct buse_tls_options tls = {.mode = -1}; /* -1: --tls not given */
 
@@ -331,6 +338,9 @@ static int cmd_serve(int argc, char **argv)
         case 'R':
             read_only = 1;
             break;
+        case 'X':
+            open_flags |= STORE_OPEN_ACCEPT_LOSS;
+            break;
         case 'N':
             no_list = 1;
             break;
@@ -391,7 +401,7 @@ static int cmd_serve(int argc, char **argv)
     snprintf(attrs_path, sizeof attrs_path, "%s-exports.json", image);
     int created_attrs = created && stat(attrs_path, &isb) < 0;
     struct store *st;
-    r = open_image(image, size, NULL, 0, &st);
+    r = open_image(image, size, NULL, open_flags, &st);
     if (r < 0)
         return 1;
 
@@ -480,23 +490,32 @@ static void check_problem(const char *msg, void *arg)
 }
 
 static const char check_help[] =
-    "Usage: busesnap check IMAGE [--progress | --quiet]\n"
+    "Usage: busesnap check IMAGE [--progress | --quiet] "
+    "[--accept-data-loss]\n"
     "Check the consistency of an image no server has open: every map entry\n"
     "names an existing chunk, every refcount equals its references, every\n"
     "chunk hashes to its key.  Exit 0: consistent, 1: problems (listed on\n"
     "stderr) or failure.  Progress goes to stderr when it is a terminal or\n"
-    "with --progress.  For a served image use `bsnap check`.\n";
+    "with --progress.  An image that was not shut down cleanly has its log\n"
+    "replayed first; if the log does not reach what was made durable, check\n"
+    "refuses unless --accept-data-loss (see busesnap serve --help).  For a\n"
+    "served image use `bsnap check`.\n";
 
 static int cmd_check(int argc, char **argv)
 {
-    static const struct option opts[] = {{"progress", no_argument, 0, 'p'},
-                                         {"quiet", no_argument, 0, 'q'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"progress", no_argument, 0, 'p'},
+        {"quiet", no_argument, 0, 'q'},
+        {"accept-data-loss", no_argument, 0, 'D'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     int c, progress = isatty(2);
+    unsigned flags = STORE_OPEN_RDONLY;
     while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
         if (c == 'p')
             progress = 1;
+        else if (c == 'D')
+            flags |= STORE_OPEN_ACCEPT_LOSS;
         else if (c == 'q')
             progress = 0;
         else if (c == 'h') {
@@ -509,7 +528,7 @@ static int cmd_check(int argc, char **argv)
         usage_error("check", "expected one IMAGE");
     const char *image = argv[optind];
     struct store *st;
-    if (open_image(image, 0, NULL, STORE_OPEN_RDONLY, &st) < 0)
+    if (open_image(image, 0, NULL, flags, &st) < 0)
         return 1;
     quiet_progress = !progress;
     int r = store_check(st, check_progress, check_problem, NULL);

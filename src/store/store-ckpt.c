@@ -1098,8 +1098,8 @@ static bool ckpt_due(struct store *st)
 {
     struct gen *a = st->active;
     return st->ckpt_wanted || gen_full(st, a, 1) ||
-           (a->any && store_ms_since(&a->first) >= (long)STORE_CKPT_MS) ||
-           st->frozen || st->gc_wanted;
+           (a->any && store_ms_since(&a->first) >= st->ckpt_ms) || st->frozen ||
+           st->gc_wanted;
 }
 
 static void *bg_main(void *arg)

@@ -65,7 +65,8 @@ struct gen;
 #define STORE_FIRST_SLOT 2u /* 0: hole, 1: allocated zero */
 
 /* Segments: STORE_SEG_SLOTS slots of STORE_BLOCK bytes (4 MiB, RBD's object
- * size).  Segment 0 holds the header (slot 0) and slot 1 (never used). */
+ * size).  Segment 0 holds the header (slot 0) and slot 1, which never holds
+ * a chunk: it keeps the log's tail record (store-log.c). */
 #define STORE_SEG_SHIFT 10u
 #define STORE_SEG_SLOTS (1u << STORE_SEG_SHIFT)
 #define STORE_SEG_WORDS (STORE_SEG_SLOTS / 64)
@@ -336,6 +337,28 @@ void store_log_prepare(struct store *st);
 int store_log_chain_add(struct store *st, uint32_t seg);
 void store_log_release(struct store *st, const struct log_pos *pos);
 int store_log_restart(struct store *st);
+
+/* The tail record (slot 1 of the chunk file, two copies): how far this
+ * run's log was made durable.  store_log_sync writes it after each sync;
+ * an open of an image left open (meta "open", store-open.c) reads it. */
+int store_log_tail_start(struct store *st);
+/* *lsn: the highest durable lsn a valid copy of run's tail records; -ENOENT
+ * if no copy of run is valid. */
+int store_log_tail_read(struct store *st, const uint8_t run[16], uint64_t *lsn);
+
+/* Why a log reader stopped (for the message of a refused open). */
+enum log_end {
+    LOG_END_NONE = 0,
+    LOG_END_NOWHERE, /* the log starts nowhere (seg 0) */
+    LOG_END_EOF,     /* the slot is past the chunk file's end */
+    LOG_END_ZERO,    /* zeros: the natural end, or an erased log */
+    LOG_END_FOREIGN, /* a log block of another image */
+    LOG_END_LSN,     /* a block of this image, of another lsn */
+    LOG_END_SUM,     /* a block whose checksum fails */
+    LOG_END_JUNK,    /* not a log block */
+    LOG_END_CHUNK,   /* an entry whose chunk does not hash (replay) */
+};
+const char *store_log_end_str(enum log_end why);
 /* Reading the log (recovery): */
 struct log_reader {
     struct store *st;
@@ -345,6 +368,8 @@ struct log_reader {
     bool tree;      /* blk is a tree record */
     uint32_t *segs; /* log segments passed through */
     size_t nsegs;
+    enum log_end end;  /* why the last load_block stopped */
+    uint64_t end_slot; /* ... at which slot */
 };
 int store_log_read_open(struct store *st, const struct log_pos *from,
                         struct log_reader *r);
@@ -572,6 +597,11 @@ struct store {
     int failed;              /* -errno: acknowledged writes lost; I/O refused */
     char failed_msg[256];
     bool replaying;
+    uint8_t run[16];   /* this read-write open's identity (meta "open", the
+                          tail record) */
+    uint64_t tail_seq; /* tail records written (under log.sync_mu) */
+    bool tail_warned;
+    long ckpt_ms; /* STORE_CKPT_MS, or BUSESNAP_CKPT_MS (tests) */
 
     /* open handles (under tree_mu) */
     struct store_vol *vols;

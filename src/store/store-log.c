@@ -29,18 +29,32 @@
  * completed sync is read back: a sync covers every block handed to the
  * kernel before it (invariant 10, doc/design.md).
  *
+ * The tail record (slot 1, issue 20): after each sync, the lsn it made
+ * durable is written, with the identity of this run (the "open" marker in
+ * the index), to one of two 512-byte copies in turn.  It is not synced
+ * itself: the next sync (or writeback) makes it durable, so it never
+ * claims more than a completed sync covered, costs a pwrite per FLUSH and
+ * no LMDB commit, and survives a killed process at once.  An open that
+ * finds the image was not closed cleanly compares how far the log reaches
+ * with it: missing, truncated or foreign log blocks are then known, not
+ * silently taken for the log's end.
+ *
  * Locks: log.mu guards the block being filled and the position (callers of
  * *_l hold it); log.sync_mu makes syncs take turns, so that one fdatasync
- * serves every FLUSH waiting behind it.
+ * serves every FLUSH waiting behind it (and orders the tail records).
  */
 #include "store-int.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #define LOG_MAGIC "BSNAPLOG"
+#define TAIL_MAGIC "BSNAPEND"
+#define TAIL_SLOT 1u
+#define TAIL_COPY 512u /* copies in separate sectors: one torn, one kept */
 #define LOG_HDR 64u
 #define LOG_ENT 32u
 #define LOG_NENT ((STORE_BLOCK - LOG_HDR) / LOG_ENT) /* 126 */
@@ -58,6 +72,106 @@ struct log_hdr {
     uint8_t pad[8];
 };
 _Static_assert(sizeof(struct log_hdr) == LOG_HDR, "log header size");
+
+struct log_tail {
+    char magic[8];
+    uint8_t uuid[16]; /* the image */
+    uint8_t run[16];  /* the open that wrote it */
+    uint64_t seq;     /* tail records written by that open */
+    uint64_t lsn;     /* every log block up to here is durable */
+    uint64_t sum;     /* XXH3-64, seeded with the log key */
+};
+_Static_assert(sizeof(struct log_tail) == 64, "tail record size");
+
+static uint64_t tail_sum(const struct store *st, struct log_tail *t)
+{
+    uint64_t saved = t->sum;
+    t->sum = 0;
+    uint64_t s = XXH3_64bits_withSeed(t, sizeof *t, st->log.key);
+    t->sum = saved;
+    return s;
+}
+
+/* Write copy seq % 2 of the tail record (or both: start).  The caller
+ * syncs when it must be durable (log.sync_mu held, or before threads). */
+static int tail_write(struct store *st, uint64_t lsn, bool both)
+{
+    uint8_t buf[2 * TAIL_COPY] = {0};
+    struct log_tail t = {.seq = ++st->tail_seq, .lsn = lsn};
+    memcpy(t.magic, TAIL_MAGIC, 8);
+    memcpy(t.uuid, st->uuid, 16);
+    memcpy(t.run, st->run, 16);
+    t.sum = tail_sum(st, &t);
+    memcpy(buf, &t, sizeof t);
+    memcpy(buf + TAIL_COPY, &t, sizeof t);
+    off_t off = (off_t)TAIL_SLOT * STORE_BLOCK;
+    size_t n = both ? sizeof buf : TAIL_COPY;
+    if (!both)
+        off += (off_t)(t.seq % 2) * TAIL_COPY;
+    if (pwrite(st->chunk_fd, buf, n, off) == (ssize_t)n)
+        return 0;
+    int e = errno ? errno : EIO;
+    return store_set_err(st, -e,
+                         "%s-chunks: write of the log's tail record "
+                         "failed: %s",
+                         st->path, strerror(e));
+}
+
+/* A read-write open starts its run: the tail says "nothing of this run yet"
+ * in both copies, durably, before the index names the run. */
+int store_log_tail_start(struct store *st)
+{
+    pthread_mutex_lock(&st->log.sync_mu);
+    int rc = tail_write(st, st->log.next.lsn - 1, true);
+    pthread_mutex_unlock(&st->log.sync_mu);
+    return rc ? rc : store_seg_sync(st);
+}
+
+int store_log_tail_read(struct store *st, const uint8_t run[16], uint64_t *lsn)
+{
+    uint8_t buf[2 * TAIL_COPY];
+    if (pread(st->chunk_fd, buf, sizeof buf, (off_t)TAIL_SLOT * STORE_BLOCK) !=
+        (ssize_t)sizeof buf)
+        return -ENOENT;
+    bool found = false;
+    for (unsigned c = 0; c < 2; c++) {
+        struct log_tail t;
+        memcpy(&t, buf + c * TAIL_COPY, sizeof t);
+        if (memcmp(t.magic, TAIL_MAGIC, 8) || memcmp(t.uuid, st->uuid, 16) ||
+            memcmp(t.run, run, 16) || tail_sum(st, &t) != t.sum)
+            continue;
+        if (!found || t.lsn > *lsn)
+            *lsn = t.lsn;
+        found = true;
+    }
+    return found ? 0 : -ENOENT;
+}
+
+const char *store_log_end_str(enum log_end why)
+{
+    switch (why) {
+    case LOG_END_NONE:
+        return "the end of what was read";
+    case LOG_END_NOWHERE:
+        return "nowhere (the log was never started)";
+    case LOG_END_EOF:
+        return "the end of the file (truncated?)";
+    case LOG_END_ZERO:
+        return "zeros (erased?)";
+    case LOG_END_FOREIGN:
+        return "a log block of another image";
+    case LOG_END_LSN:
+        return "a log block of another point in the log (an older copy?)";
+    case LOG_END_SUM:
+        return "a log block that fails its checksum (damaged)";
+    case LOG_END_JUNK:
+        return "not a log block (overwritten?)";
+    case LOG_END_CHUNK:
+        return "a log block naming a chunk whose bytes do not match it "
+               "(damaged chunk data)";
+    }
+    return "?";
+}
 
 static uint64_t block_sum(const struct store *st, uint8_t *blk, uint64_t lsn)
 {
@@ -294,10 +408,18 @@ int store_log_sync(struct store *st, uint64_t ticket)
     int rc = 0;
     if (__atomic_load_n(&lg->synced_lsn, __ATOMIC_ACQUIRE) < ticket) {
         uint64_t upto = __atomic_load_n(&lg->written_lsn, __ATOMIC_ACQUIRE);
-        if ((rc = store_seg_sync(st)) == 0)
+        if ((rc = store_seg_sync(st)) == 0) {
             __atomic_store_n(&lg->synced_lsn, upto, __ATOMIC_RELEASE);
-        else
+            /* not synced: the next sync or writeback makes it durable, and
+             * it claims only what this one covered (see the top) */
+            if (tail_write(st, upto, false) && !st->tail_warned) {
+                st->tail_warned = true;
+                fprintf(stderr, "%s (an unclean stop may then go unnoticed)\n",
+                        store_errmsg());
+            }
+        } else {
             store_offline(st, rc, "a log sync failed", store_errmsg());
+        }
     }
     pthread_mutex_unlock(&lg->sync_mu);
     return rc;
@@ -352,24 +474,46 @@ static int load_block(struct log_reader *r)
 {
     struct store *st = r->st;
     uint64_t slot = ((uint64_t)r->pos.seg << STORE_SEG_SHIFT) | r->pos.idx;
-    if (r->pos.seg == 0 || (slot + 1) > store_space_slots(st))
+    r->end_slot = slot;
+    if (r->pos.seg == 0) {
+        r->end = LOG_END_NOWHERE;
         return 0;
+    }
+    if ((slot + 1) > store_space_slots(st)) {
+        r->end = LOG_END_EOF;
+        return 0;
+    }
     int rc = store_seg_read(st, slot, r->blk, STORE_BLOCK);
     if (rc)
         return rc;
     if ((rc = note_seg(r, r->pos.seg)))
         return rc;
     const struct log_hdr *h = (const struct log_hdr *)r->blk;
-    if (memcmp(h->magic, LOG_MAGIC, 8) || h->lsn != r->pos.lsn ||
-        memcmp(h->uuid, st->uuid, 16) || h->version != STORE_FORMAT_VERSION ||
-        block_sum(st, r->blk, h->lsn) != h->sum)
+    if (memcmp(h->magic, LOG_MAGIC, 8)) {
+        bool zero = true;
+        for (size_t i = 0; i < STORE_BLOCK && zero; i++)
+            zero = r->blk[i] == 0;
+        r->end = zero ? LOG_END_ZERO : LOG_END_JUNK;
         return 0;
-    if ((h->kind == LB_ENTRIES && h->n > LOG_NENT) ||
+    }
+    if (memcmp(h->uuid, st->uuid, 16)) {
+        r->end = LOG_END_FOREIGN;
+        return 0;
+    }
+    if (h->lsn != r->pos.lsn) {
+        r->end = LOG_END_LSN;
+        return 0;
+    }
+    if (h->version != STORE_FORMAT_VERSION ||
+        block_sum(st, r->blk, h->lsn) != h->sum ||
+        (h->kind == LB_ENTRIES && h->n > LOG_NENT) ||
         (h->kind == LB_TREE && h->n > STORE_BLOCK - LOG_HDR) ||
-        (h->kind != LB_ENTRIES && h->kind != LB_TREE))
+        (h->kind != LB_ENTRIES && h->kind != LB_TREE) ||
+        (r->pos.idx == STORE_SEG_SLOTS - 1 && h->seg_next == 0)) {
+        r->end = LOG_END_SUM;
         return 0;
-    if (r->pos.idx == STORE_SEG_SLOTS - 1 && h->seg_next == 0)
-        return 0;
+    }
+    r->end = LOG_END_NONE;
     r->tree = h->kind == LB_TREE;
     r->n = h->n;
     r->i = 0;

@@ -14,6 +14,17 @@
  * the image is then as it was at the last completed FLUSH or later.  A
  * read-only open never writes: if the log holds entries, a read-write open
  * replays them first.
+ *
+ * Clean and unclean (issue 20): a read-write open writes the tail record
+ * for a new run (store-log.c) and then the marker meta "open" {run, lsn,
+ * time}; a clean close, after its checkpoint, deletes the marker.  An open
+ * that finds the marker knows the last run did not close cleanly: its log
+ * must reach the lsn the run's tail record says was made durable.  If it
+ * does not (log blocks erased, truncated, of another image, damaged, or a
+ * tail record that is not there), the open is refused with -EUCLEAN, the
+ * files untouched, unless STORE_OPEN_ACCEPT_LOSS says to go on with what
+ * the log holds (a line on stderr says what is lost).  Without the marker
+ * nothing was pending: a lost log costs nothing.
  */
 #include "store-int.h"
 
@@ -92,6 +103,10 @@ static struct store *store_alloc(const char *path, unsigned flags)
     int n = ns ? atoi(ns) : 0;
     st->nshard =
         n > 0 && n <= (int)STORE_NSHARD_MAX ? (unsigned)n : STORE_NSHARD_MAX;
+    /* BUSESNAP_CKPT_MS: the checkpoint timer, for tests that need the
+     * writes of a run to stay in the log (test-busesnap-unclean) */
+    const char *cm = getenv("BUSESNAP_CKPT_MS");
+    st->ckpt_ms = cm && atol(cm) > 0 ? atol(cm) : (long)STORE_CKPT_MS;
     pthread_mutex_init(&st->tree_mu, NULL);
     pthread_mutex_init(&st->ckpt_mu, NULL);
     pthread_mutex_init(&st->bg_mu, NULL);
@@ -145,7 +160,7 @@ static void store_free(struct store *st)
 /* Keep the message of a failure across store_free. */
 static int fail_free(struct store *st, int rc)
 {
-    char msg[512];
+    char msg[2048];
     snprintf(msg, sizeof msg, "%s", store_errmsg());
     store_free(st);
     store_set_err(NULL, rc, "%s", msg);
@@ -336,6 +351,66 @@ static int meta_put(struct store *st, MDB_txn *txn, const char *key,
     return rc ? store_mdb_err(st, rc, "meta") : 0;
 }
 
+/* The marker of a read-write open (meta "open"): which run, from which
+ * lsn, since when.  Present while an image is open read-write, and after
+ * a run that did not close cleanly. */
+struct open_marker {
+    uint8_t run[16];
+    uint64_t lsn;
+    int64_t time;
+};
+_Static_assert(sizeof(struct open_marker) == 32, "marker size");
+
+/* 1 and *m if the marker is there, 0 if not, or -errno. */
+static int marker_get(struct store *st, MDB_txn *txn, struct open_marker *m)
+{
+    MDB_val k = {4, "open"}, d;
+    int rc = mdb_get(txn, st->idx.meta, &k, &d);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return store_mdb_err(st, rc, "meta");
+    if (d.mv_size != sizeof *m)
+        return store_set_err(st, -EPROTO,
+                             "meta \"open\" is damaged (%zu "
+                             "bytes)",
+                             d.mv_size);
+    memcpy(m, d.mv_data, sizeof *m);
+    return 1;
+}
+
+/* Put (m) or delete (NULL) the marker, in a txn of its own, durably. */
+static int marker_set(struct store *st, const struct open_marker *m)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(st->idx.env, NULL, 0, &txn);
+    if (rc)
+        return store_mdb_err(st, rc, "begin");
+    MDB_val k = {4, "open"}, d = {sizeof *m, (void *)m};
+    rc = m ? mdb_put(txn, st->idx.meta, &k, &d, 0)
+           : mdb_del(txn, st->idx.meta, &k, NULL);
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    if (rc) {
+        mdb_txn_abort(txn);
+        return store_mdb_err(st, rc, "meta");
+    }
+    if ((rc = mdb_txn_commit(txn)))
+        return store_mdb_err(st, rc, "commit");
+    return 0;
+}
+
+/* A read-write open begins its run: the tail record, then the marker that
+ * names it (so a marker never names a run without a tail). */
+static int run_start(struct store *st)
+{
+    struct open_marker m = {.lsn = st->log.next.lsn, .time = time(NULL)};
+    uuid_generate_random(st->run);
+    memcpy(m.run, st->run, 16);
+    int rc = store_log_tail_start(st);
+    return rc ? rc : marker_set(st, &m);
+}
+
 static int write_chunk_header(struct store *st, bool create)
 {
     struct chunk_header h = {.version = STORE_FORMAT_VERSION};
@@ -450,7 +525,7 @@ int store_create(const char *path, const struct store_create_opts *opts,
             goto fail;
         memcpy(st->cat.def, vu, 16);
         st->cat.def_dirty = true;
-        if ((rc = store_ckpt_run(st, false)))
+        if ((rc = store_ckpt_run(st, false)) || (rc = run_start(st)))
             goto fail;
     }
     fsync_dir(path);
@@ -492,9 +567,16 @@ static bool chunk_matches(struct store *st, const struct log_ent *e)
     return !memcmp(h, e->hash, 16);
 }
 
+/* How far a replay got: every block up to lsn `done` applied whole; it
+ * stopped at slot `slot` for `why`. */
+struct reach {
+    uint64_t done, slot, chunk;
+    enum log_end why;
+};
+
 /* Replay the log from pos into the active generation; *n entries. */
 static int replay(struct store *st, const struct log_pos *pos, uint64_t *n,
-                  uint64_t *trees)
+                  uint64_t *trees, struct reach *out)
 {
     struct log_reader r;
     int rc = store_log_read_open(st, pos, &r);
@@ -504,6 +586,7 @@ static int replay(struct store *st, const struct log_pos *pos, uint64_t *n,
     struct log_ent e;
     const void *tree;
     size_t tlen;
+    bool partial = false;
     *n = *trees = 0;
     while ((rc = store_log_read_next(&r, &e, &tree, &tlen)) > 0) {
         if (rc == 2) {
@@ -520,10 +603,10 @@ static int replay(struct store *st, const struct log_pos *pos, uint64_t *n,
                                (unsigned long long)*n, e.node);
             break;
         }
-        if (e.type == LE_NEW || e.type == LE_REF) {
-            if (!chunk_matches(st, &e))
-                break; /* torn data: the log ends here */
-        } else if (e.type != LE_ZERO) {
+        if ((e.type != LE_NEW && e.type != LE_REF && e.type != LE_ZERO) ||
+            (e.type != LE_ZERO && !chunk_matches(st, &e))) {
+            /* torn data: the log ends here, inside the block just read */
+            partial = true;
             break;
         }
         if ((rc = store_apply_ent(st, &e, true)))
@@ -531,10 +614,92 @@ static int replay(struct store *st, const struct log_pos *pos, uint64_t *n,
         (*n)++;
     }
     st->replaying = false;
+    /* r.pos is the block after the one read last (or the one that did not
+     * load) */
+    out->done = r.pos.lsn - 1 - partial;
+    out->why = partial ? LOG_END_CHUNK : r.end;
+    out->slot = r.end_slot;
+    out->chunk = partial ? e.slot : 0;
     for (size_t i = 0; rc >= 0 && i < r.nsegs; i++)
         store_log_chain_add(st, r.segs[i]);
     store_log_read_close(&r);
     return rc < 0 ? rc : 0;
+}
+
+/* The last run did not close cleanly (marker m): does the log reach what
+ * that run made durable?  0 if so (or if the caller accepts the loss: a
+ * line on stderr says what is lost), else -EUCLEAN and a message. */
+static int check_reach(struct store *st, const struct log_pos *pos,
+                       const struct open_marker *m, const struct reach *r,
+                       uint64_t nent)
+{
+    uint64_t q = 0;
+    bool no_tail = store_log_tail_read(st, m->run, &q) != 0;
+    if (!no_tail && (q < pos->lsn || r->done >= q))
+        return 0; /* nothing pending, or all of it read back */
+    char where[240], held[80];
+    if (r->why == LOG_END_CHUNK)
+        snprintf(where, sizeof where,
+                 "the log block at %s-chunks slot %llu names chunk slot "
+                 "%llu, whose bytes do not match it (damaged chunk data)",
+                 st->name, (unsigned long long)r->slot,
+                 (unsigned long long)r->chunk);
+    else
+        snprintf(where, sizeof where,
+                 "the log stops at %s-chunks slot %llu: %s", st->name,
+                 (unsigned long long)r->slot, store_log_end_str(r->why));
+    if (r->done < pos->lsn)
+        snprintf(held, sizeof held, "none of them can be read");
+    else
+        snprintf(held, sizeof held, "only blocks %llu to %llu can be read",
+                 (unsigned long long)pos->lsn, (unsigned long long)r->done);
+    bool accept = st->flags & STORE_OPEN_ACCEPT_LOSS;
+    if (no_tail) {
+        char msg[600], got[80];
+        if (r->done < pos->lsn)
+            snprintf(got, sizeof got, "no log block can be read");
+        else
+            snprintf(got, sizeof got, "the log holds blocks %llu to %llu",
+                     (unsigned long long)pos->lsn, (unsigned long long)r->done);
+        snprintf(msg, sizeof msg,
+                 "the record of how far its log was made durable (%s-chunks "
+                 "slot 1) is missing or damaged, so whether acknowledged "
+                 "writes are lost cannot be told (%s; %s)",
+                 st->name, got, where);
+        if (!accept)
+            return store_set_err(
+                st, -EUCLEAN,
+                "not closed cleanly, and %s.  Put back the %s-chunks this "
+                "image was using, or open it with --accept-data-loss to keep "
+                "what the log holds",
+                msg, st->name);
+        fprintf(stderr,
+                "%s: accepting possible data loss (--accept-data-loss): %s; "
+                "%llu entries replayed\n",
+                st->path, msg, (unsigned long long)nent);
+        return 0;
+    }
+    uint64_t lost = q - (r->done < pos->lsn ? pos->lsn - 1 : r->done);
+    if (!accept)
+        return store_set_err(
+            st, -EUCLEAN,
+            "not closed cleanly, and its log does not reach what was made "
+            "durable: log blocks %llu to %llu were synced (by a FLUSH, a FUA "
+            "write or a tree operation) but %s (%s).  The writes of %llu log "
+            "block%s, acknowledged since the last checkpoint, would be lost.  "
+            "Put back the %s-chunks this image was using, or open it with "
+            "--accept-data-loss to keep what the log holds",
+            (unsigned long long)pos->lsn, (unsigned long long)q, held, where,
+            (unsigned long long)lost, lost == 1 ? "" : "s", st->name);
+    fprintf(stderr,
+            "%s: accepting data loss (--accept-data-loss): log blocks %llu to "
+            "%llu were synced but %s (%s): the writes of %llu log block%s, "
+            "acknowledged since the last checkpoint, are lost; %llu entries "
+            "replayed\n",
+            st->path, (unsigned long long)pos->lsn, (unsigned long long)q, held,
+            where, (unsigned long long)lost, lost == 1 ? "" : "s",
+            (unsigned long long)nent);
+    return 0;
 }
 
 /* Does the log hold anything after pos (a read-only open must have it
@@ -635,6 +800,12 @@ int store_open_map(const char *path, unsigned flags, uint64_t map_size,
     memcpy(&pos.lsn, posb, 8);
     memcpy(&pos.seg, posb + 8, 4);
     memcpy(&pos.idx, posb + 12, 4);
+    struct open_marker mk;
+    int unclean = marker_get(st, txn, &mk);
+    if (unclean < 0) {
+        rc = unclean;
+        goto fail_txn;
+    }
     if ((rc = store_cat_load(st, txn)) || (rc = store_space_init(st, 1)) ||
         (rc = store_space_load(st, txn)) ||
         (rc = store_hash_bloom_build(st, txn)) ||
@@ -642,7 +813,10 @@ int store_open_map(const char *path, unsigned flags, uint64_t map_size,
         goto fail_txn;
     mdb_txn_abort(txn);
     if (st->rdonly) {
-        if (log_pending(st, &pos)) {
+        uint64_t q = 0;
+        if (log_pending(st, &pos) ||
+            (unclean &&
+             (store_log_tail_read(st, mk.run, &q) || q >= pos.lsn))) {
             /* writes the log holds are part of the image: a read-write
              * open replays them, then this one starts again */
             store_free(st);
@@ -660,13 +834,23 @@ int store_open_map(const char *path, unsigned flags, uint64_t map_size,
     struct timespec t0;
     store_now(&t0);
     uint64_t nent = 0, ntree = 0;
-    rc = replay(st, &pos, &nent, &ntree);
+    struct reach rch;
+    rc = replay(st, &pos, &nent, &ntree, &rch);
+    if (!rc && unclean && (rc = check_reach(st, &pos, &mk, &rch, nent)))
+        return fail_free(st, rc); /* nothing written: the files as they were */
     if (!rc)
         rc = store_log_restart(st);
     if (!rc && upgraded)
         rc = store_upgrade_journal(st);
     if (!rc)
         rc = store_ckpt_run(st, false);
+    /* the last run's log is in the index now: its marker goes before the
+     * new run's tail overwrites that run's (a crash in between must not
+     * leave a marker without its tail) */
+    if (!rc && unclean)
+        rc = marker_set(st, NULL);
+    if (!rc)
+        rc = run_start(st);
     if (rc) {
         /* the index and the log are as they were: the next open replays
          * the same entries from the same position */
@@ -706,7 +890,10 @@ void store_close(struct store *st)
     if (!st)
         return;
     store_bg_stop(st);
-    if (!st->rdonly && !store_failed(st))
-        store_ckpt_run(st, false);
+    /* a clean close: everything is in the index, the marker goes (if the
+     * checkpoint fails, the next open replays the log and checks it) */
+    if (!st->rdonly && !store_failed(st) && store_ckpt_run(st, false) == 0 &&
+        marker_set(st, NULL))
+        fprintf(stderr, "%s\n", store_errmsg());
     store_free(st);
 }

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <xxhash.h>
 
-static __thread char errbuf[512];
+static __thread char errbuf[2048]; /* long paths, twice, in one message */
 
 const char *store_errmsg(void)
 {

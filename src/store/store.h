@@ -52,9 +52,16 @@ int store_create(const char *path, const struct store_create_opts *opts,
                  struct store **out);
 
 #define STORE_OPEN_RDONLY 1u /* no writes, no GC (for offline check/info) */
+/* Open an image that was not closed cleanly even though its log does not
+ * reach what was made durable (the writes of the missing log blocks are
+ * lost: a line on stderr says how far the log reached). */
+#define STORE_OPEN_ACCEPT_LOSS 2u
 /* Open an existing image.  -ENOENT: no such image; -EBUSY: another process
  * has it open; -EPROTO: not a busesnap image or an unsupported format
- * version (message says which). */
+ * version (message says which); -EUCLEAN: the image was not closed cleanly
+ * and its log is missing, truncated, from another image or does not reach
+ * the position recorded as durable (message names the file and what to do;
+ * STORE_OPEN_ACCEPT_LOSS opens it anyway). */
 int store_open(const char *path, unsigned flags, struct store **out);
 /* The same with an index size limit (LMDB map size, bytes; 0: 1 TiB).  When
  * the index or the image's file system is full, writes fail with -ENOSPC

@@ -4,7 +4,9 @@
  * block and the snapshot, every block reads old or new content, and
  * store_check is clean.  The same kill on an image big enough for its
  * hashes to be merged, so that the overwrites stage deletions (`dead`).
- * Then a deliberately corrupted chunk is found by store_check. */
+ * Then a deliberately corrupted chunk is found by store_check.  Last, an
+ * unclean exit whose log is then erased: store_open says -EUCLEAN (read-only
+ * too) and STORE_OPEN_ACCEPT_LOSS opens it. */
 #include "store-test-util.h"
 
 #include <fcntl.h>
@@ -121,6 +123,68 @@ static void crash_merged(void)
     free(buf);
 }
 
+/* Zero the chunk file's log blocks (magic "BSNAPLOG"): how many. */
+static unsigned erase_log(void)
+{
+    char cp[400];
+    snprintf(cp, sizeof cp, "%s-chunks", t_img);
+    int fd = open(cp, O_RDWR);
+    EXPECT(fd >= 0, "open chunks");
+    uint8_t b[STORE_BLOCK], z[STORE_BLOCK] = {0};
+    unsigned n = 0;
+    for (off_t s = 0; pread(fd, b, sizeof b, s * STORE_BLOCK) == sizeof b; s++)
+        if (!memcmp(b, "BSNAPLOG", 8)) {
+            EXPECT(pwrite(fd, z, sizeof z, s * STORE_BLOCK) == sizeof z,
+                   "pwrite");
+            n++;
+        }
+    close(fd);
+    return n;
+}
+
+/* FUA writes, _exit (no close), the log erased: refused, then accepted. */
+static void check_unclean(void)
+{
+    struct store *st;
+    struct store_vol *v;
+    setenv("BUSESNAP_CKPT_MS", "3600000", 1); /* the writes stay in the log */
+    pid_t pid = fork();
+    if (pid == 0) {
+        OK(store_open(t_img, 0, &st));
+        OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+        uint8_t buf[STORE_BLOCK];
+        for (uint64_t b = 0; b < 20; b++) {
+            t_pattern(buf, 11, b);
+            OK(store_write(v, buf, b * STORE_BLOCK, STORE_BLOCK, STORE_FUA));
+        }
+        _exit(0);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    unsetenv("BUSESNAP_CKPT_MS");
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child failed");
+    unsigned n = erase_log();
+    EXPECT(n >= 20, "%u log blocks erased, expected 20 or more", n);
+    int rc = store_open(t_img, 0, &st);
+    EXPECT(rc == -EUCLEAN && strstr(store_errmsg(), "not closed cleanly"),
+           "open of an unclean image without its log: %d (%s)", rc,
+           store_errmsg());
+    rc = store_open(t_img, STORE_OPEN_RDONLY, &st);
+    EXPECT(rc == -EUCLEAN, "read-only open of it: %d (%s)", rc, store_errmsg());
+    OK(store_open(t_img, STORE_OPEN_ACCEPT_LOSS, &st));
+    EXPECT_CLEAN(st);
+    OK(store_vol_open(st, STORE_DEFAULT_VOLUME, &v));
+    for (uint64_t b = 0; b < 20; b++)
+        EXPECT(!t_is_pat(v, 11, b), "block %llu: a lost write is served",
+               (unsigned long long)b);
+    store_vol_close(v);
+    store_close(st);
+    /* closed cleanly: nothing pending, the log is not needed */
+    erase_log();
+    OK(store_open(t_img, 0, &st));
+    store_close(st);
+}
+
 int main(void)
 {
     struct store *st;
@@ -219,5 +283,10 @@ int main(void)
            (unsigned long long)prog[0], (unsigned long long)prog[1],
            (unsigned long long)prog[2]);
     store_close(st);
+
+    snprintf(t_img, sizeof t_img, "%s/unclean.db", t_dir);
+    OK(store_create(t_img, &o, &st));
+    store_close(st);
+    check_unclean();
     return 0;
 }
