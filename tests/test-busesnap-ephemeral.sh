@@ -132,6 +132,18 @@ assert_eq "debug1" "volume golden 0" \
 if bsnap keep debug1 debug2 2>"$tmp/err"; then fail "keep of a normal volume accepted"; fi
 grep -q 'not a live ephemeral clone' "$tmp/err" || fail "keep of a normal volume: $(cat "$tmp/err")"
 
+# An ephemeral clone is renamed only by keep; delete --force takes it with
+# its clients.
+hold golden@ephemeral:del
+wait_for "del's clone" ephemerals_are "golden@ephemeral:del 1;"
+if bsnap rename golden@ephemeral:del foo 2>"$tmp/err"; then fail "rename of an ephemeral clone accepted"; fi
+grep -q 'bsnap keep' "$tmp/err" || fail "rename of an ephemeral clone: $(cat "$tmp/err")"
+bsnap delete golden@ephemeral:del --force >"$tmp/out" || fail "delete --force of an ephemeral clone"
+assert_eq "delete --force says" "deleted volume golden@ephemeral:del (disconnected 1 client)" "$(cat "$tmp/out")"
+assert_eq "after delete --force, '@' names" "" "$(names_with_at)"
+exec {holder_fd}>&-
+wait "$holder" 2>/dev/null || true
+
 # Names with '@' are reserved: bsnap refuses them, and so does the server.
 for c in "create a@b" "clone golden v@1" "rename debug1 d@2" "keep golden@ephemeral:x k@3"; do
     # shellcheck disable=SC2086
