@@ -220,7 +220,9 @@ static int check_space(struct checker *ck)
             continue;
         }
         uint64_t base = (uint64_t)get_be32(k.mv_data) << STORE_SEG_SHIFT;
-        const uint64_t *w = d.mv_data;
+        /* LMDB aligns a value only to 2 bytes: copy the bitmap out. */
+        uint64_t w[STORE_SEG_WORDS];
+        memcpy(w, d.mv_data, sizeof w);
         for (unsigned i = 0; i < STORE_SEG_SLOTS; i++) {
             uint64_t s = base + i;
             if (!(w[i / 64] >> (i % 64) & 1) || s < STORE_FIRST_SLOT)
