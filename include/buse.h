@@ -88,6 +88,12 @@ struct buse_export {
                                  NULL when it has none */
     int kernel;               /* a kernel device (attach_kernel), no
                                  network client */
+
+    /* Optional, set by open(): */
+    int no_multi_conn; /* nonzero: do not advertise NBD_FLAG_CAN_MULTI_CONN
+                          on this connection even with BUSE_CAN_MULTI_CONN
+                          (another connection to the same name would not
+                          see the same disk) */
 };
 
 /* Opaque collectors handed to callbacks. */

@@ -7,7 +7,8 @@
 # would refuse a connected client is refused unless --force, which
 # disconnects it.  Per-export read-only; --no-list; with --tls=require a
 # client without an identity lists nothing; attributes survive a restart;
-# one warning line for plaintext TCP on a non-loopback address.
+# one warning line for plaintext TCP on a non-loopback address.  An
+# ephemeral clone (SNAP@ephemeral) opens for whom its snapshot opens.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/tls-functions.sh"
 requires nbdinfo nbdsh jq
@@ -63,6 +64,14 @@ refused bob a-snap
 refused bob a-clone
 opens alice a-clone
 assert_eq "a-clone access" '["alice"]' "$(bsnap list --json | jq -c '.[] | select(.name=="a-clone") | .allow')"
+# An ephemeral clone opens for whom its snapshot opens, and a refused
+# client makes none.
+refused bob a-snap@ephemeral
+refused bob a-snap@ephemeral:x
+refused plain a-snap@ephemeral:x
+assert_eq "clones made for refused clients" "" "$(bsnap list --json | jq -r '.[] | select(.name | contains("@")) | .name')"
+opens alice a-snap@ephemeral:x
+opens alice a-snap@ephemeral
 
 # The default export follows its volume's access.
 bsnap access default --allow alice >/dev/null

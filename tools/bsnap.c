@@ -63,18 +63,29 @@ static void die(const char *fmt, ...)
     exit(1);
 }
 
-/* A name or a UUID: 1-64 bytes of [A-Za-z0-9._:+-], not starting '-'. */
+/* A name or a UUID: 1-64 bytes of [A-Za-z0-9._:+@-], not starting '-'
+ * ('@' only in the names of ephemeral clones, SNAP@ephemeral:ID). */
 static void check_name(const char *what, const char *s)
 {
     size_t n = strlen(s);
     int ok = n >= 1 && n <= BSNAP_NAME_MAX && s[0] != '-';
     for (size_t i = 0; ok && i < n; i++)
         ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-             (s[i] >= '0' && s[i] <= '9') || strchr("._:+-", s[i]);
+             (s[i] >= '0' && s[i] <= '9') || strchr("._:+@-", s[i]);
     if (!ok)
         usage_error("invalid %s \"%s\": 1 to %d characters of A-Z a-z 0-9 "
                     ". _ : + -, not starting with -",
                     what, s, BSNAP_NAME_MAX);
+}
+
+/* A name for a new volume or snapshot: '@' is the server's. */
+static void check_new_name(const char *what, const char *s)
+{
+    check_name(what, s);
+    if (strchr(s, '@'))
+        usage_error("invalid %s \"%s\": '@' is reserved for ephemeral "
+                    "clones (export SNAP@ephemeral)",
+                    what, s);
 }
 
 /* ---- the connection ---- */
@@ -390,7 +401,7 @@ static int cmd_snapshot(int argc, char **argv)
 {
     int i = parse_opts(argc, argv, "jV");
     nargs(argc, argv, i, 1);
-    check_name("snapshot name", argv[i]);
+    check_new_name("snapshot name", argv[i]);
     if (volume)
         check_name("volume", volume);
     connect_server();
@@ -408,7 +419,7 @@ static int cmd_clone(int argc, char **argv)
     int i = parse_opts(argc, argv, "j");
     nargs(argc, argv, i, 2);
     check_name("snapshot", argv[i]);
-    check_name("volume name", argv[i + 1]);
+    check_new_name("volume name", argv[i + 1]);
     connect_server();
     json_t *res = request(json_pack("{s:s, s:s, s:s}", "op", "clone",
                                     "snapshot", argv[i], "name", argv[i + 1]));
@@ -591,7 +602,7 @@ static int cmd_rename(int argc, char **argv)
     int i = parse_opts(argc, argv, "j");
     nargs(argc, argv, i, 2);
     check_name("name", argv[i]);
-    check_name("new name", argv[i + 1]);
+    check_new_name("new name", argv[i + 1]);
     connect_server();
     json_t *res = request(json_pack("{s:s, s:s, s:s}", "op", "rename", "name",
                                     argv[i], "new_name", argv[i + 1]));
@@ -600,6 +611,23 @@ static int cmd_rename(int argc, char **argv)
     else
         printf("renamed %s to %s\n", argv[i],
                jstr(json_object_get(res, "object"), "name"));
+    json_decref(res);
+    return 0;
+}
+
+static int cmd_keep(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "j");
+    nargs(argc, argv, i, 2);
+    check_name("ephemeral clone", argv[i]);
+    check_new_name("new name", argv[i + 1]);
+    connect_server();
+    json_t *res = request(json_pack("{s:s, s:s, s:s}", "op", "keep", "name",
+                                    argv[i], "new_name", argv[i + 1]));
+    if (json_out)
+        print_json(json_object_get(res, "object"));
+    else
+        printf("kept %s as volume %s\n", argv[i], argv[i + 1]);
     json_decref(res);
     return 0;
 }
@@ -632,8 +660,12 @@ static void print_node(struct node *v, size_t n, size_t i, int depth)
     snprintf(label, sizeof label, "%*s%s%s", depth * 2, "", jstr(o, "name"),
              json_is_true(json_object_get(o, "default")) ? "*" : "");
     char acc[32];
-    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %*s  %*s  %7lld  %s\n", name_width,
-           label, jstr(o, "kind"), jstr(o, "uuid"),
+    /* An ephemeral clone is a volume that goes with its clients. */
+    const char *kind = json_is_true(json_object_get(o, "ephemeral"))
+                           ? "ephemeral"
+                           : jstr(o, "kind");
+    printf("%-*s  %-9s  %-36s  %-12s  %-20s  %*s  %*s  %7lld  %s\n", name_width,
+           label, kind, jstr(o, "uuid"),
            *jstr(o, "parent") ? jstr(o, "parent") : "-", jstr(o, "created_iso"),
            exact_bytes ? 16 : 6, bytes_str(jint(o, "size"), size, sizeof size),
            exact_bytes ? 16 : 7,
@@ -695,7 +727,7 @@ static int cmd_list(int argc, char **argv)
         if (w > name_width)
             name_width = w;
     }
-    printf("%-*s  %-8s  %-36s  %-12s  %-20s  %*s  %*s  %7s  %s\n", name_width,
+    printf("%-*s  %-9s  %-36s  %-12s  %-20s  %*s  %*s  %7s  %s\n", name_width,
            "NAME", "KIND", "UUID", "PARENT", "CREATED", exact_bytes ? 16 : 6,
            "SIZE", exact_bytes ? 16 : 7, "WRITTEN", "CLIENTS", "ACCESS");
     int have_default = 0;
@@ -856,7 +888,9 @@ static const struct cmd cmds[] = {
      "size, bytes written in it, NBD clients and access (ro: read-only;\n"
      "N ids: restricted to N TLS identities; see access).  * marks the\n"
      "default volume (export \"\"); a last line says when there is none.\n"
-     "Sizes read 8.0G and 512M; --bytes prints exact byte counts.\n",
+     "Sizes read 8.0G and 512M; --bytes prints exact byte counts.\n"
+     "KIND ephemeral: a clone made by opening export SNAP@ephemeral[:ID],\n"
+     "deleted when its last client disconnects (see keep).\n",
      cmd_list},
     {"rollback", "SNAP [--volume VOL] [--force] [--json]",
      "Make VOL (default: the volume SNAP was taken of) read as SNAP.\n"
@@ -895,6 +929,12 @@ static const struct cmd cmds[] = {
      cmd_access},
     {"rename", "NAME NEWNAME [--json]",
      "Rename a volume or snapshot (its UUID stays).\n", cmd_rename},
+    {"keep", "NAME NEWNAME [--json]",
+     "Turn the live ephemeral clone NAME (export SNAP@ephemeral[:ID]) into\n"
+     "the normal volume NEWNAME, which stays when its clients disconnect\n"
+     "(to keep a failed job's disk for debugging).  Its clients stay\n"
+     "connected.\n",
+     cmd_keep},
     {"info", "[--bytes] [--json]",
      "Image UUID, format version, logical size, physical bytes, chunks,\n"
      "dedup ratio, free and reclaimable space: 8.0G (8589934592 bytes),\n"

@@ -38,7 +38,7 @@ uint16_t buse_transmission_flags(const struct buse_server *srv,
         if (o->write_zeroes)
             f |= NBD_FLAG_SEND_FAST_ZERO;
     }
-    if (o->flags & BUSE_CAN_MULTI_CONN)
+    if ((o->flags & BUSE_CAN_MULTI_CONN) && !exp->no_multi_conn)
         f |= NBD_FLAG_CAN_MULTI_CONN;
     return f;
 }

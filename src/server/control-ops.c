@@ -12,7 +12,9 @@
  * in between; create and clone hold it across the store call and the
  * copy of the source's allowed identities, so the new object is never
  * open to others for a moment.  check runs the store's check in a worker
- * thread (see op_check).
+ * thread (see op_check).  Names holding '@' are busesnap's ephemeral
+ * clones (exports.h): no request may give one to an object, and keep
+ * turns an ephemeral clone into a normal volume.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -96,6 +98,18 @@ json_t *ctl_obj_json(const struct store_obj_info *info, int clients,
 
 /* ---- argument helpers ---- */
 
+/* A new name for a volume or snapshot: '@' is reserved (exports.h); the
+ * rest is the store's to check. */
+static json_t *reserved_name(struct exports *ex, const char *name)
+{
+    if (!strchr(name, '@'))
+        return NULL;
+    return ctl_error(-EINVAL,
+                     "%s: invalid name \"%s\": '@' is reserved for "
+                     "ephemeral clones (export SNAP@ephemeral)",
+                     ex->image, name);
+}
+
 static const char *arg_str(json_t *req, const char *key)
 {
     json_t *v = json_object_get(req, key);
@@ -156,6 +170,9 @@ static json_t *obj_json_locked(struct exports *ex,
     }
     if (j) {
         json_object_set_new(j, "read_only", json_boolean(a && a->read_only));
+        json_object_set_new(
+            j, "ephemeral",
+            json_boolean(exports_is_ephemeral_locked(ex, o.uuid)));
         json_object_set_new(j, "allow", allow ? allow : json_null());
     } else {
         json_decref(allow);
@@ -211,6 +228,8 @@ static json_t *op_create(struct exports *ex, json_t *req)
     json_t *e;
     if (!name)
         return ctl_error(-EINVAL, "create: \"name\" (a string) is required");
+    if ((e = reserved_name(ex, name)))
+        return e;
     if ((e = resolve(ex, vol ? vol : "", &v)))
         return e;
     if (v.kind != STORE_VOLUME)
@@ -242,6 +261,8 @@ static json_t *op_clone(struct exports *ex, json_t *req)
     if (!snap || !name)
         return ctl_error(-EINVAL, "clone: \"snapshot\" and \"name\" (strings) "
                                   "are required");
+    if ((e = reserved_name(ex, name)))
+        return e;
     if ((e = resolve(ex, snap, &s)))
         return e;
     if (s.kind != STORE_SNAPSHOT)
@@ -403,19 +424,18 @@ static json_t *op_rollback(struct exports *ex, json_t *req)
 }
 
 struct count_ctx {
-    int volumes;
-    uuid_t other; /* a volume that is not the one being deleted */
+    int volumes; /* but skip and the ephemeral clones */
     const uuid_t *skip;
 };
 
+/* An ephemeral clone goes when its clients do: it does not count as the
+ * volume an image keeps. */
 static int count_volumes_cb(const struct store_obj_info *info, void *arg)
 {
     struct count_ctx *cc = arg;
-    if (info->kind == STORE_VOLUME) {
+    if (info->kind == STORE_VOLUME && !strchr(info->name, '@') &&
+        uuid_compare(info->uuid, *cc->skip) != 0)
         cc->volumes++;
-        if (uuid_compare(info->uuid, *cc->skip) != 0)
-            uuid_copy(cc->other, info->uuid);
-    }
     return 0;
 }
 
@@ -434,7 +454,7 @@ static json_t *delete_refusal_locked(struct exports *ex,
         int r = store_list(ex->st, count_volumes_cb, &cc);
         if (r < 0)
             return ctl_store_error(r);
-        if (cc.volumes <= 1)
+        if (cc.volumes == 0)
             return ctl_error(-EBUSY,
                              "%s: volume \"%s\" is the only volume and cannot "
                              "be deleted (an image keeps at least one)",
@@ -487,6 +507,20 @@ static json_t *op_delete(struct exports *ex, json_t *req)
                         &disc);
     if (e)
         return e;
+    char id[40];
+    uuid_unparse_lower(o.uuid, id);
+    struct store_obj_info gone;
+    if (strchr(o.name, '@') && store_lookup(ex->st, id, &gone) == -ENOENT) {
+        /* An ephemeral clone whose clients --force disconnected: it went
+         * with the last of them. */
+        json_t *obj = obj_json_locked(ex, &o);
+        pthread_mutex_unlock(&ex->lock);
+        json_object_set_new(obj, "clients", json_integer(0));
+        json_object_set_new(obj, "exports", json_array());
+        json_object_set_new(obj, "ephemeral", json_true());
+        return json_pack("{s:b, s:o, s:i, s:o}", "ok", 1, "object", obj,
+                         "disconnected", disc, "default", json_null());
+    }
     /* Under the lock again: a concurrent control client may have changed
      * the image while clients were being disconnected. */
     if ((e = delete_refusal_locked(ex, &o, next ? &nd : NULL, force))) {
@@ -519,8 +553,6 @@ static json_t *op_delete(struct exports *ex, json_t *req)
                              msg);
         }
     }
-    char id[40];
-    uuid_unparse_lower(o.uuid, id);
     int r = store_delete(ex->st, id);
     if (r < 0) {
         e = ctl_store_error(r);
@@ -572,6 +604,11 @@ static json_t *op_default(struct exports *ex, json_t *req)
     if (name) {
         if ((e = resolve(ex, name, &v)))
             return e;
+        if (strchr(v.name, '@'))
+            return ctl_error(-EINVAL,
+                             "%s: \"%s\" is an ephemeral clone: it cannot be "
+                             "the default (bsnap keep it first)",
+                             ex->image, v.name);
         if (v.kind != STORE_VOLUME)
             return ctl_error(-EINVAL,
                              "%s: \"%s\" is a snapshot: the default must be "
@@ -787,16 +824,60 @@ static json_t *op_rename(struct exports *ex, json_t *req)
     if (!name || !newname)
         return ctl_error(-EINVAL, "rename: \"name\" and \"new_name\" "
                                   "(strings) are required");
+    if ((e = reserved_name(ex, newname)))
+        return e;
     if ((e = resolve(ex, name, &o)))
         return e;
     char id[40];
     uuid_unparse_lower(o.uuid, id);
-    int r = store_rename(ex->st, id, newname);
+    pthread_mutex_lock(&ex->lock);
+    int r = strchr(o.name, '@') ? -EINVAL : store_rename(ex->st, id, newname);
+    pthread_mutex_unlock(&ex->lock);
+    if (r == -EINVAL && strchr(o.name, '@'))
+        return ctl_error(r,
+                         "%s: \"%s\" is an ephemeral clone: bsnap keep "
+                         "renames it into a volume that stays",
+                         ex->image, o.name);
     if (r < 0)
         return ctl_store_error(r);
     if ((e = resolve(ex, id, &o)))
         return e;
     return json_pack("{s:b, s:o}", "ok", 1, "object", obj_with_clients(ex, &o));
+}
+
+/* keep: the live ephemeral clone "name" becomes the normal volume
+ * "new_name", which stays when its clients go. */
+static json_t *op_keep(struct exports *ex, json_t *req)
+{
+    const char *name = arg_str(req, "name");
+    const char *newname = arg_str(req, "new_name");
+    struct store_obj_info o;
+    json_t *e;
+    if (!name || !newname)
+        return ctl_error(-EINVAL, "keep: \"name\" and \"new_name\" "
+                                  "(strings) are required");
+    if ((e = reserved_name(ex, newname)))
+        return e;
+    if ((e = resolve(ex, name, &o)))
+        return e;
+    char id[40];
+    uuid_unparse_lower(o.uuid, id);
+    pthread_mutex_lock(&ex->lock);
+    int r = exports_keep_locked(ex, o.uuid, newname);
+    if (r == -ENOENT) {
+        pthread_mutex_unlock(&ex->lock);
+        return ctl_error(-EINVAL,
+                         "%s: \"%s\" is not a live ephemeral clone (bsnap "
+                         "rename renames other objects)",
+                         ex->image, o.name);
+    }
+    json_t *obj = NULL;
+    if (r == 0 && store_lookup(ex->st, id, &o) == 0)
+        obj = obj_json_locked(ex, &o);
+    pthread_mutex_unlock(&ex->lock);
+    if (r < 0)
+        return ctl_store_error(r);
+    return json_pack("{s:b, s:o}", "ok", 1, "object", obj ? obj : json_null());
 }
 
 static json_t *op_info(struct exports *ex, json_t *req)
@@ -1013,17 +1094,12 @@ json_t *ctl_op(struct exports *ex, const char *op, json_t *req, int fd)
     static const struct {
         const char *name;
         json_t *(*fn)(struct exports *ex, json_t *req);
-    } ops[] = {{"create", op_create},
-               {"list", op_list},
-               {"rollback", op_rollback},
-               {"clone", op_clone},
-               {"delete", op_delete},
-               {"rename", op_rename},
-               {"info", op_info},
-               {"diff", op_diff},
-               {"gc", op_gc},
-               {"default", op_default},
-               {"access", op_access}};
+    } ops[] = {{"create", op_create},     {"list", op_list},
+               {"rollback", op_rollback}, {"clone", op_clone},
+               {"delete", op_delete},     {"rename", op_rename},
+               {"keep", op_keep},         {"info", op_info},
+               {"diff", op_diff},         {"gc", op_gc},
+               {"default", op_default},   {"access", op_access}};
     if (strcmp(op, "check") == 0) {
         json_t *res = op_check(ex, req, fd);
         return res ? res : ctl_error(-ENOMEM, "check: out of memory");

@@ -19,6 +19,7 @@
 
 struct exp_handle; /* one open export (private to exports.c) */
 struct exp_attr;   /* attributes of an export (attrs.h) */
+struct exp_eph;    /* a live ephemeral clone (private to exports.c) */
 
 struct exports {
     struct store *st;
@@ -32,6 +33,8 @@ struct exports {
     uuid_t default_uuid;
     struct exp_attr *attrs; /* read-only flags, allowed identities */
     char *attrs_path;       /* the sidecar, or NULL: memory only */
+    struct exp_eph *eph;    /* live ephemeral clones */
+    unsigned eph_seq;       /* numbers their store names */
 };
 
 /* Initialise ex for st (not owned) and fill ops with the callbacks.  The
@@ -67,6 +70,28 @@ int exports_affected_locked(struct exports *ex, const uuid_t uuid,
  * into names (truncated to len). */
 int exports_count_locked(struct exports *ex, const uuid_t uuid, char *names,
                          size_t len);
+
+/* Ephemeral clones.  Opening export "SNAP@ephemeral" makes a writable
+ * clone of snapshot SNAP private to that connection; "SNAP@ephemeral:ID"
+ * makes one shared by every connection that names the same SNAP and ID
+ * (multi-conn clients).  The clone is deleted when its last connection
+ * closes.  Its store name holds '@' (SNAP@ephemeral:ID, or
+ * SNAP@ephemeral@N for a private one, @ephemeral@N when that is too
+ * long), which no other object's may (control-ops.c refuses it): so a
+ * server that died with clones alive finds them at its next start.
+ *
+ * Delete every volume whose name holds '@' (the clones a previous server
+ * left behind), one line on stderr for each.  Call before serving. */
+void exports_sweep_ephemeral(struct exports *ex);
+/* Is uuid a live ephemeral clone (made by this server and neither
+ * deleted nor kept)?  ex->lock held. */
+int exports_is_ephemeral_locked(struct exports *ex, const uuid_t uuid);
+/* Turn the live ephemeral clone uuid into a normal volume named newname
+ * (bsnap keep): renamed in the store, no longer deleted on close.  0, or
+ * -ENOENT if uuid is not a live ephemeral clone, or the store's -errno
+ * (message in store_errmsg).  ex->lock held. */
+int exports_keep_locked(struct exports *ex, const uuid_t uuid,
+                        const char *newname);
 
 /* Disconnect every client of object uuid (ex->lock NOT held: it waits for
  * their close callbacks, which take the lock).  Returns the number of

@@ -417,6 +417,8 @@ static int cmd_serve(int argc, char **argv)
     struct buse_server *srv = NULL;
     if (attrs_attach(&ex, attrs_path) < 0)
         goto out_store;
+    /* Clones a server that died left behind go before anyone connects. */
+    exports_sweep_ephemeral(&ex);
     srv = buse_server_new(&ops, &ex);
     if (!srv)
         goto out_store;

@@ -58,8 +58,9 @@ static bool uuid_shaped(const char *s)
     return strlen(s) == 36 && uuid_parse(s, u) == 0;
 }
 
-/* A new name must be 1..STORE_NAME_MAX of [A-Za-z0-9._:+-], not start with
- * '-' and not look like a UUID. */
+/* A new name must be 1..STORE_NAME_MAX of [A-Za-z0-9._:+@-], not start with
+ * '-' and not look like a UUID.  The store gives '@' no meaning; busesnap
+ * reserves it for its ephemeral clones (exports.c). */
 int store_check_name(struct store *st, const char *name)
 {
     size_t n = strlen(name);
@@ -73,10 +74,10 @@ int store_check_name(struct store *st, const char *name)
     for (size_t i = 0; i < n; i++) {
         char c = name[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || strchr("._:+-", c)))
+              (c >= '0' && c <= '9') || strchr("._:+@-", c)))
             return store_set_err(st, -EINVAL,
                                  "invalid name \"%s\": only A-Z a-z 0-9 and "
-                                 "._:+- are allowed",
+                                 "._:+@- are allowed",
                                  name);
     }
     if (uuid_shaped(name))

@@ -29,7 +29,10 @@
 #include <uuid/uuid.h>
 
 #define STORE_BLOCK 4096u
-#define STORE_NAME_MAX 64 /* bytes; [A-Za-z0-9._:+-], not starting with '-' */
+/* A name: 1 to STORE_NAME_MAX bytes of [A-Za-z0-9._:+@-], not starting with
+ * '-', not shaped like a UUID ('@' means nothing to the store; busesnap
+ * keeps it for the ephemeral clones it makes and sweeps). */
+#define STORE_NAME_MAX 64
 #define STORE_DEFAULT_VOLUME "default"
 
 struct store;     /* an open image */
