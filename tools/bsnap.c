@@ -597,39 +597,35 @@ static int cmd_access(int argc, char **argv)
     return 0;
 }
 
-static int cmd_rename(int argc, char **argv)
+/* rename and keep: NAME NEWNAME to op, the object it returns printed. */
+static int rename_like(int argc, char **argv, const char *op, const char *what,
+                       const char *done)
 {
     int i = parse_opts(argc, argv, "j");
     nargs(argc, argv, i, 2);
-    check_name("name", argv[i]);
+    check_name(what, argv[i]);
     check_new_name("new name", argv[i + 1]);
     connect_server();
-    json_t *res = request(json_pack("{s:s, s:s, s:s}", "op", "rename", "name",
+    json_t *res = request(json_pack("{s:s, s:s, s:s}", "op", op, "name",
                                     argv[i], "new_name", argv[i + 1]));
     if (json_out)
         print_json(json_object_get(res, "object"));
     else
-        printf("renamed %s to %s\n", argv[i],
+        printf("%s %s %s %s\n", done, argv[i],
+               strcmp(op, "keep") ? "to" : "as volume",
                jstr(json_object_get(res, "object"), "name"));
     json_decref(res);
     return 0;
 }
 
+static int cmd_rename(int argc, char **argv)
+{
+    return rename_like(argc, argv, "rename", "name", "renamed");
+}
+
 static int cmd_keep(int argc, char **argv)
 {
-    int i = parse_opts(argc, argv, "j");
-    nargs(argc, argv, i, 2);
-    check_name("ephemeral clone", argv[i]);
-    check_new_name("new name", argv[i + 1]);
-    connect_server();
-    json_t *res = request(json_pack("{s:s, s:s, s:s}", "op", "keep", "name",
-                                    argv[i], "new_name", argv[i + 1]));
-    if (json_out)
-        print_json(json_object_get(res, "object"));
-    else
-        printf("kept %s as volume %s\n", argv[i], argv[i + 1]);
-    json_decref(res);
-    return 0;
+    return rename_like(argc, argv, "keep", "ephemeral clone", "kept");
 }
 
 /* list: a tree.  Roots are original volumes; a snapshot sits below the

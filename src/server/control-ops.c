@@ -815,21 +815,33 @@ static json_t *op_access(struct exports *ex, json_t *req)
                      disc);
 }
 
-static json_t *op_rename(struct exports *ex, json_t *req)
+/* rename and keep: "name" resolved into o and id, "new_name" checked. */
+static json_t *name_and_new(struct exports *ex, json_t *req, const char *op,
+                            const char **newname, struct store_obj_info *o,
+                            char id[40])
 {
     const char *name = arg_str(req, "name");
-    const char *newname = arg_str(req, "new_name");
-    struct store_obj_info o;
     json_t *e;
-    if (!name || !newname)
-        return ctl_error(-EINVAL, "rename: \"name\" and \"new_name\" "
-                                  "(strings) are required");
-    if ((e = reserved_name(ex, newname)))
+    *newname = arg_str(req, "new_name");
+    if (!name || !*newname)
+        return ctl_error(-EINVAL,
+                         "%s: \"name\" and \"new_name\" (strings) are "
+                         "required",
+                         op);
+    if ((e = reserved_name(ex, *newname)) || (e = resolve(ex, name, o)))
         return e;
-    if ((e = resolve(ex, name, &o)))
-        return e;
+    uuid_unparse_lower(o->uuid, id);
+    return NULL;
+}
+
+static json_t *op_rename(struct exports *ex, json_t *req)
+{
+    const char *newname;
+    struct store_obj_info o;
     char id[40];
-    uuid_unparse_lower(o.uuid, id);
+    json_t *e;
+    if ((e = name_and_new(ex, req, "rename", &newname, &o, id)))
+        return e;
     pthread_mutex_lock(&ex->lock);
     int r = strchr(o.name, '@') ? -EINVAL : store_rename(ex->st, id, newname);
     pthread_mutex_unlock(&ex->lock);
@@ -849,19 +861,12 @@ static json_t *op_rename(struct exports *ex, json_t *req)
  * "new_name", which stays when its clients go. */
 static json_t *op_keep(struct exports *ex, json_t *req)
 {
-    const char *name = arg_str(req, "name");
-    const char *newname = arg_str(req, "new_name");
+    const char *newname;
     struct store_obj_info o;
-    json_t *e;
-    if (!name || !newname)
-        return ctl_error(-EINVAL, "keep: \"name\" and \"new_name\" "
-                                  "(strings) are required");
-    if ((e = reserved_name(ex, newname)))
-        return e;
-    if ((e = resolve(ex, name, &o)))
-        return e;
     char id[40];
-    uuid_unparse_lower(o.uuid, id);
+    json_t *e;
+    if ((e = name_and_new(ex, req, "keep", &newname, &o, id)))
+        return e;
     pthread_mutex_lock(&ex->lock);
     int r = exports_keep_locked(ex, o.uuid, newname);
     if (r == -ENOENT) {
