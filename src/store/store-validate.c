@@ -18,7 +18,8 @@
  *     being read and what to do.
  *
  * The walk reads each page once (the cursor's path), about as long as a
- * read of the index file: small next to the replay that follows.
+ * read of the index file: small next to the replay that follows.  It ends:
+ * keys must ascend strictly, so a cycle of pages is an error, not a loop.
  */
 #include "store-int.h"
 
@@ -162,12 +163,18 @@ static void walk_child(const char *path, uint64_t map_size, int fd)
     if ((rc = mdb_dbi_open(txn, NULL, 0, &main)) ||
         (rc = mdb_cursor_open(txn, main, &c)))
         goto bad;
+    unsigned seen = 0;
     for (rc = mdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(c, &k, &d, MDB_NEXT))
+         rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+        if (++seen > 1000) { /* an image has 9: a cycle of pages */
+            snprintf(msg, sizeof msg, "!it lists %u databases\n", seen);
+            goto report;
+        }
         if (nn < 32 && k.mv_size && k.mv_size < 64) {
             memcpy(names[nn], k.mv_data, k.mv_size);
             names[nn++][k.mv_size] = 0;
         }
+    }
     mdb_cursor_close(c);
     if (rc != MDB_NOTFOUND)
         goto bad;
@@ -226,10 +233,19 @@ static void walk_child(const char *path, uint64_t map_size, int fd)
         _exit(0);
     if ((rc = mdb_cursor_open(txn, 0, &c)))
         goto bad;
+    uint64_t prev_txn = 0;
     for (rc = mdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
         const uint8_t *dp = d.mv_data;
-        uint64_t n = 0, pg;
+        uint64_t n = 0, pg, txnid = 0;
+        /* keys are txn ids, ascending (a cycle of pages would repeat) */
+        if (k.mv_size == 8)
+            memcpy(&txnid, k.mv_data, 8);
+        if (k.mv_size != 8 || (prev_txn && txnid <= prev_txn)) {
+            snprintf(msg, sizeof msg, "!its keys are out of order\n");
+            goto report;
+        }
+        prev_txn = txnid;
         if (d.mv_size >= 8)
             memcpy(&n, dp, 8);
         if (d.mv_size < 8 || d.mv_size % 8 || n != d.mv_size / 8 - 1) {
