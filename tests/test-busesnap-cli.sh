@@ -34,6 +34,9 @@ expect_rc 2 "bad size" "$bs" serve "$tmp/x.db" --socket "$tmp/s" --size 12Q
 expect_rc 2 "multiple of 4096" "$bs" serve "$tmp/x.db" --socket "$tmp/s" --size 1000
 expect_rc 2 "unexpected argument" "$bs" serve "$tmp/x.db" /dev/nbd0 extra --socket "$tmp/s"
 expect_rc 2 "--attach wants" "$bs" serve "$tmp/x.db" --attach nbd0 --socket "$tmp/s"
+expect_rc 2 "--connections wants a whole number" "$bs" serve "$tmp/x.db" --socket "$tmp/s" --connections abc
+expect_rc 2 "--timeout wants a whole number" "$bs" serve "$tmp/x.db" --socket "$tmp/s" --timeout 5x
+expect_rc 2 "--queue-depth wants a whole number" "$bs" serve "$tmp/x.db" --socket "$tmp/s" --queue-depth -1
 expect_rc 2 "size is required" "$bs" create "$tmp/x.db"
 expect_rc 1 "no such image" "$bs" serve "$tmp/x.db" --socket "$tmp/s" --control "$tmp/c"
 [ ! -e "$tmp/x.db" ] || fail "a failed serve created the image"

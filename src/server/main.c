@@ -236,6 +236,21 @@ static void remove_image(const char *image, int attrs)
     }
 }
 
+/* A whole number lo..hi for option opt, or a usage error naming it. */
+static unsigned count_arg(const char *opt, const char *arg, unsigned lo,
+                          unsigned hi)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(arg, &end, 10);
+    if (errno || end == arg || *end || arg[0] == '-' || v < lo || v > hi)
+        usage_error("serve",
+                    "%s wants a whole number from %u to %u, not "
+                    "\"%s\"",
+                    opt, lo, hi, arg);
+    return (unsigned)v;
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -301,17 +316,13 @@ static int cmd_serve(int argc, char **argv)
             attach[nattach++] = optarg;
             break;
         case 'n':
-            connections = (unsigned)atoi(optarg);
-            if (connections < 1 || connections > 64)
-                usage_error("serve", "--connections wants 1 to 64");
+            connections = count_arg("--connections", optarg, 1, 64);
             break;
         case 'T':
-            timeout = (unsigned)atoi(optarg);
+            timeout = count_arg("--timeout", optarg, 0, 86400);
             break;
         case 'D':
-            queue_depth = (unsigned)atoi(optarg);
-            if (queue_depth < 1 || queue_depth > 4096)
-                usage_error("serve", "--queue-depth wants 1 to 4096");
+            queue_depth = count_arg("--queue-depth", optarg, 1, 4096);
             break;
         case 'L':
             if (!strcmp(optarg, "off"))
