@@ -20,6 +20,8 @@ INCDIR   ?= $(PREFIX)/include
 MANDIR   ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+# systemd reads /usr/local/lib/systemd/system as well as /lib/systemd/system.
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 
 # The release, in one place: --version of every program and buse.pc.
 # include/buse.h (installed, so it cannot take -D) must say the same.
@@ -142,6 +144,10 @@ install: all
 	for m in doc/*.3; do [ -f $$m ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man3/; done; true
 	for m in doc/*.8; do [ -f $$m ] && install -m 644 $$m $(DESTDIR)$(MANDIR)/man8/; done; true
 	install -m 644 completion/bsnap completion/busesnap $(DESTDIR)$(BASHCOMPDIR)/
+	install -d $(DESTDIR)$(SYSTEMDUNITDIR)
+	for u in systemd/*@.service systemd/*@.socket; do \
+	    sed 's|@SBINDIR@|$(SBINDIR)|g' $$u >$(DESTDIR)$(SYSTEMDUNITDIR)/$${u#systemd/} && \
+	    chmod 644 $(DESTDIR)$(SYSTEMDUNITDIR)/$${u#systemd/} || exit 1; done
 
 FORMAT_FILES = $(wildcard include/*.h src/*/*.c src/*/*.h tools/*.c tests/unit/*.c)
 format:

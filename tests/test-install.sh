@@ -1,7 +1,8 @@
 #!/bin/bash
 # test-install: make install DESTDIR=... PREFIX=/usr/local puts the header,
-# both libraries, buse.pc, the programs, the man pages and the bash
-# completion of bsnap and busesnap in place (the installed completion
+# both libraries, buse.pc, the programs, the man pages, the bash
+# completion of bsnap and busesnap and the systemd units (starting the
+# installed /usr/local/sbin/busesnap) in place (the installed completion
 # scripts load and register themselves); a C99 program and a
 # C++ program compile against the installed header with pkg-config, link
 # (shared, and static with --static), and serve a disk that nbdinfo reads.
@@ -13,13 +14,19 @@ make -C "$top" -s install DESTDIR="$dest" PREFIX=/usr/local >"$tmp/install.log" 
 for f in include/buse.h lib/libbuse.a lib/libbuse.so lib/libbuse.so.2 \
          lib/pkgconfig/buse.pc share/man/man3/buse.3 share/man/man1/busexmp.1 bin/busexmp \
          bin/bsnap sbin/busesnap share/man/man1/bsnap.1 share/man/man8/busesnap.8 \
-         share/bash-completion/completions/bsnap share/bash-completion/completions/busesnap; do
+         share/bash-completion/completions/bsnap share/bash-completion/completions/busesnap \
+         lib/systemd/system/busesnap@.service lib/systemd/system/busesnap@.socket \
+         lib/systemd/system/busesnap-dev@.service; do
     [ -e "$dest/usr/local/$f" ] || fail "make install did not install $f"
 done
 for p in bsnap busesnap; do
     bash -c ". '$dest/usr/local/share/bash-completion/completions/$p' && complete -p $p" >"$tmp/complete" 2>&1 ||
         fail "installed completion of $p does not load: $(cat "$tmp/complete")"
     grep -q -- "-F _$p $p" "$tmp/complete" || fail "installed completion of $p registers no function: $(cat "$tmp/complete")"
+done
+for u in busesnap@.service busesnap-dev@.service; do
+    grep -q '^ExecStart=/usr/local/sbin/busesnap serve ' "$dest/usr/local/lib/systemd/system/$u" ||
+        fail "installed $u does not start /usr/local/sbin/busesnap: $(grep ExecStart "$dest/usr/local/lib/systemd/system/$u")"
 done
 assert_eq "installed bsnap --version" "bsnap $(sed -n 's/^VERSION *:= *//p' "$top/Makefile")" \
     "$("$dest/usr/local/bin/bsnap" --version | cut -d' ' -f1-2)"

@@ -623,6 +623,37 @@ static int cmd_rename(int argc, char **argv)
     return rename_like(argc, argv, "rename", "name", "renamed");
 }
 
+static int cmd_resize(int argc, char **argv)
+{
+    int i = parse_opts(argc, argv, "fjb");
+    nargs(argc, argv, i, 2);
+    check_name("volume", argv[i]);
+    uint64_t size;
+    int r = common_parse_size(argv[i + 1], &size);
+    if (r < 0)
+        usage_error("%s", common_size_error(argv[i + 1], r));
+    if (size == 0 || size % 4096 || size > INT64_MAX)
+        usage_error("size %s is not a positive multiple of 4096 bytes",
+                    argv[i + 1]);
+    connect_server();
+    json_t *req = json_pack("{s:s, s:s, s:I}", "op", "resize", "name", argv[i],
+                            "size", (json_int_t)size);
+    if (force)
+        json_object_set_new(req, "force", json_true());
+    json_t *res = request(req);
+    json_t *o = json_object_get(res, "object");
+    if (json_out)
+        print_json(o);
+    else {
+        char a[32], b[32];
+        printf("resized %s from %s to %s\n", jstr(o, "name"),
+               bytes_str(jint(res, "old_size"), a, sizeof a),
+               bytes_str(jint(o, "size"), b, sizeof b));
+    }
+    json_decref(res);
+    return 0;
+}
+
 static int cmd_keep(int argc, char **argv)
 {
     return rename_like(argc, argv, "keep", "ephemeral clone", "kept");
@@ -925,6 +956,13 @@ static const struct cmd cmds[] = {
      cmd_access},
     {"rename", "NAME NEWNAME [--json]",
      "Rename a volume or snapshot (its UUID stays).\n", cmd_rename},
+    {"resize", "VOL SIZE [--force] [--bytes] [--json]",
+     "Give volume VOL the size SIZE (suffixes K, M, G, T, P; KiB too).\n"
+     "Growing is online: clients that connect afterwards see the new size\n"
+     "and zeros past the old end.  Shrinking is refused unless --force, no\n"
+     "client is connected to VOL and nothing is allocated past the new end\n"
+     "(trim it first).  Snapshots keep their size.\n",
+     cmd_resize},
     {"keep", "NAME NEWNAME [--json]",
      "Turn the live ephemeral clone NAME (export SNAP@ephemeral[:ID]) into\n"
      "the normal volume NEWNAME, which stays when its clients disconnect\n"

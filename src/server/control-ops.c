@@ -857,6 +857,53 @@ static json_t *op_rename(struct exports *ex, json_t *req)
     return json_pack("{s:b, s:o}", "ok", 1, "object", obj_with_clients(ex, &o));
 }
 
+/* resize: volume "name" gets "size" bytes.  Growing is online: clients
+ * that connect afterwards see the new size (connected ones keep the size
+ * they negotiated).  Shrinking needs "force", no client, and nothing
+ * allocated past the new end (the store checks the last two). */
+static json_t *op_resize(struct exports *ex, json_t *req)
+{
+    const char *name = arg_str(req, "name");
+    json_t *jsize = json_object_get(req, "size");
+    int force = arg_bool(req, "force");
+    struct store_obj_info o;
+    json_t *e;
+    if (!name || !json_is_integer(jsize) || json_integer_value(jsize) <= 0)
+        return ctl_error(-EINVAL, "resize: \"name\" (string) and \"size\" "
+                                  "(positive integer) are required");
+    uint64_t size = (uint64_t)json_integer_value(jsize);
+    if ((e = resolve(ex, name, &o)))
+        return e;
+    if (o.kind != STORE_VOLUME)
+        return ctl_error(-EINVAL,
+                         "%s: \"%s\" is a snapshot: snapshots keep their "
+                         "size (clone it and resize the clone)",
+                         ex->image, o.name);
+    if (size < o.size && !force)
+        return ctl_error(-EINVAL,
+                         "%s: volume \"%s\": shrinking from %llu to %llu "
+                         "bytes cuts its end off: refused without --force",
+                         ex->image, o.name, (unsigned long long)o.size,
+                         (unsigned long long)size);
+    char id[40];
+    uuid_unparse_lower(o.uuid, id);
+    uint64_t old = o.size;
+    pthread_mutex_lock(&ex->lock);
+    int r = store_resize(ex->st, id, size);
+    pthread_mutex_unlock(&ex->lock);
+    if (r == -EBUSY)
+        return ctl_error(r,
+                         "%s: volume \"%s\" is served: disconnect its "
+                         "clients before shrinking it",
+                         ex->image, o.name);
+    if (r < 0)
+        return ctl_store_error(r);
+    if ((e = resolve(ex, id, &o)))
+        return e;
+    return json_pack("{s:b, s:o, s:I}", "ok", 1, "object",
+                     obj_with_clients(ex, &o), "old_size", (json_int_t)old);
+}
+
 /* keep: the live ephemeral clone "name" becomes the normal volume
  * "new_name", which stays when its clients go. */
 static json_t *op_keep(struct exports *ex, json_t *req)
@@ -1099,12 +1146,12 @@ json_t *ctl_op(struct exports *ex, const char *op, json_t *req, int fd)
     static const struct {
         const char *name;
         json_t *(*fn)(struct exports *ex, json_t *req);
-    } ops[] = {{"create", op_create},     {"list", op_list},
-               {"rollback", op_rollback}, {"clone", op_clone},
-               {"delete", op_delete},     {"rename", op_rename},
-               {"keep", op_keep},         {"info", op_info},
-               {"diff", op_diff},         {"gc", op_gc},
-               {"default", op_default},   {"access", op_access}};
+    } ops[] = {
+        {"create", op_create}, {"list", op_list},     {"rollback", op_rollback},
+        {"clone", op_clone},   {"delete", op_delete}, {"rename", op_rename},
+        {"resize", op_resize}, {"keep", op_keep},     {"info", op_info},
+        {"diff", op_diff},     {"gc", op_gc},         {"default", op_default},
+        {"access", op_access}};
     if (strcmp(op, "check") == 0) {
         json_t *res = op_check(ex, req, fd);
         return res ? res : ctl_error(-ENOMEM, "check: out of memory");

@@ -21,6 +21,7 @@
 #include "control.h"
 #include "common/common.h"
 #include "exports.h"
+#include "notify.h"
 
 #define MAX_ATTACH 16
 
@@ -469,7 +470,16 @@ static int cmd_serve(int argc, char **argv)
     }
     startup_line(image, sock, tcp, systemd, single, device, attach, nattach,
                  ctlpath);
+    /* Type=notify: the image is open and replayed, every listener and
+     * device is live (a client that connects now waits in the backlog until
+     * run() accepts it). */
+    char status[4200];
+    snprintf(status, sizeof status, "READY=1\nSTATUS=serving %s", image);
+    notify_send(status);
     r = buse_server_run(srv);
+    /* run() returns once SIGINT/SIGTERM or a stop request came and the
+     * connections are closed; the store is still to be committed. */
+    notify_send("STOPPING=1\nSTATUS=stopping");
     rc = r < 0 ? 1 : 0;
     ctl_stop(ctl);
 out_srv:

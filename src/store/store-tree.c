@@ -1,5 +1,6 @@
 /* store-tree.c: volumes, snapshots and clones as nodes of one version tree:
- * lookup, snapshot, clone, rollback, delete, rename, list, info and diff.
+ * lookup, snapshot, clone, rollback, delete, rename, resize, list, info
+ * and diff.
  *
  * A snapshot freezes the volume's head node and gives the volume a new
  * head; a clone is a new head under a snapshot's node; a rollback gives the
@@ -29,7 +30,8 @@ enum {
     TR_CLONE = 2,
     TR_ROLLBACK = 3,
     TR_DELETE = 4,
-    TR_RENAME = 5
+    TR_RENAME = 5,
+    TR_RESIZE = 6 /* seq holds the new size */
 };
 
 struct tree_rec {
@@ -280,6 +282,17 @@ static int tree_apply(struct store *st, const struct tree_rec *t)
             st->cat.def_dirty = true;
         }
         return 0;
+    case TR_RESIZE:
+        if (so.kind != STORE_VOLUME || !t->seq || t->seq % STORE_BLOCK ||
+            t->seq / STORE_BLOCK > STORE_MAX_BLOCKS)
+            return -EPROTO;
+        so.size = t->seq;
+        if ((rc = store_cat_put(st, t->src, &so)))
+            return rc;
+        for (struct store_vol *v = st->vols; v; v = v->next)
+            if (!memcmp(v->uuid, t->src, 16))
+                v->size = t->seq;
+        return 0;
     case TR_RENAME:
         if (store_cat_by_name(st, t->name))
             return -EPROTO;
@@ -335,7 +348,8 @@ int store_tree_replay(struct store *st, const void *rec, size_t len)
          store_cat_by_uuid(st, t.obj)) ||
         (t.type == TR_ROLLBACK && src && src->rec.node == t.node) ||
         (t.type == TR_DELETE && !src) ||
-        (t.type == TR_RENAME && src && !strcmp(src->rec.name, t.name)))
+        (t.type == TR_RENAME && src && !strcmp(src->rec.name, t.name)) ||
+        (t.type == TR_RESIZE && src && src->rec.size == t.seq))
         return 0;
     int rc = tree_apply(st, &t);
     if (rc == -EPROTO)
@@ -494,6 +508,94 @@ int store_rename(struct store *st, const char *name, const char *newname)
     if (!rc) {
         memcpy(t.src, o->uuid, 16);
         snprintf(t.name, sizeof t.name, "%s", newname);
+        rc = tree_commit(st, &t);
+    }
+    pthread_mutex_unlock(&st->tree_mu);
+    return rc;
+}
+
+struct tail {
+    uint64_t next;  /* end of the last extent reported */
+    uint64_t found; /* first byte of an allocated extent, or UINT64_MAX */
+};
+
+static int tail_cb(uint64_t off, uint64_t len, unsigned flags, void *arg)
+{
+    struct tail *t = arg;
+    t->next = off + len;
+    if (flags & STORE_EXT_HOLE)
+        return 0;
+    t->found = off;
+    return 1;
+}
+
+/* The first byte in [from, to) of volume o that is allocated (data, or a
+ * zero kept allocated), in *at; to if none.  tree_mu held (o's node cannot
+ * change); takes the gate shared through store_extents. */
+static int first_allocated(struct store *st, const struct cobj *o,
+                           uint64_t from, uint64_t to, uint64_t *at)
+{
+    struct store_vol v = {.st = st, .node = o->rec.node, .size = to};
+    memcpy(v.uuid, o->uuid, 16);
+    for (uint64_t off = from; off < to;) {
+        struct tail t = {.next = off, .found = UINT64_MAX};
+        int rc = store_extents(&v, off, to - off, tail_cb, &t);
+        if (rc)
+            return rc;
+        if (t.found != UINT64_MAX) {
+            *at = t.found;
+            return 0;
+        }
+        if (t.next <= off)
+            return store_set_err(st, -EIO,
+                                 "volume \"%s\": the map walk stopped at "
+                                 "offset %llu",
+                                 o->rec.name, (unsigned long long)off);
+        off = t.next;
+    }
+    *at = to;
+    return 0;
+}
+
+int store_resize(struct store *st, const char *vol, uint64_t size)
+{
+    struct cobj *o;
+    struct tree_rec t = {.type = TR_RESIZE, .seq = size};
+    pthread_mutex_lock(&st->tree_mu);
+    int rc = check_rw(st);
+    if (!rc)
+        rc = store_resolve_name(st, vol, &o);
+    if (!rc && o->rec.kind != STORE_VOLUME)
+        rc = store_set_err(st, -EINVAL,
+                           "\"%s\" is a snapshot: snapshots keep their size",
+                           o->rec.name);
+    if (!rc &&
+        (!size || size % STORE_BLOCK || size / STORE_BLOCK > STORE_MAX_BLOCKS))
+        rc = store_set_err(st, -EINVAL,
+                           "volume \"%s\": size %llu is not a positive "
+                           "multiple of %u bytes up to %llu",
+                           o->rec.name, (unsigned long long)size, STORE_BLOCK,
+                           (unsigned long long)STORE_MAX_BLOCKS * STORE_BLOCK);
+    if (!rc && size == o->rec.size) {
+        pthread_mutex_unlock(&st->tree_mu);
+        return 0;
+    }
+    if (!rc && size < o->rec.size && vols_open(st, o->uuid))
+        rc = store_set_err(st, -EBUSY,
+                           "volume \"%s\" is open: it cannot shrink under "
+                           "its users",
+                           o->rec.name);
+    uint64_t at = 0;
+    if (!rc && size < o->rec.size &&
+        !(rc = first_allocated(st, o, size, o->rec.size, &at)) &&
+        at < o->rec.size)
+        rc = store_set_err(st, -ENOTEMPTY,
+                           "volume \"%s\": offset %llu, past the new end "
+                           "%llu, holds data",
+                           o->rec.name, (unsigned long long)at,
+                           (unsigned long long)size);
+    if (!rc) {
+        memcpy(t.src, o->uuid, 16);
         rc = tree_commit(st, &t);
     }
     pthread_mutex_unlock(&st->tree_mu);

@@ -120,6 +120,14 @@ int store_rollback(struct store *st, const char *vol, const char *snap);
  * background collector (store_gc to wait for it). */
 int store_delete(struct store *st, const char *name);
 int store_rename(struct store *st, const char *name, const char *newname);
+/* Give volume vol (name or UUID) the logical size size (a positive multiple
+ * of STORE_BLOCK, at most 4 PiB); durable on return.  Growing: the new
+ * range reads as zeros, and open store_vols take the new size at once.
+ * Shrinking: -EBUSY while vol has open store_vols, -ENOTEMPTY if any block
+ * past the new end is allocated (written, inherited from its snapshot, or
+ * a zero kept allocated: trim it first).  -EINVAL for a snapshot.
+ * Snapshots keep the size their volume had when they were taken. */
+int store_resize(struct store *st, const char *vol, uint64_t size);
 
 /* Call cb for every object, volumes and snapshots, in creation order.
  * A nonzero return from cb stops the walk and is returned. */
