@@ -67,8 +67,9 @@ src/buse/%.o: CFLAGS += $(shell pkg-config --cflags libnl-genl-3.0 2>/dev/null |
 
 libbuse.a: $(BUSE_OBJ)
 	rm -f $@ && ar rcs $@ $^
-libbuse.so: $(BUSE_OBJ)
-	$(CC) -shared -Wl,-soname,libbuse.so.$(SOVERSION) -o $@ $^ $(LDFLAGS) $(LIBS_BUSE)
+libbuse.so: $(BUSE_OBJ) src/buse/libbuse.map
+	$(CC) -shared -Wl,-soname,libbuse.so.$(SOVERSION) \
+	    -Wl,--version-script=src/buse/libbuse.map -o $@ $(BUSE_OBJ) $(LDFLAGS) $(LIBS_BUSE)
 libstore.a: $(STORE_OBJ)
 	rm -f $@ && ar rcs $@ $^
 

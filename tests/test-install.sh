@@ -89,6 +89,17 @@ cc -std=c99 $san $cflags -o "$tmp/zero-static" "$tmp/zero.c" \
     fail "static link against libbuse.a failed"
 ldd "$tmp/zero-c" | grep "$dest/usr/local/lib/libbuse.so.2" >/dev/null || fail "zero-c is not linked to the installed libbuse.so.2"
 
+# libbuse.so exports exactly the functions the installed header declares
+# (plus buse_server_attach_kernel, kept for programs built before
+# queue_depth), each at version LIBBUSE_2: no internal name leaks
+declared=$(cc -E -P "$dest/usr/local/include/buse.h" |
+    grep -oE "\bbuse_[a-z0-9_]+[[:space:]]*\(" | sed 's/[[:space:](]//g' |
+    { cat; echo buse_server_attach_kernel; } | sort -u)
+exported=$(nm -D --defined-only "$dest/usr/local/lib/libbuse.so.2" |
+    awk '$3 ~ /^buse_/ || $3 !~ /^LIBBUSE/ {print $3}' | sort -u)
+[ "$exported" = "$(sed 's/$/@@LIBBUSE_2/' <<<"$declared")" ] ||
+    fail "libbuse.so exports other names than buse.h declares: $(diff <(sed 's/$/@@LIBBUSE_2/' <<<"$declared") <(echo "$exported") | grep '^[<>]' | head -10 | tr '\n' ' ')"
+
 start_server "$tmp/c.sock" "$tmp/zero-c" "$tmp/c.sock"
 assert_eq "C99 program size" 1048576 "$(nbdinfo --size "nbd+unix:///?socket=$tmp/c.sock")"
 start_server "$tmp/cxx.sock" "$tmp/zero-cxx" "$tmp/cxx.sock"
