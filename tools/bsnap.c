@@ -597,9 +597,10 @@ static int cmd_access(int argc, char **argv)
     return 0;
 }
 
-/* rename and keep: NAME NEWNAME to op, the object it returns printed. */
+/* rename and keep: NAME NEWNAME to op, the object it returns printed as
+ * "DONE NAME JOIN NEWNAME". */
 static int rename_like(int argc, char **argv, const char *op, const char *what,
-                       const char *done)
+                       const char *done, const char *join)
 {
     int i = parse_opts(argc, argv, "j");
     nargs(argc, argv, i, 2);
@@ -611,8 +612,7 @@ static int rename_like(int argc, char **argv, const char *op, const char *what,
     if (json_out)
         print_json(json_object_get(res, "object"));
     else
-        printf("%s %s %s %s\n", done, argv[i],
-               strcmp(op, "keep") ? "to" : "as volume",
+        printf("%s %s %s %s\n", done, argv[i], join,
                jstr(json_object_get(res, "object"), "name"));
     json_decref(res);
     return 0;
@@ -620,7 +620,7 @@ static int rename_like(int argc, char **argv, const char *op, const char *what,
 
 static int cmd_rename(int argc, char **argv)
 {
-    return rename_like(argc, argv, "rename", "name", "renamed");
+    return rename_like(argc, argv, "rename", "name", "renamed", "to");
 }
 
 static int cmd_resize(int argc, char **argv)
@@ -656,7 +656,8 @@ static int cmd_resize(int argc, char **argv)
 
 static int cmd_keep(int argc, char **argv)
 {
-    return rename_like(argc, argv, "keep", "ephemeral clone", "kept");
+    return rename_like(argc, argv, "keep", "ephemeral clone", "kept",
+                       "as volume");
 }
 
 /* list: a tree.  Roots are original volumes; a snapshot sits below the

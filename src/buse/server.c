@@ -491,6 +491,16 @@ static void accept_one(struct buse_server *srv, int lfd)
     conn_start(srv, c);
 }
 
+/* An attached device joins the server's list (released by free()). */
+static void kdev_register(struct buse_server *srv, struct buse_kattach *ka)
+{
+    pthread_mutex_lock(&srv->lock);
+    ka->next = srv->kdevs;
+    srv->kdevs = ka;
+    srv->had_fixed = 1;
+    pthread_mutex_unlock(&srv->lock);
+}
+
 /* /dev/ublkbN: one connection (no socket) whose thread runs the queues. */
 static int attach_ublk(struct buse_server *srv, const char *dev,
                        const struct buse_kernel_options *opt,
@@ -532,11 +542,7 @@ static int attach_ublk(struct buse_server *srv, const char *dev,
         free(ka);
         return r;
     }
-    pthread_mutex_lock(&srv->lock);
-    ka->next = srv->kdevs;
-    srv->kdevs = ka;
-    srv->had_fixed = 1;
-    pthread_mutex_unlock(&srv->lock);
+    kdev_register(srv, ka);
     buse_debug("%s: attached (ublk)", buse_ublk_name(u));
     return 0;
 }
@@ -632,11 +638,7 @@ int buse_server_attach_kernel_sized(struct buse_server *srv, const char *dev,
         free(ka);
         return r;
     }
-    pthread_mutex_lock(&srv->lock);
-    ka->next = srv->kdevs;
-    srv->kdevs = ka;
-    srv->had_fixed = 1;
-    pthread_mutex_unlock(&srv->lock);
+    kdev_register(srv, ka);
     for (i = 0; i < n; i++)
         conn_start(srv, conns[i]);
     buse_debug("%s: attached with %u connection(s)", dev, n);

@@ -85,30 +85,27 @@ static void parse_meta(const uint8_t *pg, struct lm_meta *m)
         m->psize >= 512 && m->psize <= 65536 && !(m->psize & (m->psize - 1));
 }
 
-/* 1: the meta pages against the file. */
+/* 1: the meta pages against the file (open_files' descriptor of it). */
 static int check_metas(struct store *st)
 {
-    int fd = open(st->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0; /* the open that follows says why */
+    int fd = st->lock_fd;
     struct stat sb;
     uint8_t pg[2][256];
     struct lm_meta m[2];
     int rc = 0;
-    if (fstat(fd, &sb) || pread(fd, pg[0], sizeof pg[0], 0) != sizeof pg[0]) {
-        close(fd);
+    if (fstat(fd, &sb))
+        return 0; /* the open that follows says why */
+    if (pread(fd, pg[0], sizeof pg[0], 0) != sizeof pg[0])
         return sb.st_size == 0 ? 0
                                : store_set_err(st, -EIO,
                                                "%s: the index is "
                                                "truncated (%lld bytes)",
                                                st->path, (long long)sb.st_size);
-    }
     parse_meta(pg[0], &m[0]);
     uint32_t psize = m[0].ok ? m[0].psize : 4096;
     if (pread(fd, pg[1], sizeof pg[1], psize) != sizeof pg[1])
         memset(pg[1], 0, sizeof pg[1]);
     parse_meta(pg[1], &m[1]);
-    close(fd);
     if (!m[0].ok && !m[1].ok)
         return 0; /* not LMDB at all: mdb_env_open says "not an image" */
     const struct lm_meta *best =
