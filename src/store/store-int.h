@@ -261,7 +261,6 @@ struct store_space {
     uint64_t *undo; /* dur bits the txn being built flipped */
     size_t nundo, undo_cap;
     bool full;          /* the file system refused a new segment */
-    uint64_t returned;  /* segments punched out (info) */
     uint64_t return_ms; /* time spent punching (info) */
     struct alloc_cursor cur[STORE_NSHARD_MAX];
 };

@@ -550,10 +550,8 @@ void store_space_return(struct store *st)
     for (unsigned j = 0; j < npunch; j++) {
         struct seg_info *s = &sp->segs[punch[j]];
         s->owner = 0;
-        if (ok[j]) {
+        if (ok[j])
             s->holed = 1;
-            sp->returned++;
-        }
     }
     sp->return_ms += (uint64_t)ms;
     /* the tail: empty segments past the last one in use, punched already
